@@ -1,0 +1,33 @@
+"""Liveness and readiness: /healthz answers while the process runs; /readyz C-ECHOes each PACS."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse
+
+from app.api.state import ServicesDep
+from app.errors import GatewayError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: C-ECHO every configured PACS")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """200 when every PACS answers C-ECHO, else 503 with what failed."""
+    peers: dict[str, dict[str, object]] = {}
+    ready = True
+    for peer in services.settings.pacs:
+        try:
+            rtt = await services.echo(peer.name)
+            peers[peer.name] = {"status": "ok", "echo_ms": round(rtt * 1000, 1)}
+        except GatewayError as exc:
+            ready = False
+            peers[peer.name] = {"status": "unavailable", "error": exc.message}
+    return JSONResponse({"status": "ok" if ready else "degraded", "pacs": peers},
+                        status_code=200 if ready else 503)

@@ -1,0 +1,70 @@
+"""The single mapping from gateway errors to HTTP responses, with a DICOM JSON status body.
+
+The body is a DICOM JSON object holding ErrorComment (0000,0902) and, when a DIMSE status caused
+the error, Status (0000,0900): what a DICOMweb client can show, in the standard's own terms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.errors import GatewayError
+
+log = logging.getLogger(__name__)
+DICOM_JSON = "application/dicom+json"
+
+
+def problem_body(message: str, dimse_status: int | None = None) -> bytes:
+    """A DICOM JSON status report: ErrorComment and, if known, the DIMSE Status."""
+    body: dict[str, object] = {"00000902": {"vr": "LO", "Value": [message]}}
+    if dimse_status is not None:
+        body["00000900"] = {"vr": "US", "Value": [dimse_status]}
+    return json.dumps(dict(sorted(body.items())), ensure_ascii=False).encode("utf-8")
+
+
+def problem(status: int, message: str, *, dimse_status: int | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    """An error response with a DICOM JSON body."""
+    return Response(problem_body(message, dimse_status), status_code=status,
+                    media_type=DICOM_JSON, headers=headers)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    level = logging.WARNING if exc.http_status >= 500 else logging.INFO
+    log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.http_status,
+            exc.message)
+    return problem(exc.http_status, exc.message, dimse_status=exc.dimse_status,
+                   headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+    return problem(400, f"invalid request: {where}: {first.get('msg', 'invalid value')}")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return problem(exc.status_code, message, headers=dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem(500, f"internal error: {type(exc).__name__}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping on an app."""
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,326 @@
+"""An in-process Query/Retrieve SCP (pynetdicom) holding instances in memory: the demo PACS.
+
+Serves C-ECHO, C-STORE, and C-FIND, C-GET and C-MOVE for the Patient Root and Study Root
+information models (PS3.4 Annex C), so the gateway can be demonstrated and tested without a
+real PACS. Matching and the information model live in ``app.demo.index``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.transport import ThreadedAssociationServer
+
+from app.demo.index import IdentifierError, Level, QueryIndex, answer
+
+__all__ = ["OPERATIONS", "DemoPacs"]
+
+LOGGER = logging.getLogger(__name__)
+
+OPERATIONS = ("C-ECHO", "C-FIND", "C-GET", "C-MOVE", "C-STORE")
+"""Keys of :attr:`DemoPacs.operation_counts`."""
+
+# SOP Class UIDs (PS3.4 B.5, C.6); pynetdicom.sop_class builds these names at run time,
+# which static type checkers cannot see.
+Verification = UID("1.2.840.10008.1.1")
+PatientRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.1.1")
+PatientRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.1.2")
+PatientRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.1.3")
+StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
+
+_PATIENT_ROOT = frozenset(
+    {
+        PatientRootQueryRetrieveInformationModelFind,
+        PatientRootQueryRetrieveInformationModelGet,
+        PatientRootQueryRetrieveInformationModelMove,
+    }
+)
+_STUDY_ROOT = frozenset(
+    {
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    }
+)
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+
+# DIMSE statuses (PS3.4 Annex C, PS3.7 Annex C)
+_SUCCESS = 0x0000
+_PENDING = 0xFF00
+_CANCEL = 0xFE00
+_IDENTIFIER_DOES_NOT_MATCH = 0xA900
+_FIND_UNABLE_TO_PROCESS = 0xC000
+_STORE_CANNOT_UNDERSTAND = 0xC000
+
+
+def _set_tcp_nodelay(event: Event) -> None:
+    """Disable Nagle's algorithm on every association socket (avoids ~40 ms stalls)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def _query_level(event: Event, identifier: Dataset) -> Level:
+    """The identifier's QueryRetrieveLevel, checked against the request's information model."""
+    value = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    try:
+        level = Level[value]
+    except KeyError:
+        raise IdentifierError(f"invalid QueryRetrieveLevel {value!r}") from None
+    model = UID(str(event.request.AffectedSOPClassUID))
+    if model in _STUDY_ROOT and level is Level.PATIENT:
+        raise IdentifierError("PATIENT level is not part of the Study Root model")
+    if model not in _STUDY_ROOT and model not in _PATIENT_ROOT:
+        raise IdentifierError(f"unsupported information model {model}")
+    return level
+
+
+def _storage_contexts(datasets: Iterable[Dataset]) -> list[PresentationContext]:
+    """Requested contexts for C-MOVE sub-operations: each SOP class with its stored syntax."""
+    syntaxes: dict[str, list[str]] = {}
+    for ds in datasets:
+        stored = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        options = syntaxes.setdefault(str(ds.SOPClassUID), [])
+        for ts in (stored, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts and ts not in options:
+                options.append(ts)
+    return [build_context(uid, ts) for uid, ts in list(syntaxes.items())[:_MAX_CONTEXTS]]
+
+
+class DemoPacs:
+    """A Query/Retrieve SCP over an in-memory set of instances, started on a free port."""
+
+    def __init__(
+        self,
+        datasets: Iterable[Dataset] = (),
+        *,
+        ae_title: str = "DEMO_PACS",
+        move_destinations: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        self._ae_title = ae_title
+        self._lock = threading.Lock()
+        self._instances: dict[str, Dataset] = {}
+        self._destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
+        self._counts: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
+        self._server: ThreadedAssociationServer | None = None
+        for ds in datasets:
+            self.add(ds)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def add(self, ds: Dataset) -> None:
+        """Add (or replace, by SOP Instance UID) one instance."""
+        with self._lock:
+            self._instances[str(ds.SOPInstanceUID)] = ds
+
+    def datasets(self) -> list[Dataset]:
+        """A snapshot of the stored instances."""
+        with self._lock:
+            return list(self._instances.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._instances)
+
+    def add_move_destination(self, ae_title: str, host: str, port: int) -> None:
+        """Make ``ae_title`` a known C-MOVE destination at ``host:port``."""
+        with self._lock:
+            self._destinations[ae_title] = (host, port)
+
+    def _index(self) -> QueryIndex:
+        return QueryIndex(self.datasets(), retrieve_ae_title=self._ae_title)
+
+    # -- counters -----------------------------------------------------------------------------
+
+    @property
+    def operation_counts(self) -> dict[str, int]:
+        """Requests served per DIMSE operation since start (a copy; thread-safe)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def reset_operation_counts(self) -> None:
+        """Set every counter back to zero."""
+        with self._lock:
+            self._counts = dict.fromkeys(OPERATIONS, 0)
+
+    def _count(self, operation: str) -> None:
+        with self._lock:
+            self._counts[operation] += 1
+
+    # -- server -------------------------------------------------------------------------------
+
+    @property
+    def ae_title(self) -> str:
+        """The SCP's AE title."""
+        return self._ae_title
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (raises if the server is not running)."""
+        if self._server is None:
+            raise RuntimeError("DemoPacs is not running")
+        return int(self._server.server_address[1])
+
+    def _application_entity(self) -> AE:
+        ae = AE(ae_title=self._ae_title)
+        ae.maximum_pdu_size = 0
+        ae.maximum_associations = 32
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.network_timeout = 120
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for model in sorted(_PATIENT_ROOT | _STUDY_ROOT):
+            ae.add_supported_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # SCP for C-STORE into the PACS; with role selection, also SCU on C-GET associations.
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(
+                str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            )
+        return ae
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start listening without blocking; returns the bound port (0 picks a free one)."""
+        if self._server is not None:
+            raise RuntimeError("DemoPacs is already running")
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+        ]
+        server = self._application_entity().start_server(
+            (host, port), block=False, evt_handlers=handlers
+        )
+        assert server is not None  # block=False always returns the server
+        self._server = server
+        LOGGER.info("Demo PACS %s listening on %s:%d", self._ae_title, host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        """Stop the server and close its associations (idempotent)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
+    def __enter__(self) -> DemoPacs:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- handlers (run in pynetdicom's association threads) -----------------------------------
+
+    def _on_echo(self, event: Event) -> int:
+        self._count("C-ECHO")
+        return _SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        self._count("C-STORE")
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            _ = ds.SOPInstanceUID
+        except Exception:  # undecodable data set: "cannot understand" (PS3.4 B.2.3)
+            LOGGER.exception("Demo PACS could not decode a C-STORE data set")
+            return _STORE_CANNOT_UNDERSTAND
+        self.add(ds)
+        return _SUCCESS
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """C-FIND SCP (PS3.4 C.4.1): pending per match, in a stable order; honours C-CANCEL."""
+        self._count("C-FIND")
+        try:
+            identifier = event.identifier
+            level = _query_level(event, identifier)
+            matches = self._index().find(level, identifier)
+        except IdentifierError as exc:
+            LOGGER.warning("Demo PACS C-FIND refused: %s", exc)
+            yield _IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        except Exception:
+            LOGGER.exception("Demo PACS C-FIND failed")
+            yield _FIND_UNABLE_TO_PROCESS, None
+            return
+        try:
+            for entity in matches:
+                if event.is_cancelled:
+                    yield _CANCEL, None
+                    return
+                yield _PENDING, answer(entity, identifier, level)
+        except Exception:
+            LOGGER.exception("Demo PACS C-FIND failed while matching")
+            yield _FIND_UNABLE_TO_PROCESS, None
+
+    def _retrieve_matches(self, event: Event) -> list[Dataset]:
+        identifier = event.identifier
+        return self._index().retrieve(_query_level(event, identifier), identifier)
+
+    def _send(self, event: Event, matches: list[Dataset]) -> Iterator[Any]:
+        """The shared tail of C-GET and C-MOVE: the count, then one data set per sub-operation."""
+        yield len(matches)
+        for ds in matches:
+            if event.is_cancelled:
+                yield _CANCEL, None
+                return
+            yield _PENDING, ds
+
+    def _on_get(self, event: Event) -> Iterator[Any]:
+        """C-GET SCP (PS3.4 C.4.3): sub-operations on the requestor's own association."""
+        self._count("C-GET")
+        try:
+            matches = self._retrieve_matches(event)
+        except IdentifierError as exc:
+            LOGGER.warning("Demo PACS C-GET refused: %s", exc)
+            yield 1
+            yield _IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        yield from self._send(event, matches)
+
+    def _on_move(self, event: Event) -> Iterator[Any]:
+        """C-MOVE SCP (PS3.4 C.4.2): sub-operations on a new association to the destination."""
+        self._count("C-MOVE")
+        destination_ae = str(event.move_destination or "").strip()
+        with self._lock:
+            destination = self._destinations.get(destination_ae)
+        if destination is None:
+            LOGGER.warning("Demo PACS C-MOVE to unknown destination %r", destination_ae)
+            yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+            return
+        try:
+            matches = self._retrieve_matches(event)
+        except IdentifierError as exc:
+            LOGGER.warning("Demo PACS C-MOVE refused: %s", exc)
+            yield destination[0], destination[1], {"contexts": [build_context(Verification)]}
+            yield 1
+            yield _IDENTIFIER_DOES_NOT_MATCH, None
+            return
+        options = {
+            "contexts": _storage_contexts(matches) or [build_context(Verification)],
+            "evt_handlers": [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)],
+        }
+        yield destination[0], destination[1], options
+        yield from self._send(event, matches)

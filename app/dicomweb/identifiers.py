@@ -1,0 +1,67 @@
+"""Building C-FIND request identifiers (PS3.4 C.4.1.1.3) from matching and return keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from app.dicomweb.attributes import QueryLevel
+from app.dicomweb.search import AttributePath, MatchKey, vr_of
+
+
+def _is_ascii(value: str) -> bool:
+    return all(ord(ch) < 128 for ch in value)
+
+
+def _container_for(ds: Dataset, path: AttributePath) -> Dataset:
+    """The dataset that holds path.tag, creating one-item sequences along the way (C.2.2.2.6)."""
+    current = ds
+    for tag in path.tags[:-1]:
+        if tag not in current or not current[tag].value:
+            current.add_new(tag, "SQ", Sequence([Dataset()]))
+        current = current[tag].value[0]
+    return current
+
+
+def build_identifier(
+    level: QueryLevel,
+    *,
+    unique_keys: Mapping[int, str | tuple[str, ...]] = {},  # noqa: B006 - read-only
+    matches: Iterable[MatchKey] = (),
+    return_keys: Iterable[AttributePath | int] = (),
+    character_set: str = "ISO_IR 192",
+) -> Dataset:
+    """A Study Root C-FIND identifier at ``level``.
+
+    Return keys go in empty (universal matching); matching keys carry their values; unique keys
+    from the resource path are single values, or UID lists. SpecificCharacterSet is sent only when
+    a value needs it (PS3.4 C.4.1.1.3.1), as ``character_set``.
+    """
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.value
+    non_ascii = False
+    for key in return_keys:
+        path = key if isinstance(key, AttributePath) else AttributePath((key,))
+        if path.tag == 0x00080005:
+            continue
+        holder = _container_for(ds, path)
+        if path.tag not in holder:
+            vr = vr_of(path.tag)
+            holder.add_new(path.tag, vr, Sequence([]) if vr == "SQ" else None)
+    for match in matches:
+        holder = _container_for(ds, match.path)
+        if match.is_universal:
+            if match.path.tag not in holder:
+                holder.add_new(match.path.tag, match.vr, Sequence([]) if match.vr == "SQ" else None)
+            continue
+        value: str | list[str] = list(match.values) if len(match.values) > 1 else match.values[0]
+        holder.add_new(match.path.tag, match.vr, value)
+        non_ascii = non_ascii or not all(_is_ascii(v) for v in match.values)
+    for tag, uid in unique_keys.items():
+        ds.add_new(tag, "UI", list(uid) if isinstance(uid, tuple) and len(uid) > 1 else
+                   (uid[0] if isinstance(uid, tuple) else uid))
+    if non_ascii:
+        ds.SpecificCharacterSet = character_set
+    return ds

@@ -1,0 +1,101 @@
+"""Local re-check of C-FIND matching (PS3.4 C.2.2.2) on the values a PACS returned.
+
+Some PACS ignore matching keys they do not support and return every record; the gateway drops a
+result only when a returned, non-empty value *cannot* match. Comparisons are deliberately lenient
+(case-insensitive, any value of a multi-valued attribute) so nothing a conformant PACS matched is
+ever dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from app.dicomweb.search import RANGE_VRS, WILDCARD_VRS, MatchKey
+
+
+def _texts(value: Any) -> list[str]:
+    """All string forms of an element value worth comparing (PN: whole name and each group)."""
+    values = list(value) if isinstance(value, (list, MultiValue)) else [value]
+    out: list[str] = []
+    for item in values:
+        if item is None:
+            continue
+        if isinstance(item, PersonName):
+            out.append(str(item))
+            out.extend(g for g in (item.alphabetic, item.ideographic, item.phonetic) if g)
+        else:
+            out.append(str(item))
+    return [t.strip() for t in out]
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    parts = ("." if ch == "?" else ".*" if ch == "*" else re.escape(ch) for ch in pattern)
+    return re.compile("^" + "".join(parts) + "$", re.IGNORECASE | re.DOTALL)
+
+
+def _bound(vr: str, text: str, high: bool) -> str:
+    """Normalise a DA/TM/DT value so lexicographic order is time order; fill what is missing."""
+    text = text.replace(":", "").replace("-", "") if vr == "TM" else text
+    text = re.sub(r"[+-]\d{4}$", "", text) if vr == "DT" else text
+    width = {"DA": 8, "TM": 13, "DT": 21}[vr]
+    if vr != "DA" and "." not in text:
+        text = text.ljust(6 if vr == "TM" else 14, "9" if high else "0") + "."
+    return text.ljust(width, "9" if high else "0")[:width]
+
+
+def _in_range(vr: str, spec: str, actual: str) -> bool:
+    if "-" not in spec or (vr == "DT" and re.fullmatch(r"[^-]*[+-]\d{4}", spec)):
+        low = high = spec
+    else:
+        low, _, high = spec.partition("-")
+    value_low = _bound(vr, actual, high=False)
+    value_high = _bound(vr, actual, high=True)
+    if low and value_high < _bound(vr, low, high=False):
+        return False
+    if high and value_low > _bound(vr, high, high=True):
+        return False
+    return True
+
+
+def can_match(key: MatchKey, ds: Dataset) -> bool:
+    """False only when ``ds`` holds a non-empty value for ``key`` that cannot match it."""
+    if key.is_universal or len(key.path.tags) > 1:
+        return True
+    element = ds.get(key.path.tag)
+    if element is None or element.value in (None, "", b"") or element.VR == "SQ":
+        return True
+    try:
+        actual = _texts(element.value)
+    except Exception:  # an undecodable value is not evidence of a mismatch
+        return True
+    if not actual:
+        return True
+    if key.vr == "UI":
+        return any(a in key.values for a in actual)
+    spec = key.values[0]
+    if key.vr in RANGE_VRS:
+        try:
+            return any(_in_range(key.vr, spec, a) for a in actual if a)
+        except Exception:
+            return True
+    if key.vr in WILDCARD_VRS and ("*" in spec or "?" in spec):
+        rx = _wildcard_regex(spec)
+        return any(rx.match(a) for a in actual)
+    if key.vr in WILDCARD_VRS or key.vr in ("AS", "DS", "IS"):
+        wanted = {v.strip().lower() for v in spec.split("\\")}
+        return any(a.lower() in wanted for a in actual) or key.vr in ("DS", "IS") and _num_eq(
+            spec, actual
+        )
+    return True
+
+
+def _num_eq(spec: str, actual: list[str]) -> bool:
+    try:
+        return any(float(a) == float(spec) for a in actual)
+    except ValueError:
+        return True

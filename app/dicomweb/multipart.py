@@ -1,0 +1,307 @@
+"""multipart/related framing (RFC 2046 5.1, RFC 2387; PS3.18 8.6.1.2): writer and strict parser.
+
+The writer is split into header, trailer and closing pieces so that responses can be streamed
+one part at a time; the parser is for STOW-RS request bodies and for tests.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "MultipartError",
+    "Part",
+    "PartHeaders",
+    "closing_delimiter",
+    "encode_multipart",
+    "encode_part",
+    "multipart_content_type",
+    "new_boundary",
+    "parse_content_type",
+    "parse_multipart",
+    "part_header",
+    "part_trailer",
+]
+
+CRLF = b"\r\n"
+_BCHARS = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")  # RFC 2046
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
+
+
+class MultipartError(ValueError):
+    """A multipart body or Content-Type that does not follow RFC 2046/2387."""
+
+
+def new_boundary() -> str:
+    """Return a fresh random boundary (32 hex digits: bchars only, well under 70)."""
+    return secrets.token_hex(16)
+
+
+def _check_boundary(boundary: str) -> None:
+    if not _BCHARS.match(boundary):
+        raise MultipartError(f"invalid multipart boundary {boundary!r}")
+
+
+def _param_value(value: str) -> str:
+    """Render a parameter value, quoting it unless it is a plain token."""
+    if _TOKEN.match(value):
+        return value
+    if any(c in value for c in '"\\\r\n'):
+        raise ValueError(f"unsupported characters in parameter value {value!r}")
+    return f'"{value}"'
+
+
+def multipart_content_type(
+    part_type: str, boundary: str, extra_params: Mapping[str, str] | None = None
+) -> str:
+    """Return ``multipart/related; type="<part_type>"; [extra;] boundary=<boundary>``.
+
+    ``type`` is always quoted (PS3.18 8.6.1.2.1: the slash makes it a quoted-string).
+    """
+    _check_boundary(boundary)
+    if any(c in part_type for c in '";\r\n'):
+        raise ValueError(f"invalid part type {part_type!r}")
+    params = [f'type="{part_type}"']
+    for name, value in (extra_params or {}).items():
+        params.append(f"{name}={_param_value(value)}")
+    params.append(f"boundary={_param_value(boundary)}")
+    return "; ".join(["multipart/related", *params])
+
+
+def _header_value(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"line break in {name} header value")
+    try:
+        value.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"non-ASCII {name} header value {value!r}") from None
+    return value
+
+
+def part_header(
+    content_type: str,
+    *,
+    content_location: str | None = None,
+    content_length: int | None = None,
+    boundary: str,
+) -> bytes:
+    """Return the delimiter line and headers that open one part, up to the blank line."""
+    _check_boundary(boundary)
+    lines = [f"--{boundary}", f"Content-Type: {_header_value('Content-Type', content_type)}"]
+    if content_location is not None:
+        lines.append(f"Content-Location: {_header_value('Content-Location', content_location)}")
+    if content_length is not None:
+        if content_length < 0:
+            raise ValueError("negative Content-Length")
+        lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def part_trailer() -> bytes:
+    """Return the CRLF that ends a part's body (it belongs to the next delimiter)."""
+    return CRLF
+
+
+def closing_delimiter(boundary: str) -> bytes:
+    """Return the close delimiter ``--boundary--`` plus CRLF, ending the multipart body."""
+    _check_boundary(boundary)
+    return f"--{boundary}--\r\n".encode("ascii")
+
+
+def encode_part(
+    body: bytes,
+    content_type: str,
+    *,
+    boundary: str,
+    content_location: str | None = None,
+    with_length: bool = True,
+) -> bytes:
+    """Return one complete part (header, body, trailer); for small parts only."""
+    header = part_header(
+        content_type,
+        content_location=content_location,
+        content_length=len(body) if with_length else None,
+        boundary=boundary,
+    )
+    return header + body + part_trailer()
+
+
+def encode_multipart(parts: list[tuple[bytes, str]], boundary: str) -> bytes:
+    """Return a whole multipart body from ``(body, content_type)`` pairs (small bodies only)."""
+    chunks = [encode_part(body, ctype, boundary=boundary) for body, ctype in parts]
+    return b"".join(chunks) + closing_delimiter(boundary)
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+class PartHeaders(Mapping[str, str]):
+    """Header fields of one part: case-insensitive lookup, original names when iterating."""
+
+    def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
+        self._items: dict[str, tuple[str, str]] = {}
+        for name, value in items or []:
+            self._items[name.lower()] = (name, value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return {k.lower(): v for k, v in self.items()} == {
+            str(k).lower(): v for k, v in other.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"PartHeaders({dict(self.items())!r})"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part of a multipart message: its header fields and its body bytes."""
+
+    headers: PartHeaders = field(default_factory=PartHeaders)
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str | None:
+        """The part's Content-Type header, if any."""
+        return self.headers.get("Content-Type")
+
+    @property
+    def content_location(self) -> str | None:
+        """The part's Content-Location header, if any."""
+        return self.headers.get("Content-Location")
+
+
+def _split_params(text: str) -> list[str]:
+    """Split on ``;`` outside quoted strings."""
+    out, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\" and quoted:
+            current.append(char)
+            escaped = True
+        elif char == '"':
+            current.append(char)
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    out.append("".join(current))
+    return out
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type into a lower-case media type and its parameters (keys lower-case)."""
+    head, *rest = _split_params(value)
+    params: dict[str, str] = {}
+    for item in rest:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            continue
+        params[name.strip().lower()] = _unquote(raw)
+    return head.strip().lower(), params
+
+
+def _parse_headers(block: bytes) -> PartHeaders:
+    items: list[tuple[str, str]] = []
+    if not block:
+        return PartHeaders(items)
+    for raw_line in block.split(CRLF):
+        if raw_line[:1] in (b" ", b"\t") and items:  # obsolete line folding
+            name, value = items[-1]
+            items[-1] = (name, value + " " + raw_line.strip().decode("latin-1"))
+            continue
+        raw_name, sep, raw_value = raw_line.partition(b":")
+        if not sep or not raw_name or raw_name != raw_name.strip():
+            raise MultipartError(f"malformed part header line {raw_line[:80]!r}")
+        try:
+            field_name = raw_name.decode("ascii")
+        except UnicodeDecodeError:
+            raise MultipartError(f"non-ASCII part header name {raw_name[:80]!r}") from None
+        items.append((field_name, raw_value.strip().decode("latin-1")))
+    return PartHeaders(items)
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[Part]:
+    """Parse a complete ``multipart/related`` body into parts, strictly.
+
+    The preamble and epilogue are ignored; every part must be followed by a delimiter, the
+    body must end with the close delimiter, and a part's Content-Length, when present, must
+    equal its body length. Raises ``MultipartError`` otherwise.
+    """
+    media_type, params = parse_content_type(content_type)
+    if not media_type.startswith("multipart/"):
+        raise MultipartError(f"not a multipart media type: {media_type!r}")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise MultipartError("multipart Content-Type without a boundary")
+    _check_boundary(boundary)
+    dash_boundary = b"--" + boundary.encode("ascii")
+    delimiter = CRLF + dash_boundary
+
+    # The first dash-boundary is at the very start or follows the preamble's CRLF.
+    if body.startswith(dash_boundary):
+        pos = len(dash_boundary)
+    else:
+        index = body.find(delimiter)
+        if index < 0:
+            raise MultipartError("multipart body without a boundary delimiter")
+        pos = index + len(delimiter)
+
+    parts: list[Part] = []
+    while True:
+        if body.startswith(b"--", pos):
+            return parts  # close delimiter; anything after it is epilogue
+        line_end = body.find(CRLF, pos)
+        if line_end < 0 or body[pos:line_end].strip(b" \t"):
+            raise MultipartError("boundary delimiter not followed by CRLF")
+        start = line_end + 2
+        if body.startswith(CRLF, start):
+            headers, content_start = PartHeaders(), start + 2
+        else:
+            header_end = body.find(CRLF + CRLF, start)
+            if header_end < 0:
+                raise MultipartError("part headers not terminated by an empty line")
+            headers = _parse_headers(body[start:header_end])
+            content_start = header_end + 4
+        length_text = headers.get("Content-Length")
+        if length_text is not None:
+            try:
+                length = int(length_text)
+            except ValueError:
+                raise MultipartError(f"invalid part Content-Length {length_text!r}") from None
+            content_end = content_start + length
+            if length < 0 or not body.startswith(delimiter, content_end):
+                raise MultipartError("part Content-Length does not match the next delimiter")
+        else:
+            content_end = body.find(delimiter, content_start)
+            if content_end < 0:
+                raise MultipartError("multipart body truncated: no delimiter after a part")
+        parts.append(Part(headers=headers, body=body[content_start:content_end]))
+        pos = content_end + len(delimiter)

@@ -1,0 +1,67 @@
+"""Value objects for the DICOMweb resources named by a request path, validated once at the edge."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from app.errors import BadRequest
+
+# PS3.5 9.1: digits and dots, at most 64 characters. Leading zeros in a component are not allowed
+# by the standard but occur in the wild; we accept them (lenient at the edge).
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """True when ``value`` has the syntax of a DICOM UID (PS3.5 9.1)."""
+    return len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+def check_uid(value: str, what: str) -> str:
+    """Return ``value`` or raise BadRequest naming the path segment that holds a malformed UID."""
+    if not is_valid_uid(value):
+        raise BadRequest(f"{what} {value!r} is not a valid DICOM UID")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRef:
+    """A study named by its Study Instance UID."""
+
+    study_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRef:
+    """A series within a study."""
+
+    study_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """A SOP instance within a series."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+
+
+def study_ref(study: str) -> StudyRef:
+    """Parse the path UID of a study resource."""
+    return StudyRef(check_uid(study, "StudyInstanceUID"))
+
+
+def series_ref(study: str, series: str) -> SeriesRef:
+    """Parse the path UIDs of a series resource."""
+    return SeriesRef(check_uid(study, "StudyInstanceUID"), check_uid(series, "SeriesInstanceUID"))
+
+
+def instance_ref(study: str, series: str, instance: str) -> InstanceRef:
+    """Parse the path UIDs of an instance resource."""
+    return InstanceRef(
+        check_uid(study, "StudyInstanceUID"),
+        check_uid(series, "SeriesInstanceUID"),
+        check_uid(instance, "SOPInstanceUID"),
+    )

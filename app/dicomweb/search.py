@@ -1,0 +1,259 @@
+"""QIDO-RS query parameters (PS3.18 8.3.4) parsed once into a SearchQuery value object.
+
+Lenient at the edge (keywords or tags, commas or backslashes in UID lists, unknown parameters
+ignored), strict inside: every value is checked against its VR, and an invalid value of a known
+parameter raises BadRequest naming the parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from app.dicomweb.attributes import UNIQUE_KEY, QueryLevel
+from app.dicomweb.refs import is_valid_uid
+from app.errors import BadRequest
+
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
+# Parameters of the search transaction itself (PS3.18 Table 8.3.4-1); never attribute matches.
+CONTROL_PARAMETERS = frozenset(
+    {"includefield", "limit", "offset", "fuzzymatching", "emptyvaluematching",
+     "multiplevaluematching", "accept", "charset"}
+)
+
+_HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_DA = r"\d{8}"
+_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_SINGLE = {"DA": re.compile(f"^{_DA}$"), "TM": re.compile(f"^{_TM}$"),
+           "DT": re.compile(f"^{_DT}$")}
+_RANGE = {vr: re.compile(f"^(?:{p})?-(?:{p})?$") for vr, p in (("DA", _DA), ("TM", _TM),
+                                                             ("DT", _DT))}
+_NUMBER = {
+    "IS": re.compile(r"^[+-]?\d+$"), "US": re.compile(r"^\d+$"), "UL": re.compile(r"^\d+$"),
+    "UV": re.compile(r"^\d+$"), "SS": re.compile(r"^[+-]?\d+$"), "SL": re.compile(r"^[+-]?\d+$"),
+    "SV": re.compile(r"^[+-]?\d+$"),
+}
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def vr_of(tag: int) -> str:
+    """The dictionary VR of a tag, with ambiguous VRs ('US or SS', 'OB or OW') resolved."""
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0] if " or " in vr else vr
+
+
+@dataclass(frozen=True, slots=True)
+class AttributePath:
+    """An attribute, or a dot path into sequence items (e.g. RequestAttributesSequence.X)."""
+
+    tags: tuple[int, ...]
+
+    @property
+    def tag(self) -> int:
+        """The innermost attribute's tag."""
+        return self.tags[-1]
+
+    @property
+    def top(self) -> int:
+        """The outermost attribute's tag (the one at the query level)."""
+        return self.tags[0]
+
+    def __str__(self) -> str:
+        return ".".join(keyword_for_tag(t) or f"{t:08X}" for t in self.tags)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchKey:
+    """A matching key: one value (single, wildcard or range) or several UIDs (UID list)."""
+
+    path: AttributePath
+    vr: str
+    values: tuple[str, ...]
+
+    @property
+    def is_universal(self) -> bool:
+        """True when the key only asks for the attribute to be returned."""
+        return self.values == ("",)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """Everything a QIDO-RS request asks for, independent of HTTP and DIMSE."""
+
+    level: QueryLevel
+    study_uid: str | None = None
+    series_uid: str | None = None
+    matches: tuple[MatchKey, ...] = ()
+    include: tuple[AttributePath, ...] = ()
+    include_all: bool = False
+    limit: int = 1000
+    offset: int = 0
+    fuzzy: bool = False
+    empty_value_matching: bool = False
+    multiple_value_matching: bool = False
+    relational: bool = False
+    ignored: tuple[str, ...] = field(default=())
+
+    @property
+    def path_uids(self) -> dict[int, str]:
+        """UIDs fixed by the resource path, keyed by tag."""
+        out: dict[int, str] = {}
+        if self.study_uid:
+            out[UNIQUE_KEY[QueryLevel.STUDY]] = self.study_uid
+        if self.series_uid:
+            out[UNIQUE_KEY[QueryLevel.SERIES]] = self.series_uid
+        return out
+
+
+def resolve_attribute(name: str) -> AttributePath | None:
+    """Parse a keyword, an 8-hex tag or a dot path of those; None if unknown to the dictionary.
+
+    Raises BadRequest when the syntax is not an attribute ID at all or a path goes through an
+    attribute that is not a sequence.
+    """
+    parts = name.strip().split(".")
+    tags: list[int] = []
+    for part in parts:
+        if _HEX_TAG.match(part):
+            tag = int(part, 16)
+            if not keyword_for_tag(tag) and not (tag >> 16) % 2:
+                return None  # a standard-group tag this dictionary does not know
+        elif re.match(r"^[A-Za-z][A-Za-z0-9]*$", part):
+            found = tag_for_keyword(part)
+            if found is None:
+                return None
+            tag = found
+        else:
+            raise BadRequest(f"{name!r} is not a DICOM attribute keyword or tag")
+        tags.append(tag)
+    for outer in tags[:-1]:
+        if vr_of(outer) != "SQ":
+            raise BadRequest(f"{name!r}: {keyword_for_tag(outer) or outer} is not a sequence")
+    return AttributePath(tuple(tags))
+
+
+def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[str, ...]:
+    """Validate a match value against its VR; returns the C-FIND value(s)."""
+    if value == "":
+        return ("",)
+    if vr == "SQ":
+        raise BadRequest(f"{param}: a sequence attribute cannot be matched with a value")
+    if vr == "UI":
+        uids = tuple(u.strip() for u in re.split(r"[,\\]", value))
+        bad = [u for u in uids if not is_valid_uid(u)]
+        if bad:
+            raise BadRequest(f"{param}: {bad[0]!r} is not a valid UID")
+        return uids
+    has_wildcard = "*" in value or "?" in value
+    if has_wildcard and vr not in WILDCARD_VRS:
+        raise BadRequest(f"{param}: wildcards are not allowed for VR {vr} (PS3.4 C.2.2.2.4)")
+    if vr in RANGE_VRS:
+        if not (_SINGLE[vr].match(value) or (value != "-" and _RANGE[vr].match(value))):
+            raise BadRequest(f"{param}: {value!r} is not a valid {vr} value or range")
+        return (value,)
+    if vr in _NUMBER and not _NUMBER[vr].match(value):
+        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+    if vr in {"DS", "FL", "FD"} and not _FLOAT.match(value):
+        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+    if "\\" in value and vr not in WILDCARD_VRS:
+        raise BadRequest(f"{param}: multiple values are not supported for VR {vr}")
+    return (value,)
+
+
+def _parse_bool(param: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    raise BadRequest(f"{param}: {value!r} is not true or false")
+
+
+def _parse_uint(param: str, value: str) -> int:
+    if not re.match(r"^\s*\d+\s*$", value):
+        raise BadRequest(f"{param}: {value!r} is not a non-negative integer")
+    return int(value)
+
+
+def parse_search(
+    params: Iterable[tuple[str, str]],
+    *,
+    level: QueryLevel,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    relational: bool = False,
+    default_limit: int = 1000,
+    max_limit: int = 10_000,
+) -> SearchQuery:
+    """Turn decoded query-string pairs into a SearchQuery for a resource at ``level``."""
+    matches: dict[AttributePath, MatchKey] = {}
+    include: list[AttributePath] = []
+    include_all = False
+    limit, offset = default_limit, 0
+    flags = {"fuzzymatching": False, "emptyvaluematching": False, "multiplevaluematching": False}
+    ignored: list[str] = []
+    for raw_name, value in params:
+        name = raw_name.strip()
+        lname = name.lower()
+        if lname == "includefield":
+            for item in (v.strip() for v in value.split(",")):
+                if not item:
+                    continue
+                if item.lower() == "all":
+                    include_all = True
+                    continue
+                path = resolve_attribute(item)
+                if path is None:
+                    ignored.append(item)
+                elif path not in include:
+                    include.append(path)
+        elif lname == "limit":
+            limit = min(_parse_uint(name, value), max_limit)
+        elif lname == "offset":
+            offset = _parse_uint(name, value)
+        elif lname in flags:
+            flags[lname] = _parse_bool(name, value)
+        elif lname in CONTROL_PARAMETERS:
+            continue
+        else:
+            try:
+                path = resolve_attribute(name)
+            except BadRequest:
+                path = None  # not an attribute ID: an unknown parameter, ignored (PS3.18 8.3)
+            if path is None:
+                ignored.append(name)
+                continue
+            vr = vr_of(path.tag)
+            values = _check_value(name, path, vr, value)
+            if path in matches:
+                previous = matches[path]
+                if vr == "UI" and not previous.is_universal and values != ("",):
+                    values = previous.values + tuple(v for v in values if v not in previous.values)
+                elif previous.values != values:
+                    raise BadRequest(f"{name}: the attribute is given more than once")
+            matches[path] = MatchKey(path, vr, values)
+    return SearchQuery(
+        level=level,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        matches=tuple(matches.values()),
+        include=tuple(include),
+        include_all=include_all,
+        limit=limit,
+        offset=offset,
+        fuzzy=flags["fuzzymatching"],
+        empty_value_matching=flags["emptyvaluematching"],
+        multiple_value_matching=flags["multiplevaluematching"],
+        relational=relational,
+        ignored=tuple(ignored),
+    )
+

@@ -1,0 +1,99 @@
+"""Opening associations to a PACS peer, with failures translated into gateway errors.
+
+Runs in worker threads only. Each operation gets its own association (pynetdicom allows one
+outstanding DIMSE operation per association); concurrency is bounded by the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from app.errors import UpstreamError, UpstreamUnavailable
+from app.settings import PacsPeer
+
+log = logging.getLogger(__name__)
+
+_msg_ids = itertools.count(1)
+_msg_lock = threading.Lock()
+
+
+def next_message_id() -> int:
+    """A process-wide message ID (1..65535), unique among concurrent operations (PS3.7 9.1.1)."""
+    with _msg_lock:
+        return (next(_msg_ids) - 1) % 65535 + 1
+
+
+def _set_nodelay(event: evt.Event) -> None:
+    """Turn Nagle's algorithm off: DIMSE is request/response and small PDUs must not wait."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # pragma: no cover - socket already gone
+        pass
+
+
+def make_ae(local_ae_title: str, peer: PacsPeer) -> AE:
+    """An AE configured with the peer's timeouts; created once per peer and never mutated."""
+    ae = AE(ae_title=local_ae_title)
+    ae.acse_timeout = peer.acse_timeout
+    ae.dimse_timeout = peer.dimse_timeout
+    ae.network_timeout = peer.dimse_timeout
+    ae.connection_timeout = peer.connect_timeout
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def open_association(
+    ae: AE,
+    peer: PacsPeer,
+    contexts: Sequence[PresentationContext],
+    *,
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[tuple[Any, Any] | tuple[Any, Any, list[Any]]] = (),
+) -> Association:
+    """Associate with ``peer`` or raise UpstreamUnavailable/UpstreamError saying why not."""
+    rejection: dict[str, int] = {}
+
+    def on_acse_recv(event: evt.Event) -> None:
+        primitive = event.primitive
+        result = getattr(primitive, "result", None)
+        if result in (0x01, 0x02):
+            rejection.update(result=result, source=primitive.result_source or 0,
+                             reason=primitive.diagnostic or 0)
+
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_ACSE_RECV, on_acse_recv)]
+    handlers.extend(evt_handlers)
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        contexts=list(contexts),
+        ae_title=peer.ae_title,
+        ext_neg=list(ext_neg) if ext_neg else None,
+        evt_handlers=handlers,
+        max_pdu=0,
+    )
+    if assoc.is_established:
+        return assoc
+    where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    if assoc.is_rejected:
+        detail = (
+            f"result {rejection.get('result', 0)}, source {rejection.get('source', 0)}, "
+            f"reason {rejection.get('reason', 0)}"
+        )
+        if rejection.get("result") == 0x01 and rejection.get("source") == 0x01:
+            # Rejected permanently by the service user: e.g. our AE title is not known there.
+            raise UpstreamError(f"{where} rejected the association permanently ({detail})")
+        raise UpstreamUnavailable(f"{where} rejected the association ({detail})")
+    if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
+        raise UpstreamError(f"{where} accepted none of the proposed presentation contexts")
+    raise UpstreamUnavailable(f"{where} is unreachable or did not answer the association request")

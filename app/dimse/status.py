@@ -1,0 +1,77 @@
+"""DIMSE status codes (PS3.7 Annex C, PS3.4 C.4) and their single mapping to gateway errors."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from app.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    UpstreamError,
+    UpstreamNotSupported,
+    UpstreamUnavailable,
+)
+
+
+class Category(StrEnum):
+    """The category of a DIMSE status (PS3.7 C.1.2)."""
+
+    SUCCESS = "Success"
+    PENDING = "Pending"
+    CANCEL = "Cancel"
+    WARNING = "Warning"
+    FAILURE = "Failure"
+
+
+def category(status: int) -> Category:
+    """Classify a status code; unknown codes are failures (PS3.7 C.1.2)."""
+    if status == 0x0000:
+        return Category.SUCCESS
+    if status in (0xFF00, 0xFF01):
+        return Category.PENDING
+    if status == 0xFE00:
+        return Category.CANCEL
+    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+        return Category.WARNING
+    return Category.FAILURE
+
+
+def find_failure(status: int, operation: str = "C-FIND", comment: str | None = None) -> GatewayError:
+    """The error to raise for a failed C-FIND final status (PS3.4 C.4.1.1.4)."""
+    text = f"{operation} failed with status 0x{status:04X}"
+    if comment:
+        text += f": {comment}"
+    if status in (0xA700, 0xA701, 0xA702):
+        return UpstreamUnavailable(text + " (PACS out of resources)", dimse_status=status)
+    if status == 0xA900:
+        return BadRequest(
+            text + " (identifier does not match SOP class: a query key the PACS refuses)",
+            dimse_status=status,
+        )
+    if status in (0x0122, 0x0112):
+        return UpstreamNotSupported(text + " (SOP class not supported)", dimse_status=status)
+    if status == 0xFE00:
+        return UpstreamError(text + " (cancelled by the PACS)", dimse_status=status)
+    return UpstreamError(text, dimse_status=status)
+
+
+def retrieve_failure(
+    status: int, operation: str, comment: str | None = None
+) -> GatewayError:
+    """The error to raise for a failed C-GET/C-MOVE final status with nothing received."""
+    text = f"{operation} failed with status 0x{status:04X}"
+    if comment:
+        text += f": {comment}"
+    if status in (0xA701, 0xA702, 0xA700):
+        return UpstreamUnavailable(text + " (PACS out of resources)", dimse_status=status)
+    if status == 0xA801:
+        return UpstreamError(text + " (move destination unknown to the PACS)", dimse_status=status)
+    if status in (0x0122, 0x0112):
+        return UpstreamNotSupported(text + " (SOP class not supported)", dimse_status=status)
+    return UpstreamError(text, dimse_status=status)
+
+
+def nothing_found(what: str) -> NotFound:
+    """The error for a retrieval that matched nothing (0000 with zero sub-operations)."""
+    return NotFound(f"{what} not found on the PACS")

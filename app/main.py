@@ -1,0 +1,59 @@
+"""Application factory: create_app(settings) wires settings, DIMSE clients and routes; nothing is
+created at import time, so tests and the demo can run several gateways in one process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api import health, qido
+from app.api.problems import install_error_handlers
+from app.dimse.client import DimseClients
+from app.services.registry import Services
+from app.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A gateway app for ``settings`` (read from the environment when omitted)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services(settings, DimseClients(settings))
+        app.state.services = services
+        log.info("gateway %s up; PACS: %s", settings.ae_title,
+                 ", ".join(f"{p.name}={p.ae_title}@{p.host}:{p.port}" for p in settings.pacs))
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="DICOMweb gateway",
+        version=__version__,
+        description=(
+            "QIDO-RS and WADO-RS in front of a DIMSE-only PACS (C-FIND, C-GET, C-MOVE). "
+            "See docs/conformance.md for what each resource supports."
+        ),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "HEAD", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
+        )
+    app.include_router(health.router)
+    app.include_router(qido.router, prefix=settings.dicomweb_prefix)
+    app.include_router(qido.router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix)
+    return app

@@ -1,0 +1,379 @@
+"""QIDO-RS search orchestration: a SearchQuery becomes one or more Study Root C-FINDs.
+
+Hierarchical resources are one C-FIND. Relational resources (/series, /instances,
+/studies/{s}/instances) and keys above the query level are answered with one C-FIND when the PACS
+accepts relational queries (PS3.4 C.4.1.3.2), and otherwise by staged hierarchical queries (study
+-> series -> image), merging upper-level attributes into the results (PS3.18 10.6.3.3).
+``limit``/``offset`` are emulated: matches past the page cancel the C-FIND (C-CANCEL, then drain).
+A request never holds one association while waiting for another, so it cannot deadlock the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+from app.dicomweb.attributes import (
+    ALL_RETURN_KEYS,
+    COMPUTED_SERIES_KEYS,
+    COMPUTED_STUDY_KEYS,
+    DROPPED_FROM_RESULTS,
+    REQUIRED_RETURN_KEYS,
+    UNIQUE_KEY,
+    QueryLevel,
+    level_of,
+)
+from app.dicomweb.identifiers import build_identifier
+from app.dicomweb.matching import can_match
+from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
+from app.dicomweb.urls import instance_url, series_url, study_url
+from app.dimse.client import PeerClient
+
+log = logging.getLogger(__name__)
+LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
+MODALITIES_IN_STUDY = 0x00080061
+MODALITY = 0x00080060
+SERIES_INSTANCES = 0x00201209
+
+
+@dataclass
+class SearchResult:
+    """One page of results, whether more remain, and warnings for the Warning header."""
+
+    datasets: list[Dataset]
+    more: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _has_value(ds: Dataset, tag: int) -> bool:
+    element = ds.get(tag)
+    return element is not None and element.value not in (None, "", b"") and element.VM > 0
+
+
+class QueryService:
+    """Runs searches against one PACS through its PeerClient."""
+
+    def __init__(self, client: PeerClient) -> None:
+        self._client = client
+        self._peer = client.peer
+
+    # -- public -----------------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery, base_url: str) -> SearchResult:
+        """Answer ``query``; results carry RetrieveURL under ``base_url``."""
+        warnings: list[str] = []
+        plan = _Plan.of(query)
+        relational = False
+        if plan.needs_staging and not plan.lower_keys:
+            relational = await self._client.supports_relational()
+        page: list[Dataset] = []
+        more = False
+        skipped = 0
+        results = (
+            self._relational_results(plan) if relational else self._staged_results(plan, 0, {}, None)
+        )
+        async with aclosing(results) as stream:
+            async for ds in stream:
+                if skipped < query.offset:
+                    skipped += 1
+                    continue
+                if len(page) >= query.limit:
+                    more = True
+                    break
+                page.append(ds)
+        if plan.unsupported_warning:
+            warnings.append(plan.unsupported_warning)
+        await self._complete_counts(page, query.level)
+        return SearchResult([self._finish(ds, query, base_url) for ds in page], more, warnings)
+
+    # -- result streams ---------------------------------------------------------------------
+
+    async def _relational_results(self, plan: _Plan) -> AsyncIterator[Dataset]:
+        """One C-FIND at the target level carrying keys of every level (relational query)."""
+        ident = build_identifier(
+            plan.target,
+            unique_keys=plan.query.path_uids,
+            matches=[m for lvl in LEVELS for m in plan.keys[lvl]],
+            return_keys=[k for lvl in LEVELS for k in plan.return_keys[lvl]],
+            character_set=self._peer.query_character_set,
+        )
+        async for ds in self._stream(ident, plan.target, relational=True):
+            if await self._acceptable(ds, plan.all_keys, plan.target):
+                yield ds
+
+    async def _staged_results(
+        self, plan: _Plan, depth: int, uids: dict[int, str], inherited: Dataset | None
+    ) -> AsyncIterator[Dataset]:
+        """Hierarchical queries from the top needed level down to the target level."""
+        level = LEVELS[depth]
+        if depth < plan.start_depth:
+            async for ds in self._staged_results(plan, depth + 1, uids, inherited):
+                yield ds
+            return
+        own_uids = {t: v for t, v in plan.query.path_uids.items() if t in _unique_tags(depth)}
+        own_uids.update(uids)
+        ident = build_identifier(
+            level,
+            unique_keys=own_uids,
+            matches=plan.keys[level],
+            return_keys=plan.return_keys[level],
+            character_set=self._peer.query_character_set,
+        )
+        if level == plan.target:
+            if plan.lower_keys:
+                candidates = await self._collect(ident, level)
+                for ds in candidates:
+                    uid = ds.get(UNIQUE_KEY[level])
+                    if uid is None or not uid.value:
+                        continue
+                    below = {**own_uids, UNIQUE_KEY[level]: str(uid.value)}
+                    if await self._acceptable(ds, plan.keys[level], level) and (
+                        await self._has_descendant(plan, LEVELS.index(level) + 1, below)
+                    ):
+                        yield _merge(inherited, ds)
+                return
+            async for ds in self._stream(ident, level):
+                if await self._acceptable(ds, plan.keys[level], level):
+                    yield _merge(inherited, ds)
+            return
+        parents = await self._collect(ident, level)
+        for parent in parents:
+            if not await self._acceptable(parent, plan.keys[level], level):
+                continue
+            uid_element = parent.get(UNIQUE_KEY[level])
+            if uid_element is None or not uid_element.value:
+                continue
+            child_uids = {**own_uids, UNIQUE_KEY[level]: str(uid_element.value)}
+            carried = _merge(inherited, parent) if plan.carry_upper else None
+            async for ds in self._staged_results(plan, depth + 1, child_uids, carried):
+                yield ds
+
+    async def _stream(
+        self, ident: Dataset, level: QueryLevel, *, relational: bool = False
+    ) -> AsyncIterator[Dataset]:
+        """Matches of one C-FIND as they arrive (or sorted, for a PACS with unstable order)."""
+        if not self._peer.stable_find_order:
+            for ds in await self._collect(ident, level, relational=relational):
+                yield ds
+            return
+        async with self._client.find(ident, relational=relational) as stream:
+            async for ds in stream:
+                yield ds
+
+    async def _collect(
+        self, ident: Dataset, level: QueryLevel, *, relational: bool = False
+    ) -> list[Dataset]:
+        """All matches of one C-FIND (at most max_find_results), in a stable order."""
+        out: list[Dataset] = []
+        cap = self._peer.max_find_results
+        async with self._client.find(ident, relational=relational) as stream:
+            async for ds in stream:
+                out.append(ds)
+                if len(out) >= cap:
+                    log.warning("C-FIND on %s capped at %d matches", self._peer.name, cap)
+                    break
+        if not self._peer.stable_find_order:
+            tag = UNIQUE_KEY[level]
+            out.sort(key=lambda d: str(d.get(tag).value) if tag in d else "")
+        return out
+
+    async def _has_descendant(self, plan: _Plan, depth: int, uids: dict[int, str]) -> bool:
+        """Whether some entity at LEVELS[depth] under ``uids`` matches the keys of its level and
+        has descendants matching the deeper keys (lower-level keys on a higher-level search)."""
+        if depth >= len(LEVELS) or not any(plan.keys[lvl] for lvl in LEVELS[depth:]):
+            return True
+        level = LEVELS[depth]
+        ident = build_identifier(
+            level, unique_keys=uids, matches=plan.keys[level], return_keys=[UNIQUE_KEY[level]],
+            character_set=self._peer.query_character_set,
+        )
+        if not any(plan.keys[lvl] for lvl in LEVELS[depth + 1:]):
+            return await self._any_match(ident)
+        for ds in await self._collect(ident, level):
+            uid = ds.get(UNIQUE_KEY[level])
+            if uid is not None and uid.value and await self._has_descendant(
+                plan, depth + 1, {**uids, UNIQUE_KEY[level]: str(uid.value)}
+            ):
+                return True
+        return False
+
+    async def _any_match(self, ident: Dataset, level: QueryLevel) -> bool:
+        async with self._client.find(ident, maxsize=1) as stream:
+            async for _ in stream:
+                return True
+        return False
+
+    async def _acceptable(self, ds: Dataset, keys: Sequence[MatchKey], level: QueryLevel) -> bool:
+        """Re-check ``keys`` on the returned values; compute a missing ModalitiesInStudy first
+        when it is being matched."""
+        if level == QueryLevel.STUDY and any(
+            k.path.tag == MODALITIES_IN_STUDY and not k.is_universal for k in keys
+        ) and not _has_value(ds, MODALITIES_IN_STUDY):
+            await self._complete_counts([ds], QueryLevel.STUDY)
+        return all(can_match(k, ds) for k in keys)
+
+    # -- computed attributes ----------------------------------------------------------------
+
+    async def _complete_counts(self, results: Sequence[Dataset], level: QueryLevel) -> None:
+        """Fill ModalitiesInStudy and NumberOf*Related* where the PACS left them out."""
+        if not self._peer.compute_missing_counts or level == QueryLevel.IMAGE:
+            return
+        wanted = COMPUTED_STUDY_KEYS if level == QueryLevel.STUDY else COMPUTED_SERIES_KEYS
+        todo = [ds for ds in results if not all(_has_value(ds, t) for t in wanted)]
+        if todo:
+            await asyncio.gather(*(self._compute_one(ds, level) for ds in todo))
+
+    async def _compute_one(self, ds: Dataset, level: QueryLevel) -> None:
+        if level == QueryLevel.SERIES:
+            if not _has_value(ds, SERIES_INSTANCES):
+                uids = {UNIQUE_KEY[QueryLevel.STUDY]: str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value
+                        if UNIQUE_KEY[QueryLevel.STUDY] in ds else ""),
+                        UNIQUE_KEY[QueryLevel.SERIES]: str(ds.SeriesInstanceUID)}
+                count = await self._count(QueryLevel.IMAGE, uids)
+                ds.NumberOfSeriesRelatedInstances = count
+            return
+        study_uid = str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value)
+        series = await self._collect(
+            build_identifier(
+                QueryLevel.SERIES,
+                unique_keys={UNIQUE_KEY[QueryLevel.STUDY]: study_uid},
+                return_keys=[UNIQUE_KEY[QueryLevel.SERIES], MODALITY, SERIES_INSTANCES],
+            ),
+            QueryLevel.SERIES,
+        )
+        modalities = sorted({str(s.Modality) for s in series if _has_value(s, MODALITY)})
+        total = 0
+        for s in series:
+            if _has_value(s, SERIES_INSTANCES):
+                total += int(s.NumberOfSeriesRelatedInstances)
+            else:
+                total += await self._count(
+                    QueryLevel.IMAGE,
+                    {UNIQUE_KEY[QueryLevel.STUDY]: study_uid,
+                     UNIQUE_KEY[QueryLevel.SERIES]: str(s.SeriesInstanceUID)},
+                )
+        if not _has_value(ds, MODALITIES_IN_STUDY):
+            ds.ModalitiesInStudy = modalities
+        if not _has_value(ds, 0x00201206):
+            ds.NumberOfStudyRelatedSeries = len(series)
+        if not _has_value(ds, 0x00201208):
+            ds.NumberOfStudyRelatedInstances = total
+
+    async def _count(self, level: QueryLevel, uids: dict[int, str]) -> int:
+        ident = build_identifier(level, unique_keys=uids, return_keys=[UNIQUE_KEY[level]])
+        return len(await self._collect(ident, level))
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def _finish(self, ds: Dataset, query: SearchQuery, base_url: str) -> Dataset:
+        """Drop DIMSE bookkeeping, add RetrieveURL (PS3.18 10.6.3.3)."""
+        for tag in DROPPED_FROM_RESULTS:
+            if tag in ds:
+                del ds[tag]
+        study = str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value) if UNIQUE_KEY[
+            QueryLevel.STUDY] in ds else query.study_uid
+        if study and UNIQUE_KEY[QueryLevel.STUDY] not in ds and query.study_uid:
+            ds.StudyInstanceUID = query.study_uid
+        series = (str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds and ds.SeriesInstanceUID
+                  else query.series_uid)
+        if query.level == QueryLevel.STUDY and study:
+            ds.RetrieveURL = study_url(base_url, study)
+        elif query.level == QueryLevel.SERIES and study and series:
+            if "SeriesInstanceUID" not in ds:
+                ds.SeriesInstanceUID = series
+            ds.RetrieveURL = series_url(base_url, study, series)
+        elif query.level == QueryLevel.IMAGE and study and series and "SOPInstanceUID" in ds:
+            if "SeriesInstanceUID" not in ds:
+                ds.SeriesInstanceUID = series
+            ds.RetrieveURL = instance_url(base_url, study, series, str(ds.SOPInstanceUID))
+        return ds
+
+
+def _unique_tags(depth: int) -> set[int]:
+    """Unique keys of the levels above ``depth`` (those a baseline identifier may carry)."""
+    return {UNIQUE_KEY[lvl] for lvl in LEVELS[:depth]}
+
+
+def _merge(upper: Dataset | None, lower: Dataset) -> Dataset:
+    """Lower-level result with upper-level attributes added where the lower one lacks them."""
+    if upper is None:
+        return lower
+    for element in upper:
+        if element.tag not in lower and element.tag not in DROPPED_FROM_RESULTS:
+            lower.add(element)
+        elif element.tag == 0x00080005 and 0x00080005 not in lower:
+            lower.add(element)
+    return lower
+
+
+@dataclass
+class _Plan:
+    """How a SearchQuery is split over the three levels."""
+
+    query: SearchQuery
+    target: QueryLevel
+    keys: dict[QueryLevel, list[MatchKey]]
+    return_keys: dict[QueryLevel, list[AttributePath | int]]
+    start_depth: int
+    carry_upper: bool
+    lower_keys: bool
+    unsupported_warning: str | None = None
+
+    @property
+    def needs_staging(self) -> bool:
+        return self.start_depth < LEVELS.index(self.target)
+
+    @property
+    def all_keys(self) -> list[MatchKey]:
+        return [k for lvl in LEVELS for k in self.keys[lvl]]
+
+    @classmethod
+    def of(cls, query: SearchQuery) -> _Plan:
+        target = query.level
+        tdepth = LEVELS.index(target)
+        path = query.path_uids
+        keys: dict[QueryLevel, list[MatchKey]] = {lvl: [] for lvl in LEVELS}
+        for m in query.matches:
+            if m.path.top in path:
+                continue  # the path already fixes this UID
+            lvl = level_of(m.path.top)
+            if m.path.top == UNIQUE_KEY[QueryLevel.STUDY]:
+                lvl = QueryLevel.STUDY
+            keys[lvl].append(m)
+        includes: dict[QueryLevel, list[AttributePath | int]] = {lvl: [] for lvl in LEVELS}
+        for inc in query.include:
+            lvl = level_of(inc.top)
+            if LEVELS.index(lvl) <= tdepth:  # lower-level includefields are not returned
+                includes[lvl].append(inc)
+        carry_upper = query.relational or any(includes[lvl] for lvl in LEVELS[:tdepth])
+        return_keys: dict[QueryLevel, list[AttributePath | int]] = {}
+        for d, lvl in enumerate(LEVELS):
+            rk: list[AttributePath | int] = []
+            if d == tdepth:
+                rk.extend(REQUIRED_RETURN_KEYS[lvl])
+                if query.include_all:
+                    rk.extend(ALL_RETURN_KEYS[lvl])
+            elif d < tdepth:
+                rk.append(UNIQUE_KEY[lvl])
+                if carry_upper:
+                    rk.extend(REQUIRED_RETURN_KEYS[lvl])
+            rk.extend(includes[lvl])
+            return_keys[lvl] = rk
+        # The shallowest level that must be queried: one with keys or needed attributes, or one
+        # whose UID the path does not give (we must enumerate it to reach the target level).
+        start = tdepth
+        for d in range(tdepth):
+            lvl = LEVELS[d]
+            if keys[lvl] or (carry_upper and lvl in (QueryLevel.STUDY, QueryLevel.SERIES)) or (
+                UNIQUE_KEY[lvl] not in path
+            ):
+                start = d
+                break
+        lower = any(keys[lvl] for lvl in LEVELS[tdepth + 1:])
+        return cls(query, target, keys, return_keys, start, carry_upper, lower)
+

@@ -1,0 +1,173 @@
+"""The gateway's one typed configuration: environment variables (prefix ``DWG_``) over an optional
+TOML or JSON config file (``DWG_CONFIG_FILE``) over defaults.
+
+Invalid configuration fails at start-up with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    """AE titles are 1-16 characters of the default repertoire, not all spaces (PS3.5 6.2)."""
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 ASCII characters, no backslash)")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class PacsPeer(BaseModel):
+    """One backend PACS the gateway talks DIMSE to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "pacs"
+    ae_title: AETitle
+    host: str = "127.0.0.1"
+    port: Port = 104
+    retrieve_method: Literal["get", "move"] = "get"
+    max_associations: Annotated[int, Field(ge=1, le=64)] = 8
+    connect_timeout: PositiveSeconds = 5.0
+    acse_timeout: PositiveSeconds = 10.0
+    dimse_timeout: PositiveSeconds = 60.0
+    overall_timeout: PositiveSeconds = 300.0
+    relational_queries: Literal["auto", "never"] = "auto"
+    query_character_set: str = "ISO_IR 192"
+    stable_find_order: bool = True
+    max_find_results: Annotated[int, Field(ge=1)] = 10_000
+    compute_missing_counts: bool = True
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway; see docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DWG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    ae_title: AETitle = "DICOMWEB_GW"
+    storage_scp_host: str = "0.0.0.0"
+    storage_scp_port: Annotated[int, Field(ge=0, le=65535)] = 11113
+    storage_scp_enabled: bool = True
+    pacs: list[PacsPeer] = Field(default_factory=list)
+    default_pacs: str | None = None
+    public_base_url: str | None = None
+    trust_forwarded_headers: bool = True
+    dicomweb_prefix: str = "/dicomweb"
+    qido_default_limit: Annotated[int, Field(ge=1)] = 1000
+    qido_max_limit: Annotated[int, Field(ge=1)] = 10_000
+    require_accept_header: bool = False
+    cache_backend: Literal["memory", "redis", "none"] = "memory"
+    redis_url: str | None = None
+    cache_max_bytes: Annotated[int, Field(ge=0)] = 512 * 1024 * 1024
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    service_name: str = "dicomweb-gateway"
+
+    @field_validator("dicomweb_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = "/" + value.strip("/") if value.strip("/") else ""
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url_shape(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an absolute http(s) URL such as https://gw.example.org")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _peers_consistent(self) -> Settings:
+        names = [p.name for p in self.pacs]
+        if len(names) != len(set(names)):
+            raise ValueError("pacs: peer names must be unique")
+        if self.default_pacs is not None and self.default_pacs not in names:
+            raise ValueError(f"default_pacs: {self.default_pacs!r} is not one of the pacs names")
+        if self.cache_backend == "redis" and not self.redis_url:
+            raise ValueError("redis_url: required when cache_backend is 'redis'")
+        if self.qido_default_limit > self.qido_max_limit:
+            raise ValueError("qido_default_limit: must not exceed qido_max_limit")
+        return self
+
+    def peer(self, name: str | None = None) -> PacsPeer:
+        """The named peer, or the default one (the first configured) when name is None."""
+        if not self.pacs:
+            raise LookupError("no PACS is configured (set DWG_PACS or a config file)")
+        wanted = name if name is not None else (self.default_pacs or self.pacs[0].name)
+        for peer in self.pacs:
+            if peer.name == wanted:
+                return peer
+        raise LookupError(f"unknown PACS {wanted!r}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order of precedence: explicit arguments, environment, then the config file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("DWG_CONFIG_FILE")
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigurationError(f"DWG_CONFIG_FILE: no such file: {config_file}")
+            if path.suffix.lower() == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            elif path.suffix.lower() == ".json":
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=path))
+            else:
+                raise ConfigurationError("DWG_CONFIG_FILE: must end in .toml or .json")
+        return tuple(sources)
+
+
+class ConfigurationError(Exception):
+    """Raised at start-up when the configuration is unusable; the message names the setting."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one readable ConfigurationError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "settings"
+            lines.append(f"{where}: {err['msg']}")
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Integration tests against real PACS processes (Orthanc, DCMTK dcmqrscp) and a real Redis."""
