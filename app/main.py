@@ -4,11 +4,13 @@ created at import time, so tests and the demo can run several gateways in one pr
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Path
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from app import __version__
 from app.api import health, qido
@@ -18,6 +20,24 @@ from app.services.registry import Services
 from app.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+
+def pacs_path_parameter(
+    pacs: Annotated[str, Path(description="Name of a configured PACS (settings: pacs[].name)")],
+) -> str:
+    """Declares the ``{pacs}`` path parameter of the named-PACS routes in OpenAPI; the QIDO
+    handlers read it from the path and answer 404 for an unknown name."""
+    return pacs
+
+
+def operation_id(suffix: str = "") -> Callable[[APIRoute], str]:
+    """OpenAPI operationIds named after the handler (the PS3.18 transaction name), with
+    ``suffix`` telling apart routes mounted twice (default PACS and named PACS)."""
+
+    def generate(route: APIRoute) -> str:
+        return route.name + suffix
+
+    return generate
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
-    app.include_router(health.router)
-    app.include_router(qido.router, prefix=settings.dicomweb_prefix)
-    app.include_router(qido.router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix)
+    app.include_router(health.router, generate_unique_id_function=operation_id())
+    app.include_router(qido.router, prefix=settings.dicomweb_prefix,
+                       generate_unique_id_function=operation_id())
+    app.include_router(qido.router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,
+                       dependencies=[Depends(pacs_path_parameter)],
+                       generate_unique_id_function=operation_id("_on_pacs"))
     return app

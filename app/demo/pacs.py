@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
@@ -75,6 +78,62 @@ def _set_tcp_nodelay(event: Event) -> None:
             pass
 
 
+# Command Field values (PS3.7 E.1)
+_C_STORE_RQ = 0x0001
+_C_GET_RQ = 0x0010
+_C_FIND_RQ = 0x0020
+_C_MOVE_RQ = 0x0021
+_C_CANCEL_RQ = 0x0FFF
+
+
+class _CancelRegister:
+    """Remembers C-CANCEL requests per association and Message ID.
+
+    pynetdicom forgets a C-CANCEL that arrives before the association thread starts serving
+    the request it cancels; PS3.7 9.3.2.3 allows it any time after the request. Messages
+    arrive in order, so a cancel applies to the latest request with that Message ID.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
+
+    def on_dimse_recv(self, event: Event) -> None:
+        """EVT_DIMSE_RECV handler (runs in the DUL thread, as messages arrive)."""
+        command = event.message.command_set
+        field = command.get("CommandField")
+        with self._lock:
+            if field == _C_CANCEL_RQ:
+                msg_id = int(command.MessageIDBeingRespondedTo)
+                self._cancelled.setdefault(event.assoc, set()).add(msg_id)
+            elif field in (_C_FIND_RQ, _C_GET_RQ, _C_MOVE_RQ):
+                self._cancelled.get(event.assoc, set()).discard(int(command.MessageID))
+
+    def is_cancelled(self, event: Event) -> bool:
+        """True if the request being served by ``event`` has been cancelled."""
+        if event.is_cancelled:
+            return True
+        with self._lock:
+            return int(event.request.MessageID or 0) in self._cancelled.get(event.assoc, set())
+
+
+def _restore_move_originator(event: Event, originator: str) -> None:
+    """EVT_DIMSE_SENT handler: C-STORE sub-operations name the C-MOVE requestor.
+
+    PS3.7 9.1.1.1 (Table 9.1-1): Move Originator Application Entity Title is the AE that
+    invoked the C-MOVE; pynetdicom 3.0 writes the SCP's own title. The event fires before
+    the command set is encoded, so it is corrected here and its group length recomputed.
+    """
+    command = event.message.command_set
+    if command.get("CommandField") != _C_STORE_RQ:
+        return
+    if not command.get("MoveOriginatorApplicationEntityTitle"):
+        return
+    command.MoveOriginatorApplicationEntityTitle = originator
+    del command.CommandGroupLength
+    command.CommandGroupLength = len(encode(command, True, True) or b"")
+
+
 def _query_level(event: Event, identifier: Dataset) -> Level:
     """The identifier's QueryRetrieveLevel, checked against the request's information model."""
     value = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
@@ -111,13 +170,18 @@ class DemoPacs:
         *,
         ae_title: str = "DEMO_PACS",
         move_destinations: Mapping[str, tuple[str, int]] | None = None,
+        response_delay: float = 0.0,
     ) -> None:
+        """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
+        C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests."""
         self._ae_title = ae_title
+        self.response_delay = max(0.0, response_delay)
         self._lock = threading.Lock()
         self._instances: dict[str, Dataset] = {}
         self._destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
         self._counts: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
         self._server: ThreadedAssociationServer | None = None
+        self._cancels = _CancelRegister()
         for ds in datasets:
             self.add(ds)
 
@@ -199,6 +263,7 @@ class DemoPacs:
             raise RuntimeError("DemoPacs is already running")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+            (evt.EVT_DIMSE_RECV, self._cancels.on_dimse_recv),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
@@ -234,6 +299,10 @@ class DemoPacs:
 
     # -- handlers (run in pynetdicom's association threads) -----------------------------------
 
+    def _pause(self) -> None:
+        if self.response_delay:
+            time.sleep(self.response_delay)
+
     def _on_echo(self, event: Event) -> int:
         self._count("C-ECHO")
         return _SUCCESS
@@ -267,7 +336,8 @@ class DemoPacs:
             return
         try:
             for entity in matches:
-                if event.is_cancelled:
+                self._pause()
+                if self._cancels.is_cancelled(event):
                     yield _CANCEL, None
                     return
                 yield _PENDING, answer(entity, identifier, level)
@@ -283,7 +353,8 @@ class DemoPacs:
         """The shared tail of C-GET and C-MOVE: the count, then one data set per sub-operation."""
         yield len(matches)
         for ds in matches:
-            if event.is_cancelled:
+            self._pause()
+            if self._cancels.is_cancelled(event):
                 yield _CANCEL, None
                 return
             yield _PENDING, ds
@@ -320,7 +391,10 @@ class DemoPacs:
             return
         options = {
             "contexts": _storage_contexts(matches) or [build_context(Verification)],
-            "evt_handlers": [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)],
+            "evt_handlers": [
+                (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+                (evt.EVT_DIMSE_SENT, _restore_move_originator, [event.assoc.requestor.ae_title]),
+            ],
         }
         yield destination[0], destination[1], options
         yield from self._send(event, matches)

@@ -26,11 +26,20 @@ def _texts(value: Any) -> list[str]:
         if item is None:
             continue
         if isinstance(item, PersonName):
-            out.append(str(item))
-            out.extend(g for g in (item.alphabetic, item.ideographic, item.phonetic) if g)
+            out.append(_pn_trim(str(item)))
+            out.extend(
+                _pn_trim(g) for g in (item.alphabetic, item.ideographic, item.phonetic) if g
+            )
         else:
             out.append(str(item))
     return [t.strip() for t in out]
+
+
+def _pn_trim(text: str) -> str:
+    """A PN value without trailing empty components or groups: ``Doe^John^^^`` and
+    ``Doe^John`` are the same name (PS3.5 6.2.1)."""
+    groups = [g.strip().rstrip("^").strip() for g in text.split("=")]
+    return "=".join(groups).rstrip("=")
 
 
 def _wildcard_regex(pattern: str) -> re.Pattern[str]:
@@ -84,10 +93,12 @@ def can_match(key: MatchKey, ds: Dataset) -> bool:
         except Exception:
             return True
     if key.vr in WILDCARD_VRS and ("*" in spec or "?" in spec):
-        rx = _wildcard_regex(spec)
+        rx = _wildcard_regex(_pn_trim(spec) if key.vr == "PN" else spec)
         return any(rx.match(a) for a in actual)
     if key.vr in WILDCARD_VRS or key.vr in ("AS", "DS", "IS"):
-        wanted = {v.strip().lower() for v in spec.split("\\")}
+        wanted = {
+            (_pn_trim(v) if key.vr == "PN" else v).strip().lower() for v in spec.split("\\")
+        }
         return any(a.lower() in wanted for a in actual) or key.vr in ("DS", "IS") and _num_eq(
             spec, actual
         )

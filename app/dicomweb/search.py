@@ -7,6 +7,7 @@ parameter raises BadRequest naming the parameter.
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,53 @@ _NUMBER = {
     "SV": re.compile(r"^[+-]?\d+$"),
 }
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_ID_PART = r"(?:[0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)"
+_ATTRIBUTE_ID = re.compile(rf"^{_ID_PART}(?:\.{_ID_PART})*$")
+
+
+def _valid_calendar(vr: str, value: str) -> bool:
+    """True when the digits of a DA/TM/DT value name a real date and time (PS3.5 6.2)."""
+    if vr == "TM":
+        date, time = "", value
+    else:
+        date, time = value[:8], value[8:]
+        time = re.sub(r"[+-]\d{4}$", "", time)
+    if date:
+        year = int(date[:4])
+        month = int(date[4:6]) if len(date) >= 6 else 1
+        day = int(date[6:8]) if len(date) >= 8 else 1
+        try:
+            _dt.date(max(year, 1), month, day)
+        except ValueError:
+            return False
+    digits = time.split(".")[0]
+    limits = (23, 59, 60)  # 60: a leap second is a valid TM (PS3.5 Table 6.2-1)
+    for i in range(0, len(digits), 2):
+        if int(digits[i:i + 2]) > limits[i // 2]:
+            return False
+    if vr == "DT":
+        offset = re.search(r"[+-](\d{2})(\d{2})$", value[4:])
+        if offset and (int(offset.group(1)) > 14 or int(offset.group(2)) > 59):
+            return False
+    return True
+
+
+def _valid_temporal(vr: str, value: str) -> bool:
+    """A DA/TM/DT single value or range (``a-b``, ``-b``, ``a-``) of valid values."""
+    if _SINGLE[vr].match(value):
+        return _valid_calendar(vr, value)
+    if value == "-" or not _RANGE[vr].match(value):
+        return False
+    low, high = _split_range(vr, value)
+    return all(_valid_calendar(vr, part) for part in (low, high) if part)
+
+
+def _split_range(vr: str, value: str) -> tuple[str, str]:
+    """Split a range at the hyphen that separates its ends (DT values may carry -HHMM)."""
+    pattern = {"DA": _DA, "TM": _TM, "DT": _DT}[vr]
+    match = re.match(f"^({pattern})?-({pattern})?$", value)
+    assert match is not None
+    return match.group(1) or "", match.group(2) or ""
 
 
 def vr_of(tag: int) -> str:
@@ -157,7 +205,7 @@ def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[
     if has_wildcard and vr not in WILDCARD_VRS:
         raise BadRequest(f"{param}: wildcards are not allowed for VR {vr} (PS3.4 C.2.2.2.4)")
     if vr in RANGE_VRS:
-        if not (_SINGLE[vr].match(value) or (value != "-" and _RANGE[vr].match(value))):
+        if not _valid_temporal(vr, value):
             raise BadRequest(f"{param}: {value!r} is not a valid {vr} value or range")
         return (value,)
     if vr in _NUMBER and not _NUMBER[vr].match(value):
@@ -225,10 +273,9 @@ def parse_search(
         elif lname in CONTROL_PARAMETERS:
             continue
         else:
-            try:
-                path = resolve_attribute(name)
-            except BadRequest:
-                path = None  # not an attribute ID: an unknown parameter, ignored (PS3.18 8.3)
+            # Not an attribute ID at all, or one the dictionary does not know: an unknown
+            # parameter, ignored (PS3.18 8.3). A known attribute in an impossible path is a 400.
+            path = resolve_attribute(name) if _ATTRIBUTE_ID.match(name) else None
             if path is None:
                 ignored.append(name)
                 continue

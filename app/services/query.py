@@ -115,7 +115,7 @@ class QueryService:
             async for ds in self._staged_results(plan, depth + 1, uids, inherited):
                 yield ds
             return
-        own_uids = {t: v for t, v in plan.query.path_uids.items() if t in _unique_tags(depth)}
+        own_uids = {t: v for t, v in plan.query.path_uids.items() if t in _unique_tags(depth + 1)}
         own_uids.update(uids)
         ident = build_identifier(
             level,

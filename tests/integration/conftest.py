@@ -1,31 +1,15 @@
-"""Session-wide real peers for integration tests: Orthanc and dcmqrscp holding the sample studies.
-
-Both peers hold exactly ``generate_sample_studies()`` and know the gateway (``GATEWAY_AE`` on
-``gateway_storage_port``) as a C-MOVE destination. Tests must not add data to these shared
-servers; a test that needs other data starts its own ``OrthancServer`` or ``DcmqrscpServer``.
-"""
+"""Integration tests: everything collected here is marked ``integration``; the real-peer
+fixtures come from tests/peers/fixtures.py (registered in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
 
-from tests.peers import (
-    DcmqrscpServer,
-    OrthancServer,
-    PacsEndpoint,
-    find_dicomweb_plugin,
-    free_port,
-    require_binary,
-    skip_or_fail,
-)
+from tests.peers.fixtures import GATEWAY_AE
 
-GATEWAY_AE = "DWGW_TEST"
-"""AE title of the gateway under test; both peers accept it as a C-MOVE destination."""
-
+__all__ = ["GATEWAY_AE"]
 _HERE = Path(__file__).resolve().parent
 
 
@@ -34,71 +18,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.fixture(scope="session")
-def sample_datasets() -> list[Dataset]:
-    """The deterministic sample studies that both peers hold."""
-    from app.demo.samples import generate_sample_studies
-
-    return generate_sample_studies()
-
-
-@pytest.fixture(scope="session")
-def gateway_storage_port() -> int:
-    """A free port reserved for the gateway's C-MOVE storage SCP (peers send to it)."""
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def orthanc(
-    tmp_path_factory: pytest.TempPathFactory,
-    sample_datasets: list[Dataset],
-    gateway_storage_port: int,
-) -> Iterator[OrthancServer]:
-    """A real Orthanc with the DICOMweb plugin, loaded with the sample studies."""
-    require_binary("Orthanc")
-    if find_dicomweb_plugin() is None:
-        skip_or_fail("the Orthanc DICOMweb plugin is not installed (run scripts/install-deps)")
-    server = OrthancServer(
-        tmp_path_factory.mktemp("orthanc"),
-        modalities={"gateway": (GATEWAY_AE, "127.0.0.1", gateway_storage_port)},
-    )
-    server.start()
-    try:
-        server.load(sample_datasets)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def dcmqrscp(
-    tmp_path_factory: pytest.TempPathFactory,
-    sample_datasets: list[Dataset],
-    gateway_storage_port: int,
-) -> Iterator[DcmqrscpServer]:
-    """A real DCMTK dcmqrscp (one AE title), loaded with the sample studies."""
-    require_binary("dcmqrscp")
-    require_binary("dcmqridx")
-    server = DcmqrscpServer(
-        tmp_path_factory.mktemp("dcmqrscp"),
-        move_destinations={"gateway": (GATEWAY_AE, gateway_storage_port)},
-    )
-    server.load(sample_datasets)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(params=["orthanc", "dcmqrscp"])
-def pacs(request: pytest.FixtureRequest) -> PacsEndpoint:
-    """Each real peer in turn, as an endpoint; only the peer a test instance needs is started."""
-    kind: str = request.param
-    if kind == "orthanc":
-        orthanc: OrthancServer = request.getfixturevalue("orthanc")
-        return PacsEndpoint(kind, orthanc.ae_title, orthanc.host, orthanc.dicom_port)
-    dcmqrscp: DcmqrscpServer = request.getfixturevalue("dcmqrscp")
-    return PacsEndpoint(kind, dcmqrscp.ae_title, dcmqrscp.host, dcmqrscp.port)
