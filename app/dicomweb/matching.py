@@ -110,3 +110,39 @@ def _num_eq(spec: str, actual: list[str]) -> bool:
         return any(float(a) == float(spec) for a in actual)
     except ValueError:
         return True
+
+
+# Date and time attributes that combine into one date-time for range matching (PS3.4 C.2.2.2.5.1).
+DATE_TIME_PAIRS: tuple[tuple[int, int], ...] = (
+    (0x00080020, 0x00080030),  # StudyDate, StudyTime
+    (0x00080021, 0x00080031),  # SeriesDate, SeriesTime
+    (0x00080022, 0x00080032),  # AcquisitionDate, AcquisitionTime
+    (0x00080023, 0x00080033),  # ContentDate, ContentTime
+    (0x00400244, 0x00400245),  # PerformedProcedureStepStartDate, ...StartTime
+)
+
+
+def combined_range_matches(date_key: MatchKey, time_key: MatchKey, ds: Dataset) -> bool:
+    """Combined date-time range matching: StudyDate=d1-d2 with StudyTime=t1-t2 means the
+    period from d1 t1 to d2 t2, not times t1-t2 on each day (PS3.4 C.2.2.2.5.1). False only
+    when the returned date and time certainly fall outside that period."""
+    date_el = ds.get(date_key.path.tag)
+    if date_el is None or not date_el.value:
+        return True
+    date = str(date_el.value).strip()
+    time_el = ds.get(time_key.path.tag)
+    time = str(time_el.value).strip() if time_el is not None and time_el.value else ""
+    d_low, _, d_high = date_key.values[0].partition("-")
+    t_spec = time_key.values[0]
+    t_low, _, t_high = t_spec.partition("-") if "-" in t_spec else (t_spec, "", t_spec)
+    value_low = date + _bound("TM", time or "00", high=False)
+    value_high = date + _bound("TM", time or "23", high=True)
+    if d_low:
+        low = d_low + _bound("TM", t_low or "00", high=False)
+        if value_high < low:
+            return False
+    if d_high:
+        high = d_high + _bound("TM", t_high or "23", high=True)
+        if value_low > high:
+            return False
+    return True

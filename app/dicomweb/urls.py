@@ -1,4 +1,4 @@
-"""URLs of DICOMweb resources under a service base URL (used for RetrieveURL and Content-Location)."""
+"""URLs of DICOMweb resources under a service base URL (for RetrieveURL, Content-Location)."""
 
 from __future__ import annotations
 

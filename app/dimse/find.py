@@ -32,6 +32,7 @@ class FindOutcome:
     matches: int
     optional_keys_unsupported: bool
     relational: bool
+    capped: bool = False
 
 
 def relational_negotiation() -> SOPClassExtendedNegotiation:
@@ -103,12 +104,16 @@ def c_find_producer(
                 break
             if final is None:
                 raise UpstreamError(f"PACS {peer.name} ended the C-FIND without a final status")
-            if category(final) is Category.CANCEL and cancel_sent:
-                pass
-            elif category(final) not in (Category.SUCCESS, Category.WARNING):
+            # A Cancel status we did not ask for: the PACS stopped early on its own, as Orthanc
+            # does past LimitFindResults. Keep what arrived and report the answer as capped.
+            capped = category(final) is Category.CANCEL and not cancel_sent
+            if category(final) not in (Category.SUCCESS, Category.WARNING, Category.CANCEL):
                 raise find_failure(final, comment=str(comment) if comment else None)
+            if capped:
+                log.warning("PACS %s ended a C-FIND with Cancel after %d matches (a result cap)",
+                            peer.name, matches)
             finished = True
-            return FindOutcome(final, cancel_sent, matches, unsupported_keys, relational)
+            return FindOutcome(final, cancel_sent, matches, unsupported_keys, relational, capped)
         finally:
             if finished and assoc.is_established:
                 assoc.release()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -29,16 +30,38 @@ from app.dicomweb.attributes import (
     level_of,
 )
 from app.dicomweb.identifiers import build_identifier
-from app.dicomweb.matching import can_match
+from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import PeerClient
+from app.dimse.find import FindOutcome
 
 log = logging.getLogger(__name__)
 LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
 MODALITIES_IN_STUDY = 0x00080061
 MODALITY = 0x00080060
 SERIES_INSTANCES = 0x00201209
+
+
+CAPPED_WARNING = (
+    "The PACS limited the number of matches it returned; the results may be incomplete."
+)
+UNSUPPORTED_KEYS_WARNING = "The PACS did not support some optional return keys."
+# Warnings noticed while the C-FINDs of one search run (each search runs in its own task context).
+_search_notes: ContextVar[set[str]] = ContextVar("search_notes")
+
+
+def _note(text: str) -> None:
+    notes = _search_notes.get(None)
+    if notes is not None:
+        notes.add(text)
+
+
+def _note_outcome(outcome: FindOutcome) -> None:
+    if outcome.capped:
+        _note(CAPPED_WARNING)
+    if outcome.optional_keys_unsupported:
+        _note(UNSUPPORTED_KEYS_WARNING)
 
 
 @dataclass
@@ -66,7 +89,14 @@ class QueryService:
 
     async def search(self, query: SearchQuery, base_url: str) -> SearchResult:
         """Answer ``query``; results carry RetrieveURL under ``base_url``."""
-        warnings: list[str] = []
+        notes: set[str] = set()
+        token = _search_notes.set(notes)
+        try:
+            return await self._search(query, base_url, notes)
+        finally:
+            _search_notes.reset(token)
+
+    async def _search(self, query: SearchQuery, base_url: str, notes: set[str]) -> SearchResult:
         plan = _Plan.of(query)
         relational = False
         if plan.needs_staging and not plan.lower_keys:
@@ -74,9 +104,8 @@ class QueryService:
         page: list[Dataset] = []
         more = False
         skipped = 0
-        results = (
-            self._relational_results(plan) if relational else self._staged_results(plan, 0, {}, None)
-        )
+        results = (self._relational_results(plan) if relational
+                   else self._staged_results(plan, 0, {}, None))
         async with aclosing(results) as stream:
             async for ds in stream:
                 if skipped < query.offset:
@@ -86,10 +115,9 @@ class QueryService:
                     more = True
                     break
                 page.append(ds)
-        if plan.unsupported_warning:
-            warnings.append(plan.unsupported_warning)
         await self._complete_counts(page, query.level)
-        return SearchResult([self._finish(ds, query, base_url) for ds in page], more, warnings)
+        return SearchResult([self._finish(ds, query, base_url) for ds in page], more,
+                            sorted(notes))
 
     # -- result streams ---------------------------------------------------------------------
 
@@ -103,7 +131,7 @@ class QueryService:
             character_set=self._peer.query_character_set,
         )
         async for ds in self._stream(ident, plan.target, relational=True):
-            if await self._acceptable(ds, plan.all_keys, plan.target):
+            if await self._acceptable(ds, plan, plan.all_keys, plan.target):
                 yield ds
 
     async def _staged_results(
@@ -132,18 +160,18 @@ class QueryService:
                     if uid is None or not uid.value:
                         continue
                     below = {**own_uids, UNIQUE_KEY[level]: str(uid.value)}
-                    if await self._acceptable(ds, plan.keys[level], level) and (
+                    if await self._acceptable(ds, plan, plan.keys[level], level) and (
                         await self._has_descendant(plan, LEVELS.index(level) + 1, below)
                     ):
                         yield _merge(inherited, ds)
                 return
             async for ds in self._stream(ident, level):
-                if await self._acceptable(ds, plan.keys[level], level):
+                if await self._acceptable(ds, plan, plan.keys[level], level):
                     yield _merge(inherited, ds)
             return
         parents = await self._collect(ident, level)
         for parent in parents:
-            if not await self._acceptable(parent, plan.keys[level], level):
+            if not await self._acceptable(parent, plan, plan.keys[level], level):
                 continue
             uid_element = parent.get(UNIQUE_KEY[level])
             if uid_element is None or not uid_element.value:
@@ -164,6 +192,7 @@ class QueryService:
         async with self._client.find(ident, relational=relational) as stream:
             async for ds in stream:
                 yield ds
+            _note_outcome(stream.result)
 
     async def _collect(
         self, ident: Dataset, level: QueryLevel, *, relational: bool = False
@@ -176,7 +205,10 @@ class QueryService:
                 out.append(ds)
                 if len(out) >= cap:
                     log.warning("C-FIND on %s capped at %d matches", self._peer.name, cap)
+                    _note(CAPPED_WARNING)
                     break
+            else:
+                _note_outcome(stream.result)
         if not self._peer.stable_find_order:
             tag = UNIQUE_KEY[level]
             out.sort(key=lambda d: str(d.get(tag).value) if tag in d else "")
@@ -208,14 +240,18 @@ class QueryService:
                 return True
         return False
 
-    async def _acceptable(self, ds: Dataset, keys: Sequence[MatchKey], level: QueryLevel) -> bool:
+    async def _acceptable(
+        self, ds: Dataset, plan: _Plan, keys: Sequence[MatchKey], level: QueryLevel
+    ) -> bool:
         """Re-check ``keys`` on the returned values; compute a missing ModalitiesInStudy first
         when it is being matched."""
         if level == QueryLevel.STUDY and any(
             k.path.tag == MODALITIES_IN_STUDY and not k.is_universal for k in keys
         ) and not _has_value(ds, MODALITIES_IN_STUDY):
             await self._complete_counts([ds], QueryLevel.STUDY)
-        return all(can_match(k, ds) for k in keys)
+        if not all(can_match(k, ds) for k in keys):
+            return False
+        return all(combined_range_matches(d, t, ds) for d, t in plan.combined if d in keys)
 
     # -- computed attributes ----------------------------------------------------------------
 
@@ -322,7 +358,7 @@ class _Plan:
     start_depth: int
     carry_upper: bool
     lower_keys: bool
-    unsupported_warning: str | None = None
+    combined: list[tuple[MatchKey, MatchKey]] = field(default_factory=list)
 
     @property
     def needs_staging(self) -> bool:
@@ -375,5 +411,23 @@ class _Plan:
                 start = d
                 break
         lower = any(keys[lvl] for lvl in LEVELS[tdepth + 1:])
-        return cls(query, target, keys, return_keys, start, carry_upper, lower)
+        combined = _split_combined_ranges(keys)
+        return cls(query, target, keys, return_keys, start, carry_upper, lower, combined)
+
+
+def _split_combined_ranges(
+    keys: dict[QueryLevel, list[MatchKey]],
+) -> list[tuple[MatchKey, MatchKey]]:
+    """A date range with a time key is matched as one date-time period by the gateway: the PACS
+    gets the date range and the time as a return key (PS3.18 8.3.4.1.1 note)."""
+    pairs: list[tuple[MatchKey, MatchKey]] = []
+    for level_keys in keys.values():
+        by_tag = {k.path.tag: k for k in level_keys if len(k.path.tags) == 1}
+        for date_tag, time_tag in DATE_TIME_PAIRS:
+            date_key, time_key = by_tag.get(date_tag), by_tag.get(time_tag)
+            if (date_key and time_key and not date_key.is_universal
+                    and not time_key.is_universal and "-" in date_key.values[0]):
+                level_keys[level_keys.index(time_key)] = MatchKey(time_key.path, time_key.vr, ("",))
+                pairs.append((date_key, time_key))
+    return pairs
 

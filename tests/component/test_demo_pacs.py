@@ -478,6 +478,36 @@ def test_get_multiframe_study_keeps_frames_and_japanese_name(pacs: DemoPacs) -> 
     assert str(received[0].PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
 
 
+def test_get_cancel_stops_the_sub_operations() -> None:
+    ct = [ds for ds in SAMPLES if ds.StudyInstanceUID == CT_STUDY]
+    received: list[str] = []
+    assoc_box: list[Association] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.dataset.SOPInstanceUID))
+        if len(received) == 1:
+            assoc_box[0].send_c_cancel(9, query_model=GET)
+        return 0x0000
+
+    with DemoPacs(ct, response_delay=0.02) as slow:
+        assoc = _scu(
+            slow,
+            [build_context(GET), build_context(CTImageStorage)],
+            roles=[build_role(CTImageStorage, scp_role=True)],
+            handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        assoc_box.append(assoc)
+        try:
+            query = _query("STUDY", StudyInstanceUID=CT_STUDY)
+            statuses = [s for s, _ in assoc.send_c_get(query, GET, msg_id=9)]
+        finally:
+            assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert 1 <= len(received) < len(ct)
+    assert final.NumberOfCompletedSuboperations == len(received)
+
+
 def test_get_without_matches_succeeds_with_zero_suboperations(pacs: DemoPacs) -> None:
     final, received = _get(pacs, _query("STUDY", StudyInstanceUID="1.2.3.4"), [CTImageStorage])
     assert final.Status == 0x0000

@@ -31,8 +31,9 @@ def _study_uids(results: list[dict]) -> set[str]:
     return {str(_value(r, "0020000D")) for r in results}
 
 
-def test_search_for_studies_with_non_ascii_names(client: DICOMwebClient,
-                                                 sample_datasets: list[Dataset]) -> None:
+def test_search_for_studies_with_non_ascii_names(
+    client: DICOMwebClient, sample_datasets: list[Dataset]
+) -> None:
     for ds in sample_datasets:
         if ds.get("SpecificCharacterSet") in ("ISO_IR 100", "ISO_IR 192"):
             alphabetic = ds.PatientName.alphabetic
@@ -40,45 +41,56 @@ def test_search_for_studies_with_non_ascii_names(client: DICOMwebClient,
             assert [r["00100010"]["Value"][0]["Alphabetic"] for r in results] == [alphabetic]
             if ds.PatientName.ideographic:
                 assert results[0]["00100010"]["Value"][0]["Ideographic"] == (
-                    ds.PatientName.ideographic)
+                    ds.PatientName.ideographic
+                )
     latin1 = next(d for d in sample_datasets if d.get("SpecificCharacterSet") == "ISO_IR 100")
     found = client.search_for_studies(search_filters={"PatientName": str(latin1.PatientName)})
     assert _study_uids(found) == {str(latin1.StudyInstanceUID)}
 
 
-def test_search_with_wildcards_percent_encoded(client: DICOMwebClient,
-                                               sample_datasets: list[Dataset]) -> None:
+def test_search_with_wildcards_percent_encoded(
+    client: DICOMwebClient, sample_datasets: list[Dataset]
+) -> None:
     # dicomweb-client sends PatientName=Doe%2A: the gateway must decode it to a wildcard.
     results = client.search_for_studies(search_filters={"PatientName": "Doe*"})
-    expected = {str(d.StudyInstanceUID) for d in sample_datasets
-                if str(d.PatientName).startswith("Doe")}
+    expected = {
+        str(d.StudyInstanceUID) for d in sample_datasets if str(d.PatientName).startswith("Doe")
+    }
     assert _study_uids(results) == expected
     single = client.search_for_studies(search_filters={"PatientName": "Do?^Jan?"})
     assert {str(_value(r, "00100020")) for r in single} == {
-        str(d.PatientID) for d in sample_datasets if str(d.PatientName) == "Doe^Jane"}
+        str(d.PatientID) for d in sample_datasets if str(d.PatientName) == "Doe^Jane"
+    }
 
 
 def test_search_with_date_range(client: DICOMwebClient, sample_datasets: list[Dataset]) -> None:
     results = client.search_for_studies(search_filters={"StudyDate": "20200101-20221231"})
-    expected = {str(d.StudyInstanceUID) for d in sample_datasets
-                if "20200101" <= str(d.StudyDate) <= "20221231"}
+    expected = {
+        str(d.StudyInstanceUID)
+        for d in sample_datasets
+        if "20200101" <= str(d.StudyDate) <= "20221231"
+    }
     assert _study_uids(results) == expected
 
 
-def test_search_for_series_and_instances(client: DICOMwebClient,
-                                         sample_datasets: list[Dataset]) -> None:
+def test_search_for_series_and_instances(
+    client: DICOMwebClient, sample_datasets: list[Dataset]
+) -> None:
     ct = [d for d in sample_datasets if d.Modality == "CT"]
     study = str(ct[0].StudyInstanceUID)
     series = client.search_for_series(study_instance_uid=study)
     assert {str(_value(r, "0020000E")) for r in series} == {
-        str(d.SeriesInstanceUID) for d in sample_datasets if str(d.StudyInstanceUID) == study}
+        str(d.SeriesInstanceUID) for d in sample_datasets if str(d.StudyInstanceUID) == study
+    }
     all_ct = client.search_for_series(search_filters={"Modality": "CT"})
     assert {str(_value(r, "0020000E")) for r in all_ct} == {str(d.SeriesInstanceUID) for d in ct}
     target = ct[0]
     instances = client.search_for_instances(
-        study_instance_uid=study, series_instance_uid=str(target.SeriesInstanceUID))
+        study_instance_uid=study, series_instance_uid=str(target.SeriesInstanceUID)
+    )
     assert {str(_value(r, "00080018")) for r in instances} == {
-        str(d.SOPInstanceUID) for d in ct if d.SeriesInstanceUID == target.SeriesInstanceUID}
+        str(d.SOPInstanceUID) for d in ct if d.SeriesInstanceUID == target.SeriesInstanceUID
+    }
     in_study = client.search_for_instances(study_instance_uid=study)
     assert len(in_study) == sum(1 for d in sample_datasets if str(d.StudyInstanceUID) == study)
     one = client.search_for_instances(search_filters={"SOPInstanceUID": str(target.SOPInstanceUID)})
@@ -129,6 +141,7 @@ def test_paging_over_more_than_500_studies(many_orthanc: OrthancServer, page: in
         # The same pages again give the same order (PS3.18 8.3.4.4.1: stable across requests).
         again = client.search_for_studies(limit=page, offset=page)
         assert [str(_value(r, "0020000D")) for r in again] == [
-            str(_value(r, "0020000D")) for r in pages[1]]
+            str(_value(r, "0020000D")) for r in pages[1]
+        ]
         # get_remaining walks the pages itself and must reassemble the same set.
         assert _study_uids(client.search_for_studies(limit=page, get_remaining=True)) == set(uids)

@@ -49,8 +49,9 @@ def _uids(results: list[dict], tag: str) -> list[str]:
     return [str(_value(r, tag)) for r in results]
 
 
-def test_all_studies_match_the_loaded_data(http: httpx.Client, gateway: GatewayServer,
-                                           sample_datasets: list[Dataset]) -> None:
+def test_all_studies_match_the_loaded_data(
+    http: httpx.Client, gateway: GatewayServer, sample_datasets: list[Dataset]
+) -> None:
     response = http.get("/studies", headers={"Accept": "application/dicom+json"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/dicom+json")
@@ -66,8 +67,16 @@ def test_all_studies_match_the_loaded_data(http: httpx.Client, gateway: GatewayS
         assert _value(result, "00201206") == len({str(d.SeriesInstanceUID) for d in instances})
         assert sorted(result["00080061"]["Value"]) == sorted({str(d.Modality) for d in instances})
         assert _value(result, "00100020") == str(instances[0].PatientID)
-        for required in ("00080020", "00080030", "00080050", "00080090", "00100010",
-                         "00100030", "00100040", "00200010"):
+        for required in (
+            "00080020",
+            "00080030",
+            "00080050",
+            "00080090",
+            "00100010",
+            "00100030",
+            "00100040",
+            "00200010",
+        ):
             assert required in result, f"required study attribute {required} missing"
 
 
@@ -76,23 +85,31 @@ def test_non_ascii_names_decode_exactly(http: httpx.Client, sample_datasets: lis
     got = {str(_value(r, "00100020")): _value(r, "00100010") for r in results}
     for ds in sample_datasets:
         name = ds.PatientName
-        expected = {k: v for k, v in (("Alphabetic", name.alphabetic),
-                                      ("Ideographic", name.ideographic),
-                                      ("Phonetic", name.phonetic)) if v}
+        expected = {
+            k: v
+            for k, v in (
+                ("Alphabetic", name.alphabetic),
+                ("Ideographic", name.ideographic),
+                ("Phonetic", name.phonetic),
+            )
+            if v
+        }
         assert got[str(ds.PatientID)] == expected
 
 
 def test_wildcard_name_match(http: httpx.Client, sample_datasets: list[Dataset]) -> None:
     response = http.get("/studies", params={"PatientName": "Doe*"})
     assert response.status_code == 200
-    expected = {str(d.StudyInstanceUID) for d in sample_datasets
-                if str(d.PatientName).startswith("Doe")}
+    expected = {
+        str(d.StudyInstanceUID) for d in sample_datasets if str(d.PatientName).startswith("Doe")
+    }
     assert set(_uids(response.json(), "0020000D")) == expected
     assert len(expected) >= 2
 
 
-def test_latin1_name_matched_with_utf8_query(http: httpx.Client,
-                                             sample_datasets: list[Dataset]) -> None:
+def test_latin1_name_matched_with_utf8_query(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     target = next(d for d in sample_datasets if d.get("SpecificCharacterSet") == "ISO_IR 100")
     response = http.get("/studies", params={"PatientName": str(target.PatientName)})
     assert response.status_code == 200
@@ -103,9 +120,11 @@ def test_latin1_name_matched_with_utf8_query(http: httpx.Client,
 
 def test_date_ranges(http: httpx.Client, sample_datasets: list[Dataset]) -> None:
     dates = {str(d.StudyInstanceUID): str(d.StudyDate) for d in sample_datasets}
-    cases = {"20190101-20221231": lambda d: "20190101" <= d <= "20221231",
-             "-20191231": lambda d: d <= "20191231",
-             "20230101-": lambda d: d >= "20230101"}
+    cases = {
+        "20190101-20221231": lambda d: "20190101" <= d <= "20221231",
+        "-20191231": lambda d: d <= "20191231",
+        "20230101-": lambda d: d >= "20230101",
+    }
     for spec, keep in cases.items():
         response = http.get("/studies", params={"StudyDate": spec})
         expected = {uid for uid, date in dates.items() if keep(date)}
@@ -130,10 +149,12 @@ def test_no_match_is_204_with_empty_body(http: httpx.Client) -> None:
     assert response.content == b""
 
 
-def test_study_series_and_series_instances(http: httpx.Client, gateway: GatewayServer,
-                                           sample_datasets: list[Dataset]) -> None:
-    study_uid, instances = max(_studies(sample_datasets).items(),
-                               key=lambda kv: len({d.SeriesInstanceUID for d in kv[1]}))
+def test_study_series_and_series_instances(
+    http: httpx.Client, gateway: GatewayServer, sample_datasets: list[Dataset]
+) -> None:
+    study_uid, instances = max(
+        _studies(sample_datasets).items(), key=lambda kv: len({d.SeriesInstanceUID for d in kv[1]})
+    )
     per_series = Counter(str(d.SeriesInstanceUID) for d in instances)
     assert len(per_series) >= 2, "the sample data must have a multi-series study"
     series = http.get(f"/studies/{study_uid}/series").json()
@@ -145,8 +166,9 @@ def test_study_series_and_series_instances(http: httpx.Client, gateway: GatewayS
         assert _value(result, "00080060") == str(instances[0].Modality)
     series_uid = sorted(per_series)[0]
     found = http.get(f"/studies/{study_uid}/series/{series_uid}/instances").json()
-    expected = sorted(str(d.SOPInstanceUID) for d in instances
-                      if str(d.SeriesInstanceUID) == series_uid)
+    expected = sorted(
+        str(d.SOPInstanceUID) for d in instances if str(d.SeriesInstanceUID) == series_uid
+    )
     assert sorted(_uids(found, "00080018")) == expected
     by_sop = {str(d.SOPInstanceUID): d for d in instances}
     for result in found:
@@ -156,11 +178,13 @@ def test_study_series_and_series_instances(http: httpx.Client, gateway: GatewayS
         if "00080016" in result:
             assert _value(result, "00080016") == str(by_sop[sop].SOPClassUID)
         assert _value(result, "00081190") == (
-            f"{gateway.dicomweb}/studies/{study_uid}/series/{series_uid}/instances/{sop}")
+            f"{gateway.dicomweb}/studies/{study_uid}/series/{series_uid}/instances/{sop}"
+        )
 
 
-def test_all_series_carry_study_attributes(http: httpx.Client,
-                                           sample_datasets: list[Dataset]) -> None:
+def test_all_series_carry_study_attributes(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     response = http.get("/series", params={"Modality": "CT"})
     assert response.status_code == 200
     results = response.json()
@@ -172,15 +196,17 @@ def test_all_series_carry_study_attributes(http: httpx.Client,
         assert _value(result, "0020000D") == str(source.StudyInstanceUID)
 
 
-def test_all_series_with_study_level_key(http: httpx.Client,
-                                         sample_datasets: list[Dataset]) -> None:
+def test_all_series_with_study_level_key(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     response = http.get("/series", params={"PatientID": "DEMO-0001"})
     expected = {str(d.SeriesInstanceUID) for d in sample_datasets if d.PatientID == "DEMO-0001"}
     assert set(_uids(response.json(), "0020000E")) == expected
 
 
-def test_study_instances_carry_series_attributes(http: httpx.Client,
-                                                 sample_datasets: list[Dataset]) -> None:
+def test_study_instances_carry_series_attributes(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     study_uid, instances = next(iter(_studies(sample_datasets).items()))
     results = http.get(f"/studies/{study_uid}/instances").json()
     assert sorted(_uids(results, "00080018")) == sorted(str(d.SOPInstanceUID) for d in instances)
@@ -191,8 +217,9 @@ def test_study_instances_carry_series_attributes(http: httpx.Client,
         assert _value(result, "00080060") == str(source.Modality)
 
 
-def test_all_instances_by_sop_instance_uid(http: httpx.Client,
-                                           sample_datasets: list[Dataset]) -> None:
+def test_all_instances_by_sop_instance_uid(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     target = sample_datasets[-1]
     results = http.get("/instances", params={"SOPInstanceUID": str(target.SOPInstanceUID)}).json()
     assert _uids(results, "00080018") == [str(target.SOPInstanceUID)]
@@ -201,8 +228,9 @@ def test_all_instances_by_sop_instance_uid(http: httpx.Client,
     assert _alphabetic(results[0]) == str(target.PatientName.alphabetic)
 
 
-def test_paging_reassembles_the_full_set(http: httpx.Client,
-                                         sample_datasets: list[Dataset]) -> None:
+def test_paging_reassembles_the_full_set(
+    http: httpx.Client, sample_datasets: list[Dataset]
+) -> None:
     everything = set(_studies(sample_datasets))
     collected: list[str] = []
     offset = 0
@@ -222,19 +250,28 @@ def test_paging_reassembles_the_full_set(http: httpx.Client,
 
 
 def test_includefield_and_fuzzy_warning(http: httpx.Client) -> None:
-    response = http.get("/studies", params=[("includefield", "StudyDescription,00081030"),
-                                            ("includefield", "PatientAge"),
-                                            ("fuzzymatching", "true")])
+    response = http.get(
+        "/studies",
+        params=[
+            ("includefield", "StudyDescription,00081030"),
+            ("includefield", "PatientAge"),
+            ("fuzzymatching", "true"),
+        ],
+    )
     assert response.status_code == 200
     warnings = response.headers.get_list("warning")
-    assert any(w.startswith("299 ") and "fuzzymatching parameter is not supported" in w
-               for w in warnings)
+    assert any(
+        w.startswith("299 ") and "fuzzymatching parameter is not supported" in w for w in warnings
+    )
     assert all("00081030" in r for r in response.json())
 
 
 def test_xml_alternative(http: httpx.Client, sample_datasets: list[Dataset]) -> None:
-    response = http.get("/studies", params={"PatientID": "DEMO-0003"},
-                        headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+    response = http.get(
+        "/studies",
+        params={"PatientID": "DEMO-0003"},
+        headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+    )
     assert response.status_code == 200
     parts = parse_multipart(response.content, response.headers["content-type"])
     expected = {str(d.StudyInstanceUID) for d in sample_datasets if d.PatientID == "DEMO-0003"}
@@ -250,3 +287,57 @@ def test_bad_input_is_400_and_unacceptable_is_406(http: httpx.Client) -> None:
     assert "StudyDate" in bad.json()["00000902"]["Value"][0]
     assert http.get("/studies/1.2.3.abc/series").status_code == 400
     assert http.get("/studies", headers={"Accept": "image/png"}).status_code == 406
+
+
+def test_combined_date_time_range(http: httpx.Client, sample_datasets: list[Dataset]) -> None:
+    # PS3.4 C.2.2.2.5.1: a date range with a time range is one period, from d1 t1 to d2 t2.
+    low, high = "20190314090000", "20220505120000"
+    response = http.get("/studies", params={"StudyDate": "20190314-20220505",
+                                            "StudyTime": "0900-1200"})
+    expected = {str(d.StudyInstanceUID) for d in sample_datasets
+                if low <= str(d.StudyDate) + str(d.StudyTime)[:6] <= high}
+    independent = {str(d.StudyInstanceUID) for d in sample_datasets
+                   if "20190314" <= str(d.StudyDate) <= "20220505"
+                   and "090000" <= str(d.StudyTime)[:6] <= "120000"}
+    assert expected != independent, "the sample data must tell the two readings apart"
+    assert response.status_code == 200
+    assert set(_uids(response.json(), "0020000D")) == expected
+
+
+def test_echo_command(pacs: PacsEndpoint) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.peers import free_port
+
+    peers = [{"name": "real", "ae_title": pacs.ae_title, "host": pacs.host, "port": pacs.port},
+             {"name": "dead", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port(),
+              "connect_timeout": 2}]
+    env = {**os.environ, "DWG_PACS": json.dumps(peers), "DWG_AE_TITLE": "DWGW_TEST"}
+    run = [sys.executable, "-m", "app.cli", "echo"]
+    ok = subprocess.run([*run, "real"], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "real:" in ok.stdout and "OK" in ok.stdout
+    both = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert both.returncode == 1
+    assert "dead:" in both.stdout and "FAILED" in both.stdout
+
+
+def test_pacs_that_caps_its_answers_gives_a_warning(tmp_path, sample_datasets) -> None:  # type: ignore[no-untyped-def]
+    from tests.peers import OrthancServer
+
+    server = OrthancServer(tmp_path, ae_title="CAPPED", extra_config={"LimitFindResults": 3})
+    server.start()
+    try:
+        server.load(sample_datasets)
+        peer = peer_settings("capped", "CAPPED", server.host, server.dicom_port)
+        with GatewayServer(gateway_settings(peer)) as gateway, gateway.client() as http:
+            response = http.get("/studies")
+            assert response.status_code == 200
+            assert len(response.json()) == 3
+            assert any(w.startswith("299 ") and "limited the number of matches" in w
+                       for w in response.headers.get_list("warning"))
+    finally:
+        server.stop()

@@ -28,11 +28,18 @@ class GatewayServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True,
-                                        name=f"gateway-{self.port}")
+        self._thread = threading.Thread(
+            target=self._server.run, daemon=True, name=f"gateway-{self.port}"
+        )
 
     @property
     def url(self) -> str:
@@ -62,8 +69,9 @@ class GatewayServer:
     def __enter__(self) -> GatewayServer:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def client(self, **kwargs: Any) -> httpx.Client:
@@ -73,7 +81,10 @@ class GatewayServer:
 
 def gateway_settings(*peers: PacsPeer, **overrides: Any) -> Settings:
     """Settings for a test gateway: given peers, no storage SCP unless asked."""
-    values: dict[str, Any] = {"pacs": list(peers), "ae_title": "DWGW_TEST",
-                              "storage_scp_enabled": False}
+    values: dict[str, Any] = {
+        "pacs": list(peers),
+        "ae_title": "DWGW_TEST",
+        "storage_scp_enabled": False,
+    }
     values.update(overrides)
     return load_settings(**values)

@@ -108,7 +108,8 @@ async def test_named_pacs_route_still_resolves_the_name() -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            response = await client.get("/pacs/unknown/dicomweb/studies",
-                                        headers={"Accept": "application/dicom+json"})
+            response = await client.get(
+                "/pacs/unknown/dicomweb/studies", headers={"Accept": "application/dicom+json"}
+            )
     assert response.status_code == 404
     assert "unknown" in response.json()["00000902"]["Value"][0]

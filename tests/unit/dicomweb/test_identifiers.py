@@ -118,8 +118,9 @@ def test_ascii_values_send_no_specific_character_set() -> None:
 
 @pytest.mark.parametrize("value", ["山田^太郎", "Müller*", "Wang^XiaoDong=王^小東"])
 def test_non_ascii_value_sends_specific_character_set(value: str) -> None:
-    ds = build_identifier(QueryLevel.STUDY, matches=matches(("PatientName", value)),
-                          character_set="ISO_IR 192")
+    ds = build_identifier(
+        QueryLevel.STUDY, matches=matches(("PatientName", value)), character_set="ISO_IR 192"
+    )
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     back = roundtrip(ds)
     back.SpecificCharacterSet = "ISO_IR 192"
@@ -128,8 +129,9 @@ def test_non_ascii_value_sends_specific_character_set(value: str) -> None:
 
 
 def test_configured_character_set_is_used() -> None:
-    ds = build_identifier(QueryLevel.STUDY, matches=matches(("PatientName", "Müller*")),
-                          character_set="ISO_IR 100")
+    ds = build_identifier(
+        QueryLevel.STUDY, matches=matches(("PatientName", "Müller*")), character_set="ISO_IR 100"
+    )
     assert ds.SpecificCharacterSet == "ISO_IR 100"
     roundtrip(ds)
 

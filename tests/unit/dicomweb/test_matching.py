@@ -121,8 +121,12 @@ def test_can_match(name: str, spec: str, value: Any, expected: bool) -> None:
 
 @pytest.mark.parametrize(
     ("name", "spec"),
-    [("PatientName", "Doe^John"), ("StudyDate", "20190101-"), ("StudyInstanceUID", "1.2.3"),
-     ("ModalitiesInStudy", "CT")],
+    [
+        ("PatientName", "Doe^John"),
+        ("StudyDate", "20190101-"),
+        ("StudyInstanceUID", "1.2.3"),
+        ("ModalitiesInStudy", "CT"),
+    ],
 )
 def test_missing_or_empty_returned_value_is_not_a_mismatch(name: str, spec: str) -> None:
     assert can_match(key(name, spec), Dataset())

@@ -35,8 +35,22 @@ def test_valid_uids(uid: str) -> None:
 
 @pytest.mark.parametrize(
     "uid",
-    ["", ".", "1.", ".1", "1..2", "1.2.a", "1.2.3 ", " 1.2.3", "1,2", "1.2.3\\1.2.4",
-     "1." + "2" * 63, "１.２", "1.2.3/4", "*"],
+    [
+        "",
+        ".",
+        "1.",
+        ".1",
+        "1..2",
+        "1.2.a",
+        "1.2.3 ",
+        " 1.2.3",
+        "1,2",
+        "1.2.3\\1.2.4",
+        "1." + "2" * 63,
+        "１.２",
+        "1.2.3/4",
+        "*",
+    ],
 )
 def test_invalid_uids(uid: str) -> None:
     assert not is_valid_uid(uid)
@@ -54,8 +68,11 @@ def test_refs() -> None:
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(("x", "1.2", "1.2.3"), "StudyInstanceUID"), (("1", "x", "1.2.3"), "SeriesInstanceUID"),
-     (("1", "1.2", "x"), "SOPInstanceUID")],
+    [
+        (("x", "1.2", "1.2.3"), "StudyInstanceUID"),
+        (("1", "x", "1.2.3"), "SeriesInstanceUID"),
+        (("1", "1.2", "x"), "SOPInstanceUID"),
+    ],
 )
 def test_instance_ref_names_the_bad_segment(args: tuple[str, str, str], named: str) -> None:
     with pytest.raises(BadRequest, match=named):

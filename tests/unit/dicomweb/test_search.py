@@ -207,8 +207,7 @@ def test_repeated_attribute_with_different_values_is_bad_request() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SeriesNumber", "abc"), ("SeriesNumber", "1.5"), ("SliceThickness", "thick"),
-     ("Rows", "-1")],
+    [("SeriesNumber", "abc"), ("SeriesNumber", "1.5"), ("SliceThickness", "thick"), ("Rows", "-1")],
 )
 def test_numbers_are_checked(name: str, value: str) -> None:
     with pytest.raises(BadRequest, match=name):
@@ -217,8 +216,13 @@ def test_numbers_are_checked(name: str, value: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SeriesNumber", "3"), ("SeriesNumber", "-3"), ("SliceThickness", "2.5"),
-     ("SliceThickness", "1e-3"), ("Rows", "512")],
+    [
+        ("SeriesNumber", "3"),
+        ("SeriesNumber", "-3"),
+        ("SliceThickness", "2.5"),
+        ("SliceThickness", "1e-3"),
+        ("Rows", "512"),
+    ],
 )
 def test_valid_numbers(name: str, value: str) -> None:
     assert only_match(parse((name, value), level=QueryLevel.IMAGE))[2] == (value,)
@@ -304,8 +308,9 @@ def test_bad_limit_or_offset_is_bad_request_naming_it(param: str, value: str) ->
     assert param in info.value.message
 
 
-@pytest.mark.parametrize(("value", "expected"), [("true", True), ("TRUE", True),
-                                                  ("false", False), ("False", False)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), ("TRUE", True), ("false", False), ("False", False)]
+)
 def test_fuzzymatching(value: str, expected: bool) -> None:
     assert parse(("fuzzymatching", value)).fuzzy is expected
 
