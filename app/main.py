@@ -13,9 +13,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import health, qido
+from app.api import health, qido, wado
 from app.api.problems import install_error_handlers
 from app.dimse.client import DimseClients
+from app.metrics import Metrics
 from app.services.registry import Services
 from app.settings import Settings, load_settings
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services(settings, DimseClients(settings))
+        services = Services(settings, DimseClients(settings), Metrics())
         app.state.services = services
         log.info("gateway %s up; PACS: %s", settings.ae_title,
                  ", ".join(f"{p.name}={p.ae_title}@{p.host}:{p.port}" for p in settings.pacs))
@@ -74,9 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
     app.include_router(health.router, generate_unique_id_function=operation_id())
-    app.include_router(qido.router, prefix=settings.dicomweb_prefix,
-                       generate_unique_id_function=operation_id())
-    app.include_router(qido.router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,
-                       dependencies=[Depends(pacs_path_parameter)],
-                       generate_unique_id_function=operation_id("_on_pacs"))
+    for router in (qido.router, wado.router):
+        app.include_router(router, prefix=settings.dicomweb_prefix,
+                           generate_unique_id_function=operation_id())
+        app.include_router(router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,
+                           dependencies=[Depends(pacs_path_parameter)],
+                           generate_unique_id_function=operation_id("_on_pacs"))
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from app.api.state import ServicesDep
 from app.errors import GatewayError
@@ -31,3 +31,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             peers[peer.name] = {"status": "unavailable", "error": exc.message}
     return JSONResponse({"status": "ok" if ready else "degraded", "pacs": peers},
                         status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(services: ServicesDep) -> PlainTextResponse:
+    """Counters and gauges in the Prometheus text format."""
+    return PlainTextResponse(services.metrics.render(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

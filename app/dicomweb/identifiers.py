@@ -60,8 +60,13 @@ def build_identifier(
         holder.add_new(match.path.tag, match.vr, value)
         non_ascii = non_ascii or not all(_is_ascii(v) for v in match.values)
     for tag, uid in unique_keys.items():
-        ds.add_new(tag, "UI", list(uid) if isinstance(uid, tuple) and len(uid) > 1 else
-                   (uid[0] if isinstance(uid, tuple) else uid))
+        ds.add_new(
+            tag,
+            "UI",
+            list(uid)
+            if isinstance(uid, tuple) and len(uid) > 1
+            else (uid[0] if isinstance(uid, tuple) else uid),
+        )
     if non_ascii:
         ds.SpecificCharacterSet = character_set
     return ds

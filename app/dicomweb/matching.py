@@ -27,9 +27,7 @@ def _texts(value: Any) -> list[str]:
             continue
         if isinstance(item, PersonName):
             out.append(_pn_trim(str(item)))
-            out.extend(
-                _pn_trim(g) for g in (item.alphabetic, item.ideographic, item.phonetic) if g
-            )
+            out.extend(_pn_trim(g) for g in (item.alphabetic, item.ideographic, item.phonetic) if g)
         else:
             out.append(str(item))
     return [t.strip() for t in out]
@@ -96,11 +94,11 @@ def can_match(key: MatchKey, ds: Dataset) -> bool:
         rx = _wildcard_regex(_pn_trim(spec) if key.vr == "PN" else spec)
         return any(rx.match(a) for a in actual)
     if key.vr in WILDCARD_VRS or key.vr in ("AS", "DS", "IS"):
-        wanted = {
-            (_pn_trim(v) if key.vr == "PN" else v).strip().lower() for v in spec.split("\\")
-        }
-        return any(a.lower() in wanted for a in actual) or key.vr in ("DS", "IS") and _num_eq(
-            spec, actual
+        wanted = {(_pn_trim(v) if key.vr == "PN" else v).strip().lower() for v in spec.split("\\")}
+        return (
+            any(a.lower() in wanted for a in actual)
+            or key.vr in ("DS", "IS")
+            and _num_eq(spec, actual)
         )
     return True
 

@@ -261,3 +261,35 @@ QIDO_OFFERS: tuple[Offer, ...] = (
     Offer("application/json"),
     Offer(MULTIPART_RELATED, DICOM_XML),
 )
+
+
+DICOM = "application/dicom"
+OCTET_STREAM = "application/octet-stream"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
+
+def instance_offers(syntaxes: Sequence[str]) -> tuple[Offer, ...]:
+    """WADO-RS instance representations: multipart application/dicom in each syntax the gateway
+    can produce, Explicit VR Little Endian first (the default, PS3.18 8.7.3.5.2)."""
+    ordered = [EXPLICIT_VR_LE] + [ts for ts in syntaxes if ts != EXPLICIT_VR_LE]
+    return tuple(Offer(MULTIPART_RELATED, DICOM, ts) for ts in ordered)
+
+
+def frame_offers(frame_media: Mapping[str, str]) -> tuple[Offer, ...]:
+    """WADO-RS frame and bulk-data representations: uncompressed octet-stream first, then each
+    compressed syntax as its own image media type (PS3.18 Table 8.7.3-5)."""
+    offers = [Offer(MULTIPART_RELATED, OCTET_STREAM, EXPLICIT_VR_LE)]
+    offers += [
+        Offer(MULTIPART_RELATED, media, ts)
+        for ts, media in frame_media.items()
+        if media != OCTET_STREAM
+    ]
+    return tuple(offers)
+
+
+#: WADO-RS metadata representations (PS3.18 Table 8.7.3-2).
+METADATA_OFFERS: tuple[Offer, ...] = (
+    Offer(DICOM_JSON),
+    Offer("application/json"),
+    Offer(MULTIPART_RELATED, DICOM_XML),
+)

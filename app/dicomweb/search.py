@@ -23,21 +23,33 @@ RANGE_VRS = frozenset({"DA", "TM", "DT"})
 NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 # Parameters of the search transaction itself (PS3.18 Table 8.3.4-1); never attribute matches.
 CONTROL_PARAMETERS = frozenset(
-    {"includefield", "limit", "offset", "fuzzymatching", "emptyvaluematching",
-     "multiplevaluematching", "accept", "charset"}
+    {
+        "includefield",
+        "limit",
+        "offset",
+        "fuzzymatching",
+        "emptyvaluematching",
+        "multiplevaluematching",
+        "accept",
+        "charset",
+    }
 )
 
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DA = r"\d{8}"
 _TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
 _DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
-_SINGLE = {"DA": re.compile(f"^{_DA}$"), "TM": re.compile(f"^{_TM}$"),
-           "DT": re.compile(f"^{_DT}$")}
-_RANGE = {vr: re.compile(f"^(?:{p})?-(?:{p})?$") for vr, p in (("DA", _DA), ("TM", _TM),
-                                                             ("DT", _DT))}
+_SINGLE = {"DA": re.compile(f"^{_DA}$"), "TM": re.compile(f"^{_TM}$"), "DT": re.compile(f"^{_DT}$")}
+_RANGE = {
+    vr: re.compile(f"^(?:{p})?-(?:{p})?$") for vr, p in (("DA", _DA), ("TM", _TM), ("DT", _DT))
+}
 _NUMBER = {
-    "IS": re.compile(r"^[+-]?\d+$"), "US": re.compile(r"^\d+$"), "UL": re.compile(r"^\d+$"),
-    "UV": re.compile(r"^\d+$"), "SS": re.compile(r"^[+-]?\d+$"), "SL": re.compile(r"^[+-]?\d+$"),
+    "IS": re.compile(r"^[+-]?\d+$"),
+    "US": re.compile(r"^\d+$"),
+    "UL": re.compile(r"^\d+$"),
+    "UV": re.compile(r"^\d+$"),
+    "SS": re.compile(r"^[+-]?\d+$"),
+    "SL": re.compile(r"^[+-]?\d+$"),
     "SV": re.compile(r"^[+-]?\d+$"),
 }
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -63,7 +75,7 @@ def _valid_calendar(vr: str, value: str) -> bool:
     digits = time.split(".")[0]
     limits = (23, 59, 60)  # 60: a leap second is a valid TM (PS3.5 Table 6.2-1)
     for i in range(0, len(digits), 2):
-        if int(digits[i:i + 2]) > limits[i // 2]:
+        if int(digits[i : i + 2]) > limits[i // 2]:
             return False
     if vr == "DT":
         offset = re.search(r"[+-](\d{2})(\d{2})$", value[4:])
@@ -303,4 +315,3 @@ def parse_search(
         relational=relational,
         ignored=tuple(ignored),
     )
-

@@ -32,7 +32,7 @@ def next_message_id() -> int:
         return (next(_msg_ids) - 1) % 65535 + 1
 
 
-def _set_nodelay(event: evt.Event) -> None:
+def set_nodelay(event: evt.Event) -> None:
     """Turn Nagle's algorithm off: DIMSE is request/response and small PDUs must not wait."""
     try:
         sock = event.assoc.dul.socket.socket
@@ -71,7 +71,7 @@ def open_association(
             rejection.update(result=result, source=primitive.result_source or 0,
                              reason=primitive.diagnostic or 0)
 
-    handlers: list[Any] = [(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_ACSE_RECV, on_acse_recv)]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_ACSE_RECV, on_acse_recv)]
     handlers.extend(evt_handlers)
     assoc = ae.associate(
         peer.host,

@@ -107,6 +107,7 @@ class ThreadStream(Generic[T, R]):
         limiter: asyncio.Semaphore | None = None,
         deadline: float | None = None,
         what: str = "DIMSE operation",
+        abort_on_early_exit: bool = False,
     ) -> None:
         self._producer = producer
         self._executor = executor
@@ -122,6 +123,7 @@ class ThreadStream(Generic[T, R]):
         self._finished = False
         self._result: R | None = None
         self._deadline_at: float | None = None
+        self._abort_on_early_exit = abort_on_early_exit
 
     @property
     def result(self) -> R:
@@ -221,7 +223,9 @@ class ThreadStream(Generic[T, R]):
     ) -> None:
         if self._finished:
             return
-        if exc_type is None or issubclass(exc_type, (GeneratorExit, StopAsyncIteration)):
+        early_on_purpose = exc_type is None or issubclass(
+            exc_type, (GeneratorExit, StopAsyncIteration))
+        if early_on_purpose and not self._abort_on_early_exit:
             self.cancel()  # stopped early on purpose: let the producer cancel and drain
         else:
             self.abort()  # cancelled, timed out or failed: do not wait on the PACS

@@ -8,10 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.dataset import Dataset
 
+from collections.abc import Sequence
+
 from app.dimse.association import make_ae
 from app.dimse.bridge import ThreadStream
 from app.dimse.echo import c_echo
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
+from app.dimse.get import c_get_producer
+from app.dimse.move import c_move_producer
+from app.dimse.received import ReceivedInstance, RetrieveOutcome
+from app.dimse.storescp import MoveRouter, StorageSCP
 from app.errors import GatewayError, UpstreamTimeout
 from app.settings import PacsPeer, Settings
 
@@ -19,8 +25,11 @@ from app.settings import PacsPeer, Settings
 class PeerClient:
     """DIMSE operations against one PACS, at most ``max_associations`` at a time."""
 
-    def __init__(self, local_ae_title: str, peer: PacsPeer, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, local_ae_title: str, peer: PacsPeer, executor: ThreadPoolExecutor,
+                 router: MoveRouter | None = None) -> None:
         self.peer = peer
+        self._router = router
+        self._local_ae_title = local_ae_title
         self._ae = make_ae(local_ae_title, peer)
         self._executor = executor
         self._limiter = asyncio.Semaphore(peer.max_associations)
@@ -66,16 +75,55 @@ class PeerClient:
             what=f"C-FIND on PACS {self.peer.name}",
         )
 
+    def get(
+        self, identifier: Dataset, storage: Sequence[tuple[str, Sequence[str]]], *, maxsize: int = 8
+    ) -> ThreadStream[ReceivedInstance, RetrieveOutcome]:
+        """A stream of instances retrieved by C-GET; leaving it early aborts the association."""
+        return ThreadStream(
+            c_get_producer(self._ae, self.peer, identifier, storage),
+            executor=self._executor,
+            maxsize=maxsize,
+            limiter=self._limiter,
+            deadline=self.peer.overall_timeout,
+            what=f"C-GET on PACS {self.peer.name}",
+            abort_on_early_exit=True,
+        )
+
+    def move(
+        self, identifier: Dataset, expected_uids: frozenset[str] = frozenset(), *, maxsize: int = 8
+    ) -> ThreadStream[ReceivedInstance, RetrieveOutcome]:
+        """A stream of instances retrieved by C-MOVE to the gateway's own Storage SCP."""
+        if self._router is None:
+            raise RuntimeError("C-MOVE needs the storage SCP (storage_scp_enabled)")
+        return ThreadStream(
+            c_move_producer(self._ae, self.peer, identifier, self._local_ae_title, self._router,
+                            expected_uids),
+            executor=self._executor,
+            maxsize=maxsize,
+            limiter=self._limiter,
+            deadline=self.peer.overall_timeout,
+            what=f"C-MOVE on PACS {self.peer.name}",
+            abort_on_early_exit=True,
+        )
+
 
 class DimseClients:
     """Every configured peer's client; created in the app's lifespan and closed with it."""
 
     def __init__(self, settings: Settings) -> None:
+        # Each operation holds one thread for its whole life: size the pool to the slots.
         workers = sum(p.max_associations for p in settings.pacs) + 4
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimse")
         self._settings = settings
+        self.router = MoveRouter()
+        self.storage_scp: StorageSCP | None = None
+        if settings.storage_scp_enabled:
+            self.storage_scp = StorageSCP(settings.ae_title, self.router,
+                                          settings.storage_scp_host, settings.storage_scp_port)
+            self.storage_scp.start()
         self._clients = {
-            p.name: PeerClient(settings.ae_title, p, self._executor) for p in settings.pacs
+            p.name: PeerClient(settings.ae_title, p, self._executor, self.router)
+            for p in settings.pacs
         }
 
     def get(self, name: str | None = None) -> PeerClient:
@@ -83,5 +131,7 @@ class DimseClients:
         return self._clients[self._settings.peer(name).name]
 
     def close(self) -> None:
-        """Stop the worker pool without waiting for stragglers (their associations abort)."""
+        """Stop the storage SCP and the worker pool (stragglers' associations abort)."""
+        if self.storage_scp is not None:
+            self.storage_scp.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)

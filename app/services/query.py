@@ -225,7 +225,7 @@ class QueryService:
             character_set=self._peer.query_character_set,
         )
         if not any(plan.keys[lvl] for lvl in LEVELS[depth + 1:]):
-            return await self._any_match(ident)
+            return await self._any_match(ident, level)
         for ds in await self._collect(ident, level):
             uid = ds.get(UNIQUE_KEY[level])
             if uid is not None and uid.value and await self._has_descendant(

@@ -4,6 +4,7 @@ httpx inside its lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -15,16 +16,16 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_sample_studies
-from app.main import create_app
 from app.settings import Settings, load_settings
 
 GATEWAY_AE = "TEST_GW"
-FIND = StudyRootQueryRetrieveInformationModelFind
+FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Q/R FIND (PS3.4 C.6.2)
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 
 def free_port() -> int:
@@ -82,6 +83,8 @@ def gateway() -> GatewayFactory:
 
     @asynccontextmanager
     async def open_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+        from app.main import create_app  # here, so DIMSE-only tests do not need the HTTP app
+
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app, raise_app_exceptions=False)
@@ -112,7 +115,8 @@ class ScriptedScp:
 
     port: int
     ae_title: str
-    stop_event: threading.Event
+    answer: Callable[[Any, ScriptedScp], Iterator[tuple[int, Dataset | None]]]
+    stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     finds: int = 0
     cancels_seen: int = 0
@@ -122,12 +126,95 @@ class ScriptedScp:
     peak_active: int = 0
 
 
+class _ScpServer:
+    """One listening pynetdicom server, reused across tests (starting and stopping one costs
+    half a second); each test installs its own ScriptedScp as ``current``."""
+
+    def __init__(self, ae_title: str, require_called_aet: bool) -> None:
+        self.current: ScriptedScp | None = None
+        self._established: set[int] = set()
+        ae = AE(ae_title=ae_title)
+        ae.require_called_aet = require_called_aet
+        ae.add_supported_context(FIND)
+        ae.add_supported_context(VERIFICATION)
+        ae.acse_timeout = 5
+        ae.dimse_timeout = 30
+        ae.network_timeout = 30
+        ae.maximum_associations = 32
+        server = ae.start_server(
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_FIND, self._on_find),
+                (evt.EVT_ESTABLISHED, self._on_open),
+                (evt.EVT_CONN_CLOSE, self._on_close),
+                (evt.EVT_RELEASED, self._on_released),
+                (evt.EVT_ABORTED, self._on_aborted),
+            ],
+        )
+        assert server is not None  # block=False returns the server
+        self.server = server
+        self.port = int(server.server_address[1])
+
+    def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        scp = self.current
+        if scp is None:
+            yield 0xC000, None
+            return
+        with scp.lock:
+            scp.finds += 1
+        for status, ident in scp.answer(event, scp):
+            if event.is_cancelled:
+                with scp.lock:
+                    scp.cancels_seen += 1
+                yield 0xFE00, None
+                return
+            yield status, ident
+
+    def _on_open(self, event: Any) -> None:
+        scp = self.current
+        if scp is not None:
+            with scp.lock:
+                self._established.add(id(event.assoc))
+                scp.active += 1
+                scp.peak_active = max(scp.peak_active, scp.active)
+
+    def _on_close(self, event: Any) -> None:
+        scp = self.current
+        if scp is not None:
+            with scp.lock:
+                if id(event.assoc) in self._established:
+                    self._established.discard(id(event.assoc))
+                    scp.active -= 1
+
+    def _on_released(self, event: Any) -> None:
+        scp = self.current
+        if scp is not None:
+            with scp.lock:
+                scp.released += 1
+
+    def _on_aborted(self, event: Any) -> None:
+        scp = self.current
+        if scp is not None:
+            with scp.lock:
+                scp.aborted += 1
+
+
+@pytest.fixture(scope="session")
+def _scp_servers() -> Iterator[dict[tuple[str, bool], _ScpServer]]:
+    servers: dict[tuple[str, bool], _ScpServer] = {}
+    yield servers
+    for server in servers.values():
+        server.server.shutdown()
+
+
 @pytest.fixture
-def scripted_scp() -> Iterator[Callable[..., ScriptedScp]]:
-    """Factory: ``scripted_scp(answer, require_called_aet=False)`` where
+def scripted_scp(
+    _scp_servers: dict[tuple[str, bool], _ScpServer],
+) -> Iterator[Callable[..., ScriptedScp]]:
+    """Factory: ``scripted_scp(answer, ae_title=..., require_called_aet=False)`` where
     ``answer(event, scp)`` yields (status, identifier) like a pynetdicom C-FIND handler."""
-    servers: list[Any] = []
-    scps: list[ScriptedScp] = []
+    used: list[tuple[_ScpServer, ScriptedScp]] = []
 
     def start(
         answer: Callable[[Any, ScriptedScp], Iterator[tuple[int, Dataset | None]]],
@@ -135,75 +222,30 @@ def scripted_scp() -> Iterator[Callable[..., ScriptedScp]]:
         ae_title: str = "SCRIPTED",
         require_called_aet: bool = False,
     ) -> ScriptedScp:
-        ae = AE(ae_title=ae_title)
-        ae.require_called_aet = require_called_aet
-        ae.add_supported_context(FIND)
-        ae.add_supported_context(Verification)
-        ae.acse_timeout = 5
-        ae.dimse_timeout = 30
-        ae.network_timeout = 30
-        ae.maximum_associations = 32
-        scp = ScriptedScp(port=0, ae_title=ae_title, stop_event=threading.Event())
-
-        def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-            with scp.lock:
-                scp.finds += 1
-            try:
-                for status, ident in answer(event, scp):
-                    if event.is_cancelled:
-                        with scp.lock:
-                            scp.cancels_seen += 1
-                        yield 0xFE00, None
-                        return
-                    yield status, ident
-            finally:
-                if event.is_cancelled:
-                    with scp.lock:
-                        scp.cancels_seen = max(scp.cancels_seen, 1)
-
-        established: set[int] = set()
-
-        def on_open(event: Any) -> None:
-            with scp.lock:
-                established.add(id(event.assoc))
-                scp.active += 1
-                scp.peak_active = max(scp.peak_active, scp.active)
-
-        def on_close(event: Any) -> None:
-            with scp.lock:
-                if id(event.assoc) in established:
-                    established.discard(id(event.assoc))
-                    scp.active -= 1
-
-        def on_released(event: Any) -> None:
-            with scp.lock:
-                scp.released += 1
-
-        def on_aborted(event: Any) -> None:
-            with scp.lock:
-                scp.aborted += 1
-
-        server = ae.start_server(
-            ("127.0.0.1", 0),
-            block=False,
-            evt_handlers=[
-                (evt.EVT_C_FIND, on_find),
-                (evt.EVT_ESTABLISHED, on_open),
-                (evt.EVT_CONN_CLOSE, on_close),
-                (evt.EVT_RELEASED, on_released),
-                (evt.EVT_ABORTED, on_aborted),
-            ],
-        )
-        scp.port = int(server.server_address[1])
-        servers.append(server)
-        scps.append(scp)
+        key = (ae_title, require_called_aet)
+        if key not in _scp_servers:
+            _scp_servers[key] = _ScpServer(ae_title, require_called_aet)
+        server = _scp_servers[key]
+        scp = ScriptedScp(port=server.port, ae_title=ae_title, answer=answer)
+        server.current = scp
+        used.append((server, scp))
         return scp
 
     yield start
-    for scp in scps:
-        scp.stop_event.set()
-    for server in servers:
-        server.shutdown()
+    for server, scp in used:
+        scp.stop_event.set()  # wake handlers that are still "thinking"
+        wait_until(lambda scp=scp: scp.active <= 0, 3)  # type: ignore[misc]
+        server.current = None
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> bool:
+    """Like wait_until, without blocking the event loop."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

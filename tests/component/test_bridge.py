@@ -232,3 +232,39 @@ async def test_deadline_while_waiting_for_a_slot(executor: ThreadPoolExecutor) -
         release.set()
         async for _ in first:
             pass
+
+
+async def test_abort_on_early_exit_runs_abort_callbacks(executor: ThreadPoolExecutor) -> None:
+    aborted = threading.Event()
+
+    def producer(emitter: Emitter[int]) -> None:
+        emitter.on_abort(aborted.set)
+        for i in range(100):
+            emitter.emit(i)
+
+    stream: ThreadStream[int, None] = ThreadStream(
+        producer, executor=executor, maxsize=1, abort_on_early_exit=True
+    )
+    async with stream:
+        async for _ in stream:
+            break
+    assert aborted.wait(2)
+    await stream.wait_closed(timeout=5)
+
+
+async def test_early_exit_without_abort_flag_does_not_abort(
+    executor: ThreadPoolExecutor,
+) -> None:
+    aborted = threading.Event()
+
+    def producer(emitter: Emitter[int]) -> None:
+        emitter.on_abort(aborted.set)
+        for i in range(100):
+            emitter.emit(i)
+
+    stream: ThreadStream[int, None] = ThreadStream(producer, executor=executor, maxsize=1)
+    async with stream:
+        async for _ in stream:
+            break
+    await stream.wait_closed(timeout=5)
+    assert not aborted.is_set()

@@ -1,0 +1,315 @@
+"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data, streamed as they arrive.
+
+Headers are sent once the first instance is in hand, so a missing resource or a failing PACS is
+answered with a precise status; after that a failure can only end the stream, which is then cut
+short without its closing delimiter so the client sees the truncation (PS3.18 8.6.1.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response, StreamingResponse
+
+from app.api.qido import peer_name, service_base_url
+from app.api.state import ServicesDep
+from app.dicomweb.bulkdata import encode_bulkdata_path
+from app.dicomweb.dicomjson import BulkDataRef, BulkDataURIHandler, dataset_to_json, encode_json
+from app.dicomweb.dicomxml import dataset_to_xml
+from app.dicomweb.mediatypes import (
+    DICOM,
+    DICOM_XML,
+    METADATA_OFFERS,
+    OCTET_STREAM,
+    Negotiated,
+    Offer,
+    frame_offers,
+    instance_offers,
+    negotiate,
+    parse_accept,
+)
+from app.dicomweb.multipart import (
+    closing_delimiter,
+    multipart_content_type,
+    new_boundary,
+    part_header,
+    part_trailer,
+)
+from app.dicomweb.refs import instance_ref, series_ref, study_ref
+from app.dicomweb.transfer_syntax import (
+    ALL_KNOWN,
+    FRAME_MEDIA_TYPE,
+    NOT_ON_THE_WIRE,
+    UNCOMPRESSED,
+    decodable,
+    encodable,
+)
+from app.dicomweb.urls import instance_url
+from app.errors import BadRequest, GatewayError, NotAcceptable
+from app.services.registry import Services
+from app.services.retrieve import AS_STORED, MetadataItem, Ref, WireInstance
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["WADO-RS"])
+
+StudyUID = Annotated[str, Path(description="Study Instance UID")]
+SeriesUID = Annotated[str, Path(description="Series Instance UID")]
+InstanceUID = Annotated[str, Path(description="SOP Instance UID")]
+FrameList = Annotated[str, Path(description="Comma-separated 1-based frame numbers")]
+
+RETRIEVE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "The resource, streamed as it arrives", "content": {
+        "multipart/related": {}, "application/dicom+json": {}}},
+    400: {"description": "Malformed UID, frame list or bulk data reference"},
+    404: {"description": "No such study, series, instance or frame"},
+    406: {"description": "No acceptable media type or transfer syntax"},
+    502: {"description": "The PACS failed the retrieval"},
+    503: {"description": "The PACS is unreachable or busy"},
+    504: {"description": "The PACS did not answer in time"},
+}
+
+
+def requestable_syntaxes() -> list[str]:
+    """Syntaxes a client may ask instances in: those the gateway can pass on or produce."""
+    return sorted(ts for ts in ALL_KNOWN if ts not in NOT_ON_THE_WIRE and (
+        ts in UNCOMPRESSED or decodable(ts) or encodable(ts)))
+
+
+def _negotiate(request: Request, services: Services, offers: tuple[Offer, ...]) -> Negotiated:
+    """Choose a representation from the ``accept`` query parameter or the Accept header."""
+    accept_values = request.query_params.getlist("accept")
+    header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
+    chosen = negotiate(parse_accept(header), offers)
+    if chosen is None or (chosen.defaulted and services.settings.require_accept_header):
+        raise NotAcceptable(f"none of the requested media types can be produced: {header!r}")
+    return chosen
+
+
+def _wanted_syntax(chosen: Negotiated) -> str | None:
+    """The transfer syntax asked for: a UID, ``*`` (as stored) or None (the default)."""
+    if chosen.transfer_syntax == AS_STORED:
+        return AS_STORED
+    if chosen.transfer_syntax:
+        return chosen.offer.transfer_syntax
+    return None
+
+
+def _pixel_syntax(chosen: Negotiated) -> str | None:
+    """For frames and bulk data: ``*`` (as stored) or the chosen offer's syntax."""
+    if chosen.transfer_syntax == AS_STORED:
+        return AS_STORED
+    return chosen.offer.transfer_syntax
+
+
+async def _peek(items: AsyncIterator[object]) -> object:
+    """The first item, so that errors before it become proper HTTP statuses."""
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        raise GatewayError("the PACS sent nothing") from None
+
+
+def _stream(first: object, rest: AsyncIterator[object], render: object, closing: bytes,
+            media_type: str, what: str) -> StreamingResponse:
+    """A streaming response writing ``first`` then ``rest`` through ``render``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async with aclosing(rest):
+            for chunk in render(first):  # type: ignore[operator]
+                yield chunk
+            try:
+                async for item in rest:
+                    for chunk in render(item):  # type: ignore[operator]
+                        yield chunk
+            except GatewayError as exc:
+                log.warning("%s ended early after headers were sent: %s", what, exc.message)
+                raise
+        yield closing
+
+    return StreamingResponse(body(), media_type=media_type)
+
+
+# -- instances ---------------------------------------------------------------------------------
+
+
+async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
+    name = peer_name(request, services)
+    chosen = _negotiate(request, services, instance_offers(requestable_syntaxes()))
+    wanted = _wanted_syntax(chosen)
+    base = service_base_url(request, services)
+    instances = services.retrieve(name).instances(ref, wanted)
+    first = await _peek(instances)
+    boundary = new_boundary()
+
+    def render(item: object) -> list[bytes]:
+        assert isinstance(item, WireInstance)
+        header = part_header(
+            f"{DICOM}; transfer-syntax={item.transfer_syntax}",
+            content_location=instance_url(base, ref.study_uid, item.series_uid,
+                                          item.sop_instance_uid),
+            content_length=len(item.data), boundary=boundary)
+        return [header, item.data, part_trailer()]
+
+    return _stream(first, instances, render, closing_delimiter(boundary),
+                   multipart_content_type(DICOM, boundary), f"retrieval of {ref}")
+
+
+@router.get("/studies/{study}", responses=RETRIEVE_RESPONSES, summary="Retrieve a study")
+async def retrieve_study(request: Request, services: ServicesDep, study: StudyUID) -> Response:
+    """Study instances as multipart/related application/dicom (PS3.18 10.4.1.1.1)."""
+    return await _retrieve(request, services, study_ref(study))
+
+
+@router.get("/studies/{study}/series/{series}", responses=RETRIEVE_RESPONSES,
+            summary="Retrieve a series")
+async def retrieve_series(request: Request, services: ServicesDep, study: StudyUID,
+                          series: SeriesUID) -> Response:
+    """Series instances (retrieved at SERIES level, not the whole study)."""
+    return await _retrieve(request, services, series_ref(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}",
+            responses=RETRIEVE_RESPONSES, summary="Retrieve an instance")
+async def retrieve_instance(request: Request, services: ServicesDep, study: StudyUID,
+                            series: SeriesUID, instance: InstanceUID) -> Response:
+    """One instance (retrieved at IMAGE level)."""
+    return await _retrieve(request, services, instance_ref(study, series, instance))
+
+
+# -- metadata ----------------------------------------------------------------------------------
+
+
+async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
+    name = peer_name(request, services)
+    chosen = _negotiate(request, services, METADATA_OFFERS)
+    base = service_base_url(request, services)
+    datasets = services.retrieve(name).metadata(ref, base)
+    first = await _peek(datasets)
+    if chosen.offer.part_type == DICOM_XML:
+        boundary = new_boundary()
+
+        def render_xml(item: object) -> list[bytes]:
+            assert isinstance(item, MetadataItem)
+            xml = dataset_to_xml(item.dataset, bulk_data_uri=_bulk_uri_minter(item.instance_url))
+            return [part_header(DICOM_XML, content_length=len(xml), boundary=boundary), xml,
+                    part_trailer()]
+
+        return _stream(first, datasets, render_xml, closing_delimiter(boundary),
+                       multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}")
+    state = {"first": True}
+
+    def render_json(item: object) -> list[bytes]:
+        assert isinstance(item, MetadataItem)
+        lead = b"[" if state["first"] else b","
+        state["first"] = False
+        obj = dataset_to_json(item.dataset, bulk_data_uri=_bulk_uri_minter(item.instance_url))
+        return [lead, encode_json(obj)]
+
+    return _stream(first, datasets, render_json, b"]", "application/dicom+json",
+                   f"metadata of {ref}")
+
+
+def _bulk_uri_minter(url: str) -> BulkDataURIHandler:
+    """Mint BulkDataURIs under an instance URL; each resolves via retrieve_bulkdata."""
+
+    def mint(ref: BulkDataRef) -> str:
+        return f"{url}/bulkdata/{encode_bulkdata_path(ref.path, ref.tag)}"
+
+    return mint
+
+
+@router.get("/studies/{study}/metadata", responses=RETRIEVE_RESPONSES,
+            summary="Retrieve study metadata")
+async def retrieve_study_metadata(request: Request, services: ServicesDep,
+                                  study: StudyUID) -> Response:
+    """Every instance's attributes, bulk data replaced by BulkDataURIs (PS3.18 10.4.1.1.2)."""
+    return await _metadata(request, services, study_ref(study))
+
+
+@router.get("/studies/{study}/series/{series}/metadata", responses=RETRIEVE_RESPONSES,
+            summary="Retrieve series metadata")
+async def retrieve_series_metadata(request: Request, services: ServicesDep, study: StudyUID,
+                                   series: SeriesUID) -> Response:
+    """Series metadata."""
+    return await _metadata(request, services, series_ref(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata",
+            responses=RETRIEVE_RESPONSES, summary="Retrieve instance metadata")
+async def retrieve_instance_metadata(request: Request, services: ServicesDep, study: StudyUID,
+                                     series: SeriesUID, instance: InstanceUID) -> Response:
+    """Instance metadata."""
+    return await _metadata(request, services, instance_ref(study, series, instance))
+
+
+# -- frames and bulk data ------------------------------------------------------------------------
+
+_FRAME_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*$")
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """1-based frame numbers from ``1,3,5``; 400 for anything else (PS3.18 10.4.1.1.3)."""
+    if not _FRAME_LIST.match(text):
+        raise BadRequest(f"frame list {text!r} is not a comma-separated list of frame numbers")
+    numbers = [int(n) for n in text.split(",")]
+    if any(n < 1 for n in numbers):
+        raise BadRequest(f"frame list {text!r}: frame numbers start at 1")
+    return numbers
+
+
+def _octet_parts(parts: list[tuple[bytes, str, str | None]], boundary: str) -> bytes:
+    """Encode (data, content type, content location) parts as one multipart body."""
+    out = bytearray()
+    for data, content_type, location in parts:
+        out += part_header(content_type, content_location=location, content_length=len(data),
+                           boundary=boundary)
+        out += data + part_trailer()
+    out += closing_delimiter(boundary)
+    return bytes(out)
+
+
+def _part_type(media_type: str, transfer_syntax: str) -> str:
+    return f"{media_type}; transfer-syntax={transfer_syntax}"
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            responses=RETRIEVE_RESPONSES, summary="Retrieve frames")
+async def retrieve_frames(request: Request, services: ServicesDep, study: StudyUID,
+                          series: SeriesUID, instance: InstanceUID, frames: FrameList) -> Response:
+    """Pixel data of the listed frames, one part per frame (PS3.18 10.4.1.1.3)."""
+    ref = instance_ref(study, series, instance)
+    numbers = parse_frame_list(frames)
+    name = peer_name(request, services)
+    chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
+    wanted = _pixel_syntax(chosen)
+    base = service_base_url(request, services)
+    found = await services.retrieve(name).frames(ref, numbers, wanted)
+    location = instance_url(base, study, series, instance) + "/frames/"
+    boundary = new_boundary()
+    body = _octet_parts([(f.data, _part_type(f.media_type, f.transfer_syntax),
+                          f"{location}{f.number}") for f in found], boundary)
+    part_type = found[0].media_type if found else OCTET_STREAM
+    return Response(body, media_type=multipart_content_type(part_type, boundary))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
+            responses=RETRIEVE_RESPONSES, summary="Retrieve bulk data")
+async def retrieve_bulkdata(request: Request, services: ServicesDep, study: StudyUID,
+                            series: SeriesUID, instance: InstanceUID, reference: str) -> Response:
+    """The value of one bulk data element, as minted in a BulkDataURI (PS3.18 10.4.1.1.5)."""
+    ref = instance_ref(study, series, instance)
+    name = peer_name(request, services)
+    chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
+    wanted = _pixel_syntax(chosen)
+    values = await services.retrieve(name).bulkdata(ref, reference, wanted)
+    location = str(request.url.remove_query_params("accept"))
+    boundary = new_boundary()
+    body = _octet_parts([(v.data, _part_type(v.media_type, v.transfer_syntax), location)
+                         for v in values], boundary)
+    part_type = values[0].media_type if values else OCTET_STREAM
+    return Response(body, media_type=multipart_content_type(part_type, boundary))

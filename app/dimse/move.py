@@ -1,0 +1,62 @@
+"""C-MOVE (PS3.4 C.4.2) as a producer for the thread bridge: the PACS opens its own association
+to the gateway's Storage SCP, whose handler threads hand instances to this retrieval through the
+MoveRouter (keyed by this C-MOVE's unique Message ID)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+from app.dimse.association import next_message_id, open_association
+from app.dimse.bridge import Emitter
+from app.dimse.received import ReceivedInstance, RetrieveOutcome
+from app.dimse.retrieve import read_to_final
+from app.dimse.storescp import MoveRouter
+from app.errors import UpstreamNotSupported
+from app.settings import PacsPeer
+
+MOVE_MODEL = StudyRootQueryRetrieveInformationModelMove
+SETTLE_GRACE_S = 5.0
+
+
+def c_move_producer(
+    ae: AE,
+    peer: PacsPeer,
+    identifier: Dataset,
+    destination_ae: str,
+    router: MoveRouter,
+    expected_uids: frozenset[str] = frozenset(),
+) -> Callable[[Emitter[ReceivedInstance]], RetrieveOutcome]:
+    """A producer running one C-MOVE to ``destination_ae`` (the gateway's Storage SCP)."""
+
+    def run(emitter: Emitter[ReceivedInstance]) -> RetrieveOutcome:
+        msg_id = next_message_id()
+        sink = router.register(ae.ae_title, msg_id, emitter, expected_uids)
+        try:
+            assoc = open_association(ae, peer, [build_context(MOVE_MODEL)])
+            emitter.on_abort(assoc.abort)
+            finished = False
+            try:
+                if not any(cx.abstract_syntax == MOVE_MODEL for cx in assoc.accepted_contexts):
+                    raise UpstreamNotSupported(
+                        f"PACS {peer.name} does not support Study Root Query/Retrieve MOVE"
+                    )
+                responses = assoc.send_c_move(identifier, destination_ae, MOVE_MODEL,
+                                              msg_id=msg_id)
+                final = read_to_final(responses, emitter, peer, "C-MOVE")  # type: ignore[arg-type]
+                finished = True
+            finally:
+                if finished and assoc.is_established:
+                    assoc.release()
+                elif assoc.is_established:
+                    assoc.abort()
+            received = sink.wait_settled(final.completed + final.warning, SETTLE_GRACE_S)
+            return RetrieveOutcome(final.status, final.completed, final.failed, final.warning,
+                                   received, final.failed_uids)
+        finally:
+            router.unregister(sink)
+
+    return run

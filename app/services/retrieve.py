@@ -1,0 +1,298 @@
+"""WADO-RS retrieval orchestration: an inventory C-FIND, then one C-GET or C-MOVE at the level
+asked for, streaming each instance on as its sub-operation completes.
+
+The inventory tells a missing resource (404) from a failing PACS before any byte is sent, gives
+the SOP classes to propose for C-GET, and the instance UIDs to route C-MOVE sub-operations by
+when a PACS omits the Move Originator fields. Outcomes are checked against what arrived:
+"success but nothing arrived" is an error, partial failures are logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from app.dicomweb.attributes import QueryLevel
+from app.dicomweb.identifiers import build_identifier
+from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path
+from app.dicomweb.pixels import (
+    Frame,
+    FrameOutOfRange,
+    TranscodeError,
+    frame_count,
+    get_frames,
+    read_part10,
+    to_wire,
+    transcode_part10,
+)
+from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
+from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES
+from app.dicomweb.transfer_syntax import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    NOT_ON_THE_WIRE,
+    is_lossy,
+    plan_storage_contexts,
+)
+from app.dimse.client import PeerClient
+from app.dimse.received import ReceivedInstance, RetrieveOutcome
+from app.dimse.status import Category, category, retrieve_failure
+from app.dicomweb.urls import instance_url
+from app.errors import BadRequest, NotAcceptable, NotFound, UpstreamError
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+Ref = StudyRef | SeriesRef | InstanceRef
+AS_STORED = "*"
+
+STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
+PIXEL_DATA = 0x7FE00010
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryItem:
+    """An instance the PACS says exists under the requested resource."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WireInstance:
+    """An instance ready for the web: Part-10 bytes in a syntax allowed on the wire."""
+
+    data: bytes
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+
+
+def _level(ref: Ref) -> QueryLevel:
+    if isinstance(ref, InstanceRef):
+        return QueryLevel.IMAGE
+    if isinstance(ref, SeriesRef):
+        return QueryLevel.SERIES
+    return QueryLevel.STUDY
+
+
+def _uids(ref: Ref) -> dict[int, str]:
+    out = {STUDY_UID: ref.study_uid}
+    if isinstance(ref, (SeriesRef, InstanceRef)):
+        out[SERIES_UID] = ref.series_uid
+    if isinstance(ref, InstanceRef):
+        out[SOP_UID] = ref.sop_instance_uid
+    return out
+
+
+def describe(ref: Ref) -> str:
+    """A human name for a resource, for error messages."""
+    if isinstance(ref, InstanceRef):
+        return f"instance {ref.sop_instance_uid}"
+    if isinstance(ref, SeriesRef):
+        return f"series {ref.series_uid}"
+    return f"study {ref.study_uid}"
+
+
+class RetrieveService:
+    """Retrieves studies, series and instances from one PACS."""
+
+    def __init__(self, client: PeerClient, metrics: Metrics) -> None:
+        self._client = client
+        self._peer = client.peer
+        self._metrics = metrics
+
+    # -- inventory ----------------------------------------------------------------------------
+
+    async def inventory(self, ref: Ref) -> list[InventoryItem]:
+        """The instances under ``ref`` according to the PACS (IMAGE-level C-FINDs)."""
+        if isinstance(ref, StudyRef):
+            series_ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: ref.study_uid},
+                                            return_keys=[SERIES_UID])
+            series_uids = [str(ds.SeriesInstanceUID) async for ds in self._find(series_ident)
+                           if ds.get("SeriesInstanceUID")]
+            items: list[InventoryItem] = []
+            for series_uid in series_uids:
+                items.extend(await self.inventory(SeriesRef(ref.study_uid, series_uid)))
+            return items
+        ident = build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref),
+                                 return_keys=[SOP_UID, SOP_CLASS])
+        out = []
+        async for ds in self._find(ident):
+            uid = ds.get(SOP_UID)
+            if uid is None or not uid.value:
+                continue
+            if isinstance(ref, InstanceRef) and str(uid.value) != ref.sop_instance_uid:
+                continue
+            klass = ds.get(SOP_CLASS)
+            out.append(InventoryItem(ref.study_uid, ref.series_uid, str(uid.value),
+                                     str(klass.value) if klass is not None and klass.value
+                                     else None))
+        return out
+
+    async def _find(self, ident: Dataset) -> AsyncIterator[Dataset]:
+        async with self._client.find(ident) as stream:
+            async for ds in stream:
+                yield ds
+
+    # -- retrieval ----------------------------------------------------------------------------
+
+    async def received(
+        self, ref: Ref, series_of: dict[str, str] | None = None
+    ) -> AsyncIterator[ReceivedInstance]:
+        """Instances under ``ref`` as the PACS sends them; raises NotFound before the first one
+        if the PACS has nothing, and an upstream error if it fails before sending anything.
+        ``series_of``, when given, is filled with each instance's series UID."""
+        items = await self.inventory(ref)
+        if series_of is not None:
+            series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
+        if not items:
+            raise NotFound(f"{describe(ref)} not found on the PACS")
+        identifier = build_identifier(_level(ref), unique_keys=_uids(ref))
+        if self._peer.retrieve_method == "move":
+            stream = self._client.move(identifier, frozenset(i.sop_instance_uid for i in items))
+        else:
+            classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
+            if len(classes) < len(items) and not all(i.sop_class_uid for i in items):
+                # The PACS does not return SOPClassUID (dcmqrscp): propose the common classes.
+                classes = sorted(set(classes) | set(COMMON_STORAGE_SOP_CLASSES))
+            plan = plan_storage_contexts(classes)
+            if plan.left_out:
+                log.warning("C-GET of %s cannot propose %d SOP classes (128-context limit): %s",
+                            describe(ref), len(plan.left_out), plan.left_out[:5])
+            stream = self._client.get(identifier, plan.contexts)
+        operation = "C-MOVE" if self._peer.retrieve_method == "move" else "C-GET"
+        self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation=operation)
+        count = 0
+        async with stream:
+            async for instance in stream:
+                count += 1
+                yield instance
+            outcome: RetrieveOutcome = stream.result
+        self._check(outcome, count, len(items), ref, operation)
+
+    def _check(self, outcome: RetrieveOutcome, count: int, expected: int, ref: Ref,
+               operation: str) -> None:
+        """Turn a retrieval's outcome into an error, a logged partial result, or nothing."""
+        cat = category(outcome.status)
+        if count == 0:
+            if cat in (Category.SUCCESS, Category.WARNING) and outcome.completed > 0:
+                self._metrics.inc("dimse_retrieve_lost_total", peer=self._peer.name)
+                raise UpstreamError(
+                    f"{operation} of {describe(ref)} reported {outcome.completed} instance(s) "
+                    "sent, but none reached the gateway (is the gateway's AE title mapped to "
+                    "this host and port on the PACS?)", dimse_status=outcome.status)
+            if cat is Category.SUCCESS and outcome.completed == 0 and outcome.failed == 0:
+                raise NotFound(f"{describe(ref)} not found on the PACS",
+                               dimse_status=outcome.status)
+            raise retrieve_failure(outcome.status, operation)
+        if outcome.failed or count < expected or cat is Category.FAILURE:
+            self._metrics.inc("dimse_retrieve_partial_total", peer=self._peer.name)
+            log.warning(
+                "%s of %s was partial: status 0x%04X, %d received of %d expected, %d failed %s",
+                operation, describe(ref), outcome.status, count, expected, outcome.failed,
+                list(outcome.failed_uids)[:5])
+
+    async def instances(self, ref: Ref, transfer_syntax: str | None) -> AsyncIterator[WireInstance]:
+        """Instances under ``ref`` in the requested syntax (None: Explicit VR Little Endian, or
+        as stored when only lossy pixels exist; ``*``: as stored), transcoding where needed."""
+        series_of: dict[str, str] = {}
+        async for item in self.received(ref, series_of):
+            yield await self._to_syntax(item, transfer_syntax,
+                                        series_of.get(item.sop_instance_uid, ""))
+
+    async def _to_syntax(
+        self, item: ReceivedInstance, wanted: str | None, series_uid: str
+    ) -> WireInstance:
+        target = wanted
+        if wanted is None:
+            target = AS_STORED if is_lossy(item.transfer_syntax) else EXPLICIT_VR_LITTLE_ENDIAN
+        if target == AS_STORED and item.transfer_syntax in NOT_ON_THE_WIRE:
+            data, syntax = await asyncio.to_thread(to_wire, item.data)
+            return WireInstance(data, syntax, item.sop_class_uid, item.sop_instance_uid,
+                                series_uid)
+        if target in (AS_STORED, item.transfer_syntax):
+            return WireInstance(item.data, item.transfer_syntax, item.sop_class_uid,
+                                item.sop_instance_uid, series_uid)
+        try:
+            data = await asyncio.to_thread(transcode_part10, item.data, target)
+        except TranscodeError as exc:
+            raise NotAcceptable(f"cannot provide {item.sop_instance_uid} in {target}: {exc}")
+        assert target is not None
+        return WireInstance(data, target, item.sop_class_uid, item.sop_instance_uid, series_uid)
+
+    # -- single instances: metadata, frames, bulk data ------------------------------------------
+
+    async def _single(self, ref: InstanceRef) -> ReceivedInstance:
+        """The one instance ``ref`` names, as the PACS stores it."""
+        found = [item async for item in self.received(ref)]
+        for item in found:
+            if item.sop_instance_uid == ref.sop_instance_uid:
+                return item
+        raise NotFound(f"{describe(ref)} was not among what the PACS sent")
+
+    async def metadata(self, ref: Ref, base_url: str) -> AsyncIterator[MetadataItem]:
+        """Each instance's full dataset with the URL its BulkDataURIs hang under."""
+        series_of: dict[str, str] = {}
+        async for item in self.received(ref, series_of):
+            ds = await asyncio.to_thread(read_part10, item.data)
+            series = series_of.get(item.sop_instance_uid) or str(ds.get("SeriesInstanceUID", ""))
+            yield MetadataItem(ds, instance_url(base_url, ref.study_uid, series,
+                                                item.sop_instance_uid))
+
+    async def frames(self, ref: InstanceRef, numbers: list[int], wanted: str | None
+                     ) -> list[Frame]:
+        """The listed 1-based frames of an instance, in ``wanted`` (None or ``*``: as stored)."""
+        item = await self._single(ref)
+        return await asyncio.to_thread(_frames_of, item.data, numbers, wanted)
+
+    async def bulkdata(self, ref: InstanceRef, reference: str, wanted: str | None
+                       ) -> list[Frame]:
+        """The value a BulkDataURI names: pixel data as frames, anything else as one part."""
+        try:
+            path, tag = decode_bulkdata_path(reference)
+        except ValueError as exc:
+            raise BadRequest(f"bulk data reference {reference!r} is malformed: {exc}") from None
+        item = await self._single(ref)
+        return await asyncio.to_thread(_bulk_of, item.data, path, tag, wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataItem:
+    """One instance's dataset and its instance URL (under which BulkDataURIs are minted)."""
+
+    dataset: Dataset
+    instance_url: str
+
+
+def _frames_of(data: bytes, numbers: list[int], wanted: str | None) -> list[Frame]:
+    ds = read_part10(data)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise NotFound("the instance has no pixel data, hence no frames")
+    try:
+        return get_frames(ds, numbers, transfer_syntax=None if wanted == AS_STORED else wanted)
+    except FrameOutOfRange as exc:
+        raise NotFound(str(exc)) from None
+    except TranscodeError as exc:
+        raise NotAcceptable(str(exc)) from None
+
+
+def _bulk_of(data: bytes, path: tuple[tuple[int, int], ...], tag: int, wanted: str | None
+             ) -> list[Frame]:
+    ds = read_part10(data)
+    if not path and tag == PIXEL_DATA:
+        return _frames_of(data, list(range(1, frame_count(ds) + 1)), wanted)
+    try:
+        value = bulk_value(ds, path, tag)
+    except (KeyError, IndexError) as exc:
+        raise NotFound(f"no such bulk data element: {exc}") from None
+    if isinstance(value, list):
+        return [Frame(i + 1, v, OCTET_STREAM, ds.file_meta.TransferSyntaxUID)
+                for i, v in enumerate(value)]
+    return [Frame(1, value, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)]
