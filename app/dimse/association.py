@@ -97,3 +97,18 @@ def open_association(
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
         raise UpstreamError(f"{where} accepted none of the proposed presentation contexts")
     raise UpstreamUnavailable(f"{where} is unreachable or did not answer the association request")
+
+
+def abort_and_wake(assoc: Association) -> None:
+    """Abort ``assoc`` and wake a thread blocked waiting for its next DIMSE message.
+
+    pynetdicom's ``get_msg`` waits up to dimse_timeout on its queue and an abort does not wake
+    it; an empty item makes the waiting ``send_c_*`` generator yield its "no response" status
+    at once, so the worker thread and its association slot are freed promptly."""
+    try:
+        assoc.abort()
+    finally:
+        try:
+            assoc.dimse.msg_queue.put((None, None))
+        except Exception:  # pragma: no cover - the provider is already gone
+            pass

@@ -13,7 +13,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from app.dimse.association import next_message_id, open_association
+from app.dimse.association import abort_and_wake, next_message_id, open_association
 from app.dimse.bridge import Cancelled, Emitter
 from app.dimse.status import Category, category, find_failure
 from app.errors import UpstreamError, UpstreamNotSupported, UpstreamTimeout
@@ -62,7 +62,7 @@ def c_find_producer(
     def run(emitter: Emitter[Dataset]) -> FindOutcome:
         ext = [relational_negotiation()] if relational else None
         assoc = open_association(ae, peer, [build_context(FIND_MODEL)], ext_neg=ext)
-        emitter.on_abort(assoc.abort)
+        emitter.on_abort(lambda: abort_and_wake(assoc))
         finished = False
         try:
             if not any(cx.abstract_syntax == FIND_MODEL for cx in assoc.accepted_contexts):

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from app.dimse.association import next_message_id, open_association
+from app.dimse.association import abort_and_wake, next_message_id, open_association
 from app.dimse.bridge import Cancelled, Emitter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome, instance_from_event
 from app.dimse.retrieve import read_to_final
@@ -50,7 +50,7 @@ def c_get_producer(
         roles = [build_role(sop, scp_role=True) for sop in classes]
         assoc = open_association(ae, peer, contexts, ext_neg=roles,
                                  evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        emitter.on_abort(assoc.abort)
+        emitter.on_abort(lambda: abort_and_wake(assoc))
         finished = False
         try:
             if not any(cx.abstract_syntax == GET_MODEL for cx in assoc.accepted_contexts):

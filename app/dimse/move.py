@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
-from app.dimse.association import next_message_id, open_association
+from app.dimse.association import abort_and_wake, next_message_id, open_association
 from app.dimse.bridge import Emitter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.retrieve import read_to_final
@@ -37,7 +37,7 @@ def c_move_producer(
         sink = router.register(ae.ae_title, msg_id, emitter, expected_uids)
         try:
             assoc = open_association(ae, peer, [build_context(MOVE_MODEL)])
-            emitter.on_abort(assoc.abort)
+            emitter.on_abort(lambda: abort_and_wake(assoc))
             finished = False
             try:
                 if not any(cx.abstract_syntax == MOVE_MODEL for cx in assoc.accepted_contexts):
