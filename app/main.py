@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            services.close()
+            await services.close()
 
     app = FastAPI(
         title="DICOMweb gateway",

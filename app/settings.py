@@ -89,7 +89,15 @@ class Settings(BaseSettings):
     require_accept_header: bool = False
     cache_backend: Literal["memory", "redis", "none"] = "memory"
     redis_url: str | None = None
+    redis_cluster: bool = False
     cache_max_bytes: Annotated[int, Field(ge=0)] = 512 * 1024 * 1024
+    cache_max_object_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
+    cache_ttl: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    qido_cache_ttl: Annotated[float, Field(ge=0)] = 10.0
+    cache_lock_ttl: Annotated[float, Field(gt=0)] = 30.0
+    cache_retry_interval: Annotated[float, Field(gt=0)] = 2.0
+    cache_admin_enabled: bool = False
+    prefetch_on_search: bool = False
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "dicomweb-gateway"

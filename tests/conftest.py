@@ -1,3 +1,3 @@
 """Shared pytest configuration: real-peer fixtures (Orthanc, dcmqrscp) available to every suite."""
 
-pytest_plugins = ["tests.peers.fixtures"]
+pytest_plugins = ["tests.peers.fixtures", "tests.peers.compressed_fixtures"]

@@ -18,8 +18,6 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
-from app.dicomweb.bulkdata import encode_bulkdata_path
-from app.dicomweb.dicomjson import BulkDataRef, BulkDataURIHandler, dataset_to_json, encode_json
 from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import (
     DICOM,
@@ -52,7 +50,8 @@ from app.dicomweb.transfer_syntax import (
 from app.dicomweb.urls import instance_url
 from app.errors import BadRequest, GatewayError, NotAcceptable
 from app.services.registry import Services
-from app.services.retrieve import AS_STORED, MetadataItem, Ref, WireInstance
+from app.services.retrieve import Ref
+from app.services.wado import AS_STORED, MetadataItem, WireInstance, bulk_uri_minter
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])
@@ -188,39 +187,32 @@ async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
     name = peer_name(request, services)
     chosen = _negotiate(request, services, METADATA_OFFERS)
     base = service_base_url(request, services)
-    datasets = services.retrieve(name).metadata(ref, base)
-    first = await _peek(datasets)
+    wado = services.retrieve(name)
     if chosen.offer.part_type == DICOM_XML:
+        datasets = wado.metadata_datasets(ref, base)
+        first = await _peek(datasets)
         boundary = new_boundary()
 
         def render_xml(item: object) -> list[bytes]:
             assert isinstance(item, MetadataItem)
-            xml = dataset_to_xml(item.dataset, bulk_data_uri=_bulk_uri_minter(item.instance_url))
+            xml = dataset_to_xml(item.dataset, bulk_data_uri=bulk_uri_minter(item.instance_url))
             return [part_header(DICOM_XML, content_length=len(xml), boundary=boundary), xml,
                     part_trailer()]
 
         return _stream(first, datasets, render_xml, closing_delimiter(boundary),
                        multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}")
+    objects = wado.metadata_json(ref, base)
+    first_json = await _peek(objects)
     state = {"first": True}
 
     def render_json(item: object) -> list[bytes]:
-        assert isinstance(item, MetadataItem)
+        assert isinstance(item, bytes)
         lead = b"[" if state["first"] else b","
         state["first"] = False
-        obj = dataset_to_json(item.dataset, bulk_data_uri=_bulk_uri_minter(item.instance_url))
-        return [lead, encode_json(obj)]
+        return [lead, item]
 
-    return _stream(first, datasets, render_json, b"]", "application/dicom+json",
+    return _stream(first_json, objects, render_json, b"]", "application/dicom+json",
                    f"metadata of {ref}")
-
-
-def _bulk_uri_minter(url: str) -> BulkDataURIHandler:
-    """Mint BulkDataURIs under an instance URL; each resolves via retrieve_bulkdata."""
-
-    def mint(ref: BulkDataRef) -> str:
-        return f"{url}/bulkdata/{encode_bulkdata_path(ref.path, ref.tag)}"
-
-    return mint
 
 
 @router.get("/studies/{study}/metadata", responses=RETRIEVE_RESPONSES,

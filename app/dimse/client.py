@@ -4,11 +4,10 @@ of worker threads; each operation takes one of the peer's association slots whil
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.dataset import Dataset
-
-from collections.abc import Sequence
 
 from app.dimse.association import make_ae
 from app.dimse.bridge import ThreadStream

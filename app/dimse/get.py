@@ -46,7 +46,8 @@ def c_get_producer(
             return 0x0000
 
         classes = list(dict.fromkeys(sop for sop, _ in storage))
-        contexts = [build_context(GET_MODEL)] + [build_context(sop, list(ts)) for sop, ts in storage]
+        contexts = [build_context(GET_MODEL)]
+        contexts += [build_context(sop, list(ts)) for sop, ts in storage]
         roles = [build_role(sop, scp_role=True) for sop in classes]
         assoc = open_association(ae, peer, contexts, ext_neg=roles,
                                  evt_handlers=[(evt.EVT_C_STORE, on_store)])

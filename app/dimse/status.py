@@ -37,7 +37,9 @@ def category(status: int) -> Category:
     return Category.FAILURE
 
 
-def find_failure(status: int, operation: str = "C-FIND", comment: str | None = None) -> GatewayError:
+def find_failure(
+    status: int, operation: str = "C-FIND", comment: str | None = None
+) -> GatewayError:
     """The error to raise for a failed C-FIND final status (PS3.4 C.4.1.1.4)."""
     text = f"{operation} failed with status 0x{status:04X}"
     if comment:

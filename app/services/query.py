@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from app.cache.store import GatewayCache
 from app.dicomweb.attributes import (
     ALL_RETURN_KEYS,
     COMPUTED_SERIES_KEYS,
@@ -29,6 +30,7 @@ from app.dicomweb.attributes import (
     QueryLevel,
     level_of,
 )
+from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
@@ -81,20 +83,32 @@ def _has_value(ds: Dataset, tag: int) -> bool:
 class QueryService:
     """Runs searches against one PACS through its PeerClient."""
 
-    def __init__(self, client: PeerClient) -> None:
+    def __init__(self, client: PeerClient, cache: GatewayCache | None = None) -> None:
         self._client = client
         self._peer = client.peer
+        self._cache = cache
 
     # -- public -----------------------------------------------------------------------------
 
     async def search(self, query: SearchQuery, base_url: str) -> SearchResult:
         """Answer ``query``; results carry RetrieveURL under ``base_url``."""
+        digest = GatewayCache.query_digest([repr(query)]) if self._cache is not None else ""
+        if self._cache is not None:
+            hit = await self._cache.get_query(digest, base_url)
+            if hit is not None:
+                return SearchResult([json_to_dataset(obj) for obj in hit["results"]],
+                                    bool(hit["more"]), list(hit["warnings"]))
         notes: set[str] = set()
         token = _search_notes.set(notes)
         try:
-            return await self._search(query, base_url, notes)
+            result = await self._search(query, base_url, notes)
         finally:
             _search_notes.reset(token)
+        if self._cache is not None:
+            await self._cache.put_query(digest, {
+                "results": [dataset_to_json(ds) for ds in result.datasets],
+                "more": result.more, "warnings": result.warnings}, base_url)
+        return result
 
     async def _search(self, query: SearchQuery, base_url: str, notes: set[str]) -> SearchResult:
         plan = _Plan.of(query)

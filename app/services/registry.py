@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from app.cache.backend import CacheBackend
+from app.cache.factory import build_backend
+from app.cache.resilient import ResilientBackend
+from app.cache.singleflight import SingleFlight
+from app.cache.store import GatewayCache
 from app.dimse.client import DimseClients
 from app.metrics import Metrics
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
+from app.services.wado import WadoService
 from app.settings import PacsPeer, Settings
 
 
 class Services:
-    """Entry point of the HTTP layer into the gateway: one QueryService per PACS, echo, peers."""
+    """Entry point of the HTTP layer into the gateway: per-PACS QIDO and WADO services, the
+    cache, echo and metrics."""
 
-    def __init__(self, settings: Settings, dimse: DimseClients, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, dimse: DimseClients, metrics: Metrics,
+                 backend: CacheBackend | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self._dimse = dimse
-        self._query = {p.name: QueryService(dimse.get(p.name)) for p in settings.pacs}
-        self._retrieve = {p.name: RetrieveService(dimse.get(p.name), metrics)
-                          for p in settings.pacs}
+        self.backend = backend if backend is not None else build_backend(
+            settings, lambda: metrics.inc("cache_errors_total"))
+        self.flights = (SingleFlight(self.backend, lock_ttl=settings.cache_lock_ttl)
+                        if self.backend is not None else None)
+        self.caches = {
+            p.name: GatewayCache(self.backend, p.name, ttl=settings.cache_ttl,
+                                 query_ttl=settings.qido_cache_ttl)
+            for p in settings.pacs
+        } if self.backend is not None else {}
+        self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name))
+                       for p in settings.pacs}
+        self._wado = {
+            p.name: WadoService(RetrieveService(dimse.get(p.name), metrics), metrics,
+                                self.caches.get(p.name), self.flights)
+            for p in settings.pacs
+        }
         metrics.gauge("dimse_move_retrievals_in_progress", lambda: len(dimse.router),
                       "C-MOVE retrievals waiting for sub-operations")
+        if self.flights is not None:
+            flights = self.flights
+            metrics.gauge("cache_fills_in_progress", lambda: flights.running,
+                          "cache fills (single-flight retrievals) running in this process")
+        if isinstance(self.backend, ResilientBackend):
+            backend = self.backend
+            metrics.gauge("cache_backend_up", lambda: 1.0 if backend.healthy else 0.0,
+                          "1 while the shared cache backend answers")
 
     def peer(self, name: str | None = None) -> PacsPeer:
         """The named or default peer; LookupError when unknown."""
@@ -30,14 +61,30 @@ class Services:
         """The QIDO-RS service for the named or default peer."""
         return self._query[self.settings.peer(name).name]
 
-    def retrieve(self, name: str | None = None) -> RetrieveService:
+    def retrieve(self, name: str | None = None) -> WadoService:
         """The WADO-RS service for the named or default peer."""
-        return self._retrieve[self.settings.peer(name).name]
+        return self._wado[self.settings.peer(name).name]
+
+    def cache(self, name: str | None = None) -> GatewayCache | None:
+        """The cache of the named or default peer (None when caching is off)."""
+        return self.caches.get(self.settings.peer(name).name)
 
     async def echo(self, name: str | None = None) -> float:
         """C-ECHO a peer; round-trip seconds, or a GatewayError."""
         return await self._dimse.get(name).echo()
 
-    def close(self) -> None:
-        """Release worker threads."""
+    async def cache_health(self) -> dict[str, Any]:
+        """Whether the cache answers, for readiness."""
+        if self.backend is None:
+            return {"backend": "none", "status": "off"}
+        healthy = (self.backend.healthy if isinstance(self.backend, ResilientBackend)
+                   else await self.backend.ping())
+        return {"backend": self.backend.name, "status": "ok" if healthy else "degraded"}
+
+    async def close(self) -> None:
+        """Stop fills, release connections and worker threads."""
+        if self.flights is not None:
+            await self.flights.close()
+        if self.backend is not None:
+            await self.backend.close()
         self._dimse.close()

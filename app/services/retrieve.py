@@ -9,7 +9,6 @@ when a PACS omits the Move Originator fields. Outcomes are checked against what 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,31 +17,17 @@ from pydicom.dataset import Dataset
 
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.identifiers import build_identifier
-from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path
-from app.dicomweb.pixels import (
-    Frame,
-    FrameOutOfRange,
-    TranscodeError,
-    frame_count,
-    get_frames,
-    read_part10,
-    to_wire,
-    transcode_part10,
-)
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES
 from app.dicomweb.transfer_syntax import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    NOT_ON_THE_WIRE,
-    is_lossy,
     plan_storage_contexts,
 )
 from app.dimse.client import PeerClient
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import Category, category, retrieve_failure
-from app.dicomweb.urls import instance_url
-from app.errors import BadRequest, NotAcceptable, NotFound, UpstreamError
+from app.errors import NotFound, UpstreamError
 from app.metrics import Metrics
+from app.settings import PacsPeer
 
 log = logging.getLogger(__name__)
 Ref = StudyRef | SeriesRef | InstanceRef
@@ -108,17 +93,18 @@ class RetrieveService:
         self._peer = client.peer
         self._metrics = metrics
 
+    @property
+    def peer(self) -> PacsPeer:
+        """The PACS this service retrieves from."""
+        return self._peer
+
     # -- inventory ----------------------------------------------------------------------------
 
     async def inventory(self, ref: Ref) -> list[InventoryItem]:
         """The instances under ``ref`` according to the PACS (IMAGE-level C-FINDs)."""
         if isinstance(ref, StudyRef):
-            series_ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: ref.study_uid},
-                                            return_keys=[SERIES_UID])
-            series_uids = [str(ds.SeriesInstanceUID) async for ds in self._find(series_ident)
-                           if ds.get("SeriesInstanceUID")]
             items: list[InventoryItem] = []
-            for series_uid in series_uids:
+            for series_uid in await self.series_uids(ref.study_uid):
                 items.extend(await self.inventory(SeriesRef(ref.study_uid, series_uid)))
             return items
         ident = build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref),
@@ -136,6 +122,13 @@ class RetrieveService:
                                      else None))
         return out
 
+    async def series_uids(self, study_uid: str) -> list[str]:
+        """The series of a study according to the PACS (one SERIES-level C-FIND)."""
+        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: study_uid},
+                                 return_keys=[SERIES_UID])
+        return [str(ds.SeriesInstanceUID) async for ds in self._find(ident)
+                if ds.get("SeriesInstanceUID")]
+
     async def _find(self, ident: Dataset) -> AsyncIterator[Dataset]:
         async with self._client.find(ident) as stream:
             async for ds in stream:
@@ -144,11 +137,13 @@ class RetrieveService:
     # -- retrieval ----------------------------------------------------------------------------
 
     async def received(
-        self, ref: Ref, series_of: dict[str, str] | None = None
+        self, ref: Ref, series_of: dict[str, str] | None = None,
+        report: dict[str, int] | None = None,
     ) -> AsyncIterator[ReceivedInstance]:
         """Instances under ``ref`` as the PACS sends them; raises NotFound before the first one
         if the PACS has nothing, and an upstream error if it fails before sending anything.
-        ``series_of``, when given, is filled with each instance's series UID."""
+        ``series_of``, when given, is filled with each instance's series UID; ``report`` with
+        the counts expected, received and failed once the retrieval has ended."""
         items = await self.inventory(ref)
         if series_of is not None:
             series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
@@ -175,6 +170,8 @@ class RetrieveService:
                 count += 1
                 yield instance
             outcome: RetrieveOutcome = stream.result
+        if report is not None:
+            report.update(expected=len(items), received=count, failed=outcome.failed)
         self._check(outcome, count, len(items), ref, operation)
 
     def _check(self, outcome: RetrieveOutcome, count: int, expected: int, ref: Ref,
@@ -198,101 +195,3 @@ class RetrieveService:
                 "%s of %s was partial: status 0x%04X, %d received of %d expected, %d failed %s",
                 operation, describe(ref), outcome.status, count, expected, outcome.failed,
                 list(outcome.failed_uids)[:5])
-
-    async def instances(self, ref: Ref, transfer_syntax: str | None) -> AsyncIterator[WireInstance]:
-        """Instances under ``ref`` in the requested syntax (None: Explicit VR Little Endian, or
-        as stored when only lossy pixels exist; ``*``: as stored), transcoding where needed."""
-        series_of: dict[str, str] = {}
-        async for item in self.received(ref, series_of):
-            yield await self._to_syntax(item, transfer_syntax,
-                                        series_of.get(item.sop_instance_uid, ""))
-
-    async def _to_syntax(
-        self, item: ReceivedInstance, wanted: str | None, series_uid: str
-    ) -> WireInstance:
-        target = wanted
-        if wanted is None:
-            target = AS_STORED if is_lossy(item.transfer_syntax) else EXPLICIT_VR_LITTLE_ENDIAN
-        if target == AS_STORED and item.transfer_syntax in NOT_ON_THE_WIRE:
-            data, syntax = await asyncio.to_thread(to_wire, item.data)
-            return WireInstance(data, syntax, item.sop_class_uid, item.sop_instance_uid,
-                                series_uid)
-        if target in (AS_STORED, item.transfer_syntax):
-            return WireInstance(item.data, item.transfer_syntax, item.sop_class_uid,
-                                item.sop_instance_uid, series_uid)
-        try:
-            data = await asyncio.to_thread(transcode_part10, item.data, target)
-        except TranscodeError as exc:
-            raise NotAcceptable(f"cannot provide {item.sop_instance_uid} in {target}: {exc}")
-        assert target is not None
-        return WireInstance(data, target, item.sop_class_uid, item.sop_instance_uid, series_uid)
-
-    # -- single instances: metadata, frames, bulk data ------------------------------------------
-
-    async def _single(self, ref: InstanceRef) -> ReceivedInstance:
-        """The one instance ``ref`` names, as the PACS stores it."""
-        found = [item async for item in self.received(ref)]
-        for item in found:
-            if item.sop_instance_uid == ref.sop_instance_uid:
-                return item
-        raise NotFound(f"{describe(ref)} was not among what the PACS sent")
-
-    async def metadata(self, ref: Ref, base_url: str) -> AsyncIterator[MetadataItem]:
-        """Each instance's full dataset with the URL its BulkDataURIs hang under."""
-        series_of: dict[str, str] = {}
-        async for item in self.received(ref, series_of):
-            ds = await asyncio.to_thread(read_part10, item.data)
-            series = series_of.get(item.sop_instance_uid) or str(ds.get("SeriesInstanceUID", ""))
-            yield MetadataItem(ds, instance_url(base_url, ref.study_uid, series,
-                                                item.sop_instance_uid))
-
-    async def frames(self, ref: InstanceRef, numbers: list[int], wanted: str | None
-                     ) -> list[Frame]:
-        """The listed 1-based frames of an instance, in ``wanted`` (None or ``*``: as stored)."""
-        item = await self._single(ref)
-        return await asyncio.to_thread(_frames_of, item.data, numbers, wanted)
-
-    async def bulkdata(self, ref: InstanceRef, reference: str, wanted: str | None
-                       ) -> list[Frame]:
-        """The value a BulkDataURI names: pixel data as frames, anything else as one part."""
-        try:
-            path, tag = decode_bulkdata_path(reference)
-        except ValueError as exc:
-            raise BadRequest(f"bulk data reference {reference!r} is malformed: {exc}") from None
-        item = await self._single(ref)
-        return await asyncio.to_thread(_bulk_of, item.data, path, tag, wanted)
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataItem:
-    """One instance's dataset and its instance URL (under which BulkDataURIs are minted)."""
-
-    dataset: Dataset
-    instance_url: str
-
-
-def _frames_of(data: bytes, numbers: list[int], wanted: str | None) -> list[Frame]:
-    ds = read_part10(data)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise NotFound("the instance has no pixel data, hence no frames")
-    try:
-        return get_frames(ds, numbers, transfer_syntax=None if wanted == AS_STORED else wanted)
-    except FrameOutOfRange as exc:
-        raise NotFound(str(exc)) from None
-    except TranscodeError as exc:
-        raise NotAcceptable(str(exc)) from None
-
-
-def _bulk_of(data: bytes, path: tuple[tuple[int, int], ...], tag: int, wanted: str | None
-             ) -> list[Frame]:
-    ds = read_part10(data)
-    if not path and tag == PIXEL_DATA:
-        return _frames_of(data, list(range(1, frame_count(ds) + 1)), wanted)
-    try:
-        value = bulk_value(ds, path, tag)
-    except (KeyError, IndexError) as exc:
-        raise NotFound(f"no such bulk data element: {exc}") from None
-    if isinstance(value, list):
-        return [Frame(i + 1, v, OCTET_STREAM, ds.file_meta.TransferSyntaxUID)
-                for i, v in enumerate(value)]
-    return [Frame(1, value, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)]

@@ -1,0 +1,219 @@
+"""The Redis cache backend (redis-py asyncio), for one server or a Redis Cluster.
+
+Keys carry a hash tag (``{series UID}``) so a series' instances, index, lock and event log live
+in one Cluster slot. Locks are SET NX PX with token-checked renew/release scripts; event logs are
+lists with a PUBLISH on a single channel to wake waiters (polling remains as a fallback, and is
+the only mechanism on a Cluster, where pub/sub is not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from app.cache.backend import CacheBackend, CacheUnavailable
+
+log = logging.getLogger(__name__)
+EVENTS_CHANNEL = "dwg:events"
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
+          redis_errors.ClusterDownError, redis_errors.BusyLoadingError)
+
+
+class RedisBackend(CacheBackend):
+    """Cache in Redis; every value expires after ``default_ttl`` unless given its own TTL."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, cluster: bool = False, default_ttl: float | None = None,
+                 max_object_bytes: int | None = None, prefix: str = "dwg:",
+                 socket_timeout: float = 2.0) -> None:
+        self._cluster = cluster
+        self._prefix = prefix
+        self._default_ttl = default_ttl
+        self._max_object = max_object_bytes
+        common: dict[str, Any] = {"socket_timeout": socket_timeout,
+                                  "socket_connect_timeout": socket_timeout}
+        self._redis: Redis | RedisCluster
+        if cluster:
+            self._redis = RedisCluster.from_url(url, **common)
+        else:
+            self._redis = Redis.from_url(url, health_check_interval=10, **common)
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except ERRORS as exc:
+            raise CacheUnavailable(f"redis: {exc}") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(self._redis.get(key))
+        return bytes(value) if value is not None else None
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if self._cluster:
+            return [await self.get(k) for k in keys]
+        values = await self._call(self._redis.mget(list(keys)))
+        return [bytes(v) if v is not None else None for v in values]
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        if self._max_object is not None and len(value) > self._max_object:
+            return False
+        ttl = ttl or self._default_ttl
+        px = int(ttl * 1000) if ttl else None
+        await self._call(self._redis.set(key, value, px=px))
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        if self._cluster:
+            return sum([int(await self._call(self._redis.delete(k))) for k in keys])
+        return int(await self._call(self._redis.delete(*keys)))
+
+    async def exists(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        if self._cluster:
+            return sum([int(await self._call(self._redis.exists(k))) for k in keys])
+        return int(await self._call(self._redis.exists(*keys)))
+
+    async def delete_matching(self, pattern: str) -> int:
+        count = 0
+        try:
+            async for key in self._redis.scan_iter(match=pattern, count=500):
+                count += int(await self._redis.delete(key))
+        except ERRORS as exc:
+            raise CacheUnavailable(f"redis: {exc}") from exc
+        return count
+
+    async def acquire_lock(self, key: str, ttl: float) -> str | None:
+        token = secrets.token_hex(8)
+        ok = await self._call(self._redis.set(key, token, nx=True, px=int(ttl * 1000)))
+        return token if ok else None
+
+    async def renew_lock(self, key: str, token: str, ttl: float) -> bool:
+        done = await self._call(self._redis.eval(_RENEW, 1, key, token, int(ttl * 1000)))
+        return bool(done)
+
+    async def release_lock(self, key: str, token: str) -> None:
+        await self._call(self._redis.eval(_RELEASE, 1, key, token))
+
+    async def lock_holder(self, key: str) -> str | None:
+        value = await self._call(self._redis.get(key))
+        return value.decode() if value is not None else None
+
+    async def append_event(self, key: str, event: str, ttl: float) -> None:
+        async def run() -> None:
+            await self._redis.rpush(key, event)
+            await self._redis.pexpire(key, int(ttl * 1000))
+            if not self._cluster:
+                await self._redis.publish(EVENTS_CHANNEL, key)
+        await self._call(run())
+
+    async def read_events(self, key: str, start: int) -> list[str]:
+        values = await self._call(self._redis.lrange(key, start, -1))
+        return [v.decode() for v in values]
+
+    async def wait_events(self, key: str, start: int, timeout: float) -> list[str]:
+        events = await self.read_events(key, start)
+        if events:
+            return events
+        if not self._cluster:
+            self._ensure_listener()
+        waiter = self._waiters.setdefault(key, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        poll = 0.02
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), min(poll, remaining))
+            waiter.clear()
+            events = await self.read_events(key, start)
+            if events:
+                return events
+            poll = min(poll * 2, 0.25)
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """Wake local waiters when any process appends to an event log."""
+        assert isinstance(self._redis, Redis)
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+                await pubsub.subscribe(EVENTS_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    key = message["data"].decode()
+                    waiter = self._waiters.get(key)
+                    if waiter is not None:
+                        waiter.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis went away: waiters fall back to polling; retry later
+                log.debug("redis event listener lost its connection", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def stats(self) -> dict[str, Any]:
+        info = await self._call(self._redis.info("memory"))
+        if self._cluster and isinstance(info, dict) and "used_memory" not in info:
+            used = sum(int(v.get("used_memory", 0)) for v in info.values() if isinstance(v, dict))
+        else:
+            used = int(info.get("used_memory", 0))
+        keys = 0
+        try:
+            async for _ in self._redis.scan_iter(match=f"{self._prefix}*", count=1000):
+                keys += 1
+        except ERRORS as exc:
+            raise CacheUnavailable(f"redis: {exc}") from exc
+        return {"backend": self.name + (" cluster" if self._cluster else ""), "keys": keys,
+                "used_memory": used}
+
+    async def clear(self) -> int:
+        return await self.delete_matching(f"{self._prefix}*")
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except ERRORS:
+            return False
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()

@@ -1,0 +1,129 @@
+"""A cache that never breaks the gateway: when Redis fails, work goes on against a small local
+in-process backend (pass-through for sharing, single-flight kept within the process) until a
+background probe finds Redis back; readiness and metrics report the degraded state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from app.cache.backend import CacheBackend, CacheUnavailable
+from app.cache.memory import MemoryBackend
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ResilientBackend(CacheBackend):
+    """Delegates to ``primary``; on CacheUnavailable switches to ``fallback`` and re-probes."""
+
+    def __init__(self, primary: CacheBackend, fallback: MemoryBackend,
+                 retry_interval: float = 2.0,
+                 on_error: Callable[[], None] | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.name = primary.name
+        self._retry_interval = retry_interval
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._on_error = on_error
+        self._probe_lock = asyncio.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the primary is unreachable."""
+        return self._down_since is None
+
+    async def _backend(self) -> CacheBackend:
+        if self._down_since is None:
+            return self.primary
+        if time.monotonic() >= self._next_probe and not self._probe_lock.locked():
+            async with self._probe_lock:
+                self._next_probe = time.monotonic() + self._retry_interval
+                if await self.primary.ping():
+                    log.warning("cache backend %s is back after %.1f s", self.name,
+                                time.monotonic() - self._down_since)
+                    self._down_since = None
+                    return self.primary
+        return self.fallback
+
+    async def _run(self, call: Callable[[CacheBackend], Awaitable[T]]) -> T:
+        backend = await self._backend()
+        try:
+            return await call(backend)
+        except CacheUnavailable as exc:
+            if backend is self.fallback:
+                raise
+            if self._down_since is None:
+                log.error("cache backend %s unavailable, serving pass-through: %s", self.name, exc)
+                self._down_since = time.monotonic()
+            self._next_probe = time.monotonic() + self._retry_interval
+            if self._on_error is not None:
+                self._on_error()
+            return await call(self.fallback)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._run(lambda b: b.get(key))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await self._run(lambda b: b.get_many(keys))
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        return await self._run(lambda b: b.set(key, value, ttl))
+
+    async def delete(self, *keys: str) -> int:
+        return await self._run(lambda b: b.delete(*keys))
+
+    async def exists(self, keys: Sequence[str]) -> int:
+        return await self._run(lambda b: b.exists(keys))
+
+    async def delete_matching(self, pattern: str) -> int:
+        return await self._run(lambda b: b.delete_matching(pattern))
+
+    async def acquire_lock(self, key: str, ttl: float) -> str | None:
+        return await self._run(lambda b: b.acquire_lock(key, ttl))
+
+    async def renew_lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self._run(lambda b: b.renew_lock(key, token, ttl))
+
+    async def release_lock(self, key: str, token: str) -> None:
+        await self._run(lambda b: b.release_lock(key, token))
+
+    async def lock_holder(self, key: str) -> str | None:
+        return await self._run(lambda b: b.lock_holder(key))
+
+    async def append_event(self, key: str, event: str, ttl: float) -> None:
+        await self._run(lambda b: b.append_event(key, event, ttl))
+
+    async def read_events(self, key: str, start: int) -> list[str]:
+        return await self._run(lambda b: b.read_events(key, start))
+
+    async def wait_events(self, key: str, start: int, timeout: float) -> list[str]:
+        return await self._run(lambda b: b.wait_events(key, start, timeout))
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            out = await self.primary.stats()
+            out["healthy"] = self.healthy
+            return out
+        except CacheUnavailable as exc:
+            local = await self.fallback.stats()
+            return {"backend": self.name, "healthy": False, "error": str(exc), "local": local}
+
+    async def clear(self) -> int:
+        cleared = await self.fallback.clear()
+        return cleared + await self._run(lambda b: b.clear() if b is not self.fallback
+                                         else _zero())
+
+    async def ping(self) -> bool:
+        return await self.primary.ping()
+
+    async def close(self) -> None:
+        await self.primary.close()
+
+
+async def _zero() -> int:
+    return 0

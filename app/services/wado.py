@@ -1,0 +1,390 @@
+"""WADO-RS answers (instances, metadata, frames, bulk data) from the cache or the PACS.
+
+With a cache, every request reads through it: a complete series is served with no DIMSE
+traffic; otherwise one fill per series (or instance) runs under a single-flight lock, writes
+each verified instance to the cache as it arrives, and every waiting request streams the
+instances as they land. Without a cache, instances stream straight from the PACS retrieval (and
+a client that leaves aborts it). Transcoding happens on the way out; UIDs never change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from app.cache.singleflight import FillContext, FillEvent, SingleFlight
+from app.cache.store import CachedInstance, GatewayCache, SeriesIndex
+from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
+from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
+from app.dicomweb.pixels import (
+    Frame,
+    FrameOutOfRange,
+    TranscodeError,
+    frame_count,
+    get_frames,
+    read_part10,
+    to_wire,
+    transcode_part10,
+)
+from app.dicomweb.refs import InstanceRef, SeriesRef
+from app.dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NOT_ON_THE_WIRE, is_lossy
+from app.dicomweb.urls import instance_url
+from app.dimse.received import ReceivedInstance
+from app.errors import (
+    BadRequest,
+    GatewayError,
+    NotAcceptable,
+    NotFound,
+    UpstreamError,
+    UpstreamNotSupported,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.metrics import Metrics
+from app.services.retrieve import Ref, RetrieveService, describe
+
+log = logging.getLogger(__name__)
+AS_STORED = "*"
+PIXEL_DATA = 0x7FE00010
+OCTET_STREAM = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class WireInstance:
+    """An instance ready for the web: Part-10 bytes in a syntax allowed on the wire."""
+
+    data: bytes
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataItem:
+    """One instance's dataset and its instance URL (under which BulkDataURIs are minted)."""
+
+    dataset: Dataset
+    instance_url: str
+
+
+_ERRORS: dict[int, type[GatewayError]] = {
+    400: BadRequest, 404: NotFound, 406: NotAcceptable, 501: UpstreamNotSupported,
+    503: UpstreamUnavailable, 504: UpstreamTimeout,
+}
+
+
+def error_from_event(event: FillEvent) -> GatewayError:
+    """Rebuild the error a fill reported (possibly in another process)."""
+    kind = _ERRORS.get(event.http_status, UpstreamError)
+    return kind(event.message or "retrieval failed", dimse_status=event.dimse_status)
+
+
+def verify_instance(item: ReceivedInstance) -> bool:
+    """A received instance parses and is the instance its C-STORE said it was."""
+    try:
+        ds = dcmread(io.BytesIO(item.data), stop_before_pixels=True)
+    except Exception:
+        return False
+    return str(ds.get("SOPInstanceUID", "")) == item.sop_instance_uid
+
+
+def _received(item: CachedInstance) -> ReceivedInstance:
+    return ReceivedInstance(item.data, item.sop_class_uid, item.sop_instance_uid,
+                            item.transfer_syntax)
+
+
+def bulk_uri_minter(url: str) -> Callable[[BulkDataRef], str]:
+    """Mint BulkDataURIs under an instance URL; each resolves via retrieve_bulkdata."""
+
+    def mint(ref: BulkDataRef) -> str:
+        return f"{url}/bulkdata/{encode_bulkdata_path(ref.path, ref.tag)}"
+
+    return mint
+
+
+def metadata_json(data: bytes, url: str) -> bytes:
+    """One instance's DICOM JSON with BulkDataURIs under ``url`` (CPU work: run in a thread)."""
+    return encode_json(dataset_to_json(read_part10(data), bulk_data_uri=bulk_uri_minter(url)))
+
+
+class WadoService:
+    """WADO-RS for one PACS: reads through the cache when there is one."""
+
+    def __init__(self, retrieval: RetrieveService, metrics: Metrics,
+                 cache: GatewayCache | None = None, flights: SingleFlight | None = None) -> None:
+        self._retrieval = retrieval
+        self._metrics = metrics
+        self._cache = cache
+        self._flights = flights
+        self._peer = retrieval.peer
+
+    # -- the source of instances -------------------------------------------------------------
+
+    async def _source(self, ref: Ref) -> AsyncIterator[tuple[str, ReceivedInstance]]:
+        """(series UID, instance) for every instance under ``ref``."""
+        if self._cache is None or self._flights is None:
+            series_of: dict[str, str] = {}
+            async for item in self._retrieval.received(ref, series_of):
+                yield series_of.get(item.sop_instance_uid, ""), item
+            return
+        if isinstance(ref, InstanceRef):
+            yield ref.series_uid, await self._cached_instance(ref)
+            return
+        if isinstance(ref, SeriesRef):
+            async for item in self._cached_series(ref):
+                yield ref.series_uid, item
+            return
+        series_list = await self._retrieval.series_uids(ref.study_uid)
+        if not series_list:
+            raise NotFound(f"{describe(ref)} not found on the PACS")
+        for series_uid in series_list:
+            async for item in self._cached_series(SeriesRef(ref.study_uid, series_uid)):
+                yield series_uid, item
+
+    async def _cached_series(self, ref: SeriesRef) -> AsyncIterator[ReceivedInstance]:
+        cache, flights = self._cache, self._flights
+        assert cache is not None and flights is not None
+        sent: set[str] = set()
+        index = await cache.complete_series(ref.series_uid)
+        if index is not None:
+            self._metrics.inc("cache_hits_total", kind="series")
+            for sop, _, _ in index.instances:
+                item = await cache.get_instance(ref.series_uid, sop)
+                if item is None:
+                    break  # evicted meanwhile: the rest comes from a fill
+                sent.add(sop)
+                yield _received(item)
+            else:
+                return
+        self._metrics.inc("cache_misses_total", kind="series")
+
+        async def complete() -> bool:
+            return await cache.complete_series(ref.series_uid) is not None
+
+        events = flights.follow(cache.keys.lock(ref.series_uid),
+                                lambda token: cache.keys.events(ref.series_uid, token),
+                                functools.partial(self._fill, ref), complete)
+        async for event in events:
+            if event.kind == "instance" and event.sop not in sent:
+                sent.add(event.sop)
+                yield await self._instance_after_fill(ref, event.sop)
+            elif event.kind == "failed":
+                raise error_from_event(event)
+            elif event.kind == "done":
+                final = await cache.get_series_index(ref.series_uid)
+                for sop, _, _ in (final.instances if final else ()):
+                    if sop not in sent:
+                        sent.add(sop)
+                        yield await self._instance_after_fill(ref, sop)
+                if not sent:
+                    raise NotFound(f"{describe(ref)} not found on the PACS")
+
+    async def _instance_after_fill(self, ref: SeriesRef, sop: str) -> ReceivedInstance:
+        """An instance a fill announced; fetched on its own if the cache could not keep it."""
+        assert self._cache is not None
+        item = await self._cache.get_instance(ref.series_uid, sop)
+        if item is not None:
+            return _received(item)
+        log.info("instance %s announced but not in the cache (size cap or eviction)", sop)
+        return await self._direct_instance(InstanceRef(ref.study_uid, ref.series_uid, sop))
+
+    async def _direct_instance(self, ref: InstanceRef) -> ReceivedInstance:
+        found = [item async for item in self._retrieval.received(ref)]
+        for item in found:
+            if item.sop_instance_uid == ref.sop_instance_uid:
+                return item
+        raise NotFound(f"{describe(ref)} was not among what the PACS sent")
+
+    async def _cached_instance(self, ref: InstanceRef) -> ReceivedInstance:
+        cache, flights = self._cache, self._flights
+        assert cache is not None and flights is not None
+        item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
+        if item is not None:
+            self._metrics.inc("cache_hits_total", kind="instance")
+            return _received(item)
+        self._metrics.inc("cache_misses_total", kind="instance")
+        # A fill of the whole series may be running (e.g. prefetch by a metadata request):
+        # wait for our instance rather than starting another retrieval.
+        series_lock = cache.keys.lock(ref.series_uid)
+        token = await cache.backend.lock_holder(series_lock)
+        if token is not None:
+            key = cache.keys.events(ref.series_uid, token)
+            position = 0
+            while await cache.backend.lock_holder(series_lock) == token:
+                events = await cache.backend.wait_events(key, position, 5.0)
+                position += len(events)
+                decoded = [FillEvent.decode(e) for e in events]
+                if any(e.kind == "instance" and e.sop == ref.sop_instance_uid for e in decoded):
+                    break
+                if any(e.kind in ("done", "failed") for e in decoded):
+                    break
+            item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
+            if item is not None:
+                return _received(item)
+
+        async def present() -> bool:
+            return await cache.backend.exists(
+                [cache.keys.instance(ref.series_uid, ref.sop_instance_uid)]) == 1
+
+        events = flights.follow(
+            cache.keys.lock(ref.series_uid, ref.sop_instance_uid),
+            lambda t: cache.keys.events(ref.series_uid, t, ref.sop_instance_uid),
+            functools.partial(self._fill, ref), present)
+        async for event in events:
+            if event.kind == "failed":
+                raise error_from_event(event)
+            if event.kind == "done":
+                break
+        item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
+        if item is not None:
+            return _received(item)
+        return await self._direct_instance(ref)
+
+    async def _fill(self, ref: SeriesRef | InstanceRef, ctx: FillContext) -> None:
+        """Retrieve ``ref`` from the PACS into the cache, announcing each verified instance."""
+        cache = self._cache
+        assert cache is not None
+        written: list[str] = []
+        items: list[tuple[str, str, str]] = []
+        report: dict[str, int] = {}
+        try:
+            async for item in self._retrieval.received(ref, report=report):
+                if not verify_instance(item):
+                    log.warning("instance %s from PACS %s failed verification; not cached",
+                                item.sop_instance_uid, self._peer.name)
+                    continue
+                cached = CachedInstance(item.sop_instance_uid, item.sop_class_uid,
+                                        item.transfer_syntax, item.data)
+                if await cache.put_instance(ref.series_uid, cached):
+                    written.append(item.sop_instance_uid)
+                items.append((item.sop_instance_uid, item.sop_class_uid, item.transfer_syntax))
+                await ctx.publish(FillEvent("instance", sop=item.sop_instance_uid))
+            if isinstance(ref, SeriesRef):
+                complete = (report.get("received") == report.get("expected") == len(written)
+                            and not report.get("failed"))
+                await cache.put_series_index(
+                    SeriesIndex(ref.study_uid, ref.series_uid, complete, tuple(items)))
+            await ctx.publish(FillEvent("done"))
+        except GatewayError as exc:
+            if written:  # a failed retrieval leaves no partial entry behind
+                await cache.backend.delete(
+                    *[cache.keys.instance(ref.series_uid, s) for s in written])
+            await ctx.publish(FillEvent("failed", http_status=exc.http_status,
+                                        dimse_status=exc.dimse_status, message=exc.message))
+
+    # -- WADO-RS resources ---------------------------------------------------------------------
+
+    async def instances(self, ref: Ref, transfer_syntax: str | None) -> AsyncIterator[WireInstance]:
+        """Instances under ``ref`` in the requested syntax (None: Explicit VR Little Endian, or
+        as stored when only lossy pixels exist; ``*``: as stored), transcoding where needed."""
+        async for series_uid, item in self._source(ref):
+            yield await self._to_syntax(item, transfer_syntax, series_uid)
+
+    async def _to_syntax(self, item: ReceivedInstance, wanted: str | None,
+                         series_uid: str) -> WireInstance:
+        target = wanted
+        if wanted is None:
+            target = AS_STORED if is_lossy(item.transfer_syntax) else EXPLICIT_VR_LITTLE_ENDIAN
+        if target == AS_STORED and item.transfer_syntax in NOT_ON_THE_WIRE:
+            data, syntax = await asyncio.to_thread(to_wire, item.data)
+            return WireInstance(data, syntax, item.sop_class_uid, item.sop_instance_uid,
+                                series_uid)
+        if target in (AS_STORED, item.transfer_syntax):
+            return WireInstance(item.data, item.transfer_syntax, item.sop_class_uid,
+                                item.sop_instance_uid, series_uid)
+        assert target is not None
+        try:
+            data = await asyncio.to_thread(transcode_part10, item.data, target)
+        except TranscodeError as exc:
+            raise NotAcceptable(
+                f"cannot provide {item.sop_instance_uid} in {target}: {exc}") from None
+        return WireInstance(data, target, item.sop_class_uid, item.sop_instance_uid, series_uid)
+
+    async def metadata_json(self, ref: Ref, base_url: str) -> AsyncIterator[bytes]:
+        """Each instance's DICOM JSON object (bytes), from the metadata cache when present.
+
+        A series request retrieves the whole series once and fills the cache, so the frame
+        requests a viewer sends next are served without PACS traffic."""
+        cache = self._cache
+        if cache is not None and isinstance(ref, SeriesRef):
+            index = await cache.complete_series(ref.series_uid)
+            if index is not None:
+                sops = [i[0] for i in index.instances]
+                cached = await cache.get_metadata(ref.series_uid, sops, base_url)
+                if all(c is not None for c in cached):
+                    self._metrics.inc("cache_hits_total", kind="metadata")
+                    for raw in cached:
+                        assert raw is not None
+                        yield raw
+                    return
+        async for series_uid, item in self._source(ref):
+            url = instance_url(base_url, ref.study_uid, series_uid, item.sop_instance_uid)
+            raw = await asyncio.to_thread(metadata_json, item.data, url)
+            if cache is not None:
+                await cache.put_metadata_raw(series_uid, item.sop_instance_uid, raw, base_url)
+            yield raw
+
+    async def metadata_datasets(self, ref: Ref, base_url: str) -> AsyncIterator[MetadataItem]:
+        """Each instance's dataset with its instance URL (for the XML representation)."""
+        async for series_uid, item in self._source(ref):
+            ds = await asyncio.to_thread(read_part10, item.data)
+            yield MetadataItem(ds, instance_url(base_url, ref.study_uid, series_uid,
+                                                item.sop_instance_uid))
+
+    async def _single(self, ref: InstanceRef) -> ReceivedInstance:
+        async for _, item in self._source(ref):
+            if item.sop_instance_uid == ref.sop_instance_uid:
+                return item
+        raise NotFound(f"{describe(ref)} was not among what the PACS sent")
+
+    async def frames(self, ref: InstanceRef, numbers: list[int], wanted: str | None
+                     ) -> list[Frame]:
+        """The listed 1-based frames of an instance, in ``wanted`` (None or ``*``: as stored)."""
+        item = await self._single(ref)
+        return await asyncio.to_thread(_frames_of, item.data, numbers, wanted)
+
+    async def bulkdata(self, ref: InstanceRef, reference: str, wanted: str | None
+                       ) -> list[Frame]:
+        """The value a BulkDataURI names: pixel data as frames, anything else as one part."""
+        try:
+            path, tag = decode_bulkdata_path(reference)
+        except ValueError as exc:
+            raise BadRequest(f"bulk data reference {reference!r} is malformed: {exc}") from None
+        item = await self._single(ref)
+        return await asyncio.to_thread(_bulk_of, item.data, path, tag, wanted)
+
+
+def _frames_of(data: bytes, numbers: list[int], wanted: str | None) -> list[Frame]:
+    ds = read_part10(data)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise NotFound("the instance has no pixel data, hence no frames")
+    try:
+        return get_frames(ds, numbers, transfer_syntax=None if wanted == AS_STORED else wanted)
+    except FrameOutOfRange as exc:
+        raise NotFound(str(exc)) from None
+    except TranscodeError as exc:
+        raise NotAcceptable(str(exc)) from None
+
+
+def _bulk_of(data: bytes, path: tuple[tuple[int, int], ...], tag: int, wanted: str | None
+             ) -> list[Frame]:
+    ds = read_part10(data)
+    if not path and tag == PIXEL_DATA:
+        return _frames_of(data, list(range(1, frame_count(ds) + 1)), wanted)
+    try:
+        value = bulk_value(ds, path, tag)
+    except (KeyError, IndexError) as exc:
+        raise NotFound(f"no such bulk data element: {exc}") from None
+    if isinstance(value, list):
+        return [Frame(i + 1, v, OCTET_STREAM, str(ds.file_meta.TransferSyntaxUID))
+                for i, v in enumerate(value)]
+    return [Frame(1, value, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)]
+
