@@ -88,6 +88,63 @@ def cmd_echo(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """`cache stats | evict --study UID | clear`: on the shared Redis cache directly, or through
+    a running gateway's admin endpoints (``--url``), which is the only way to reach an
+    in-process cache."""
+    import json
+
+    if args.url:
+        import httpx
+
+        base = args.url.rstrip("/") + "/admin/cache"
+        with httpx.Client(timeout=30) as client:
+            if args.action == "stats":
+                response = client.get(f"{base}/stats")
+            elif args.action == "evict":
+                params = {k: v for k, v in (("study", args.study), ("series", args.series),
+                                            ("pacs", args.pacs)) if v}
+                response = client.post(f"{base}/evict", params=params)
+            else:
+                response = client.post(f"{base}/clear")
+        print(response.text)
+        return 0 if response.status_code == 200 else 1
+
+    settings = load_settings()
+    if settings.cache_backend != "redis":
+        raise ConfigurationError(
+            "cache_backend: the in-process cache lives inside the running gateway; use "
+            "--url http://HOST:PORT (with cache_admin_enabled) or a Redis cache")
+    from app.cache.factory import build_backend
+    from app.cache.store import GatewayCache
+
+    async def run() -> int:
+        backend = build_backend(settings)
+        assert backend is not None
+        try:
+            if args.action == "stats":
+                print(json.dumps(await backend.stats(), indent=2))
+            elif args.action == "clear":
+                print(json.dumps({"removed": await backend.clear()}))
+            else:
+                if not args.study and not args.series:
+                    raise ConfigurationError("evict: give --study UID or --series UID")
+                peer = settings.peer(args.pacs).name
+                cache = GatewayCache(backend, peer, ttl=settings.cache_ttl,
+                                     query_ttl=settings.qido_cache_ttl)
+                removed = 0
+                if args.study:
+                    removed += await cache.evict_study(args.study)
+                if args.series:
+                    removed += await cache.evict_series(args.series)
+                print(json.dumps({"removed": removed}))
+        finally:
+            await backend.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests can inspect it)."""
     parser = argparse.ArgumentParser(prog="dicomweb-gateway", description=__doc__)
@@ -103,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo", help="C-ECHO the configured PACS")
     echo.add_argument("pacs", nargs="?", help="name of one PACS (default: all)")
     echo.set_defaults(func=cmd_echo)
+    cache = sub.add_parser("cache", help="inspect or empty the cache")
+    cache.add_argument("action", choices=["stats", "evict", "clear"])
+    cache.add_argument("--study", help="StudyInstanceUID to evict")
+    cache.add_argument("--series", help="SeriesInstanceUID to evict")
+    cache.add_argument("--pacs", help="which PACS's cache (default: the default PACS)")
+    cache.add_argument("--url", help="a running gateway's root URL, to use its admin endpoints")
+    cache.set_defaults(func=cmd_cache)
     return parser
 
 

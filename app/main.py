@@ -3,6 +3,7 @@ created at import time, so tests and the demo can run several gateways in one pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,10 +14,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import health, qido, wado
+from app.api import admin, health, qido, wado
 from app.api.problems import install_error_handlers
+from app.cache.factory import build_backend
 from app.dimse.client import DimseClients
 from app.metrics import Metrics
+from app.services.move_relay import MoveRelay
 from app.services.registry import Services
 from app.settings import Settings, load_settings
 
@@ -47,7 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services(settings, DimseClients(settings), Metrics())
+        metrics = Metrics()
+        backend = build_backend(settings, lambda: metrics.inc("cache_errors_total"))
+        relay = MoveRelay(backend)
+        dimse = DimseClients(settings, on_unrouted=relay.forward)
+        relay.attach(dimse.router, asyncio.get_running_loop())
+        services = Services(settings, dimse, metrics, backend, relay)
         app.state.services = services
         log.info("gateway %s up; PACS: %s", settings.ae_title,
                  ", ".join(f"{p.name}={p.ae_title}@{p.host}:{p.port}" for p in settings.pacs))
@@ -75,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
     app.include_router(health.router, generate_unique_id_function=operation_id())
+    if settings.cache_admin_enabled:
+        app.include_router(admin.router, generate_unique_id_function=operation_id())
     for router in (qido.router, wado.router):
         app.include_router(router, prefix=settings.dicomweb_prefix,
                            generate_unique_id_function=operation_id())

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     storage_scp_host: str = "0.0.0.0"
     storage_scp_port: Annotated[int, Field(ge=0, le=65535)] = 11113
     storage_scp_enabled: bool = True
+    storage_scp_reuse_port: bool = True
     pacs: list[PacsPeer] = Field(default_factory=list)
     default_pacs: str | None = None
     public_base_url: str | None = None

@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -291,25 +292,36 @@ class PeerAddress:
 class GatewayProcess:
     """The gateway as its own process (``python -m app.cli serve``) so that its RSS is its own.
 
-    With ``max_pdu`` set, it runs through this module's ``gateway`` command instead, which forces
-    that maximum PDU on every association the gateway opens (the app has no setting for it)."""
+    With ``max_pdu`` or ``quiet_logging`` set, it runs through this module's ``gateway`` command
+    instead, which forces that maximum PDU on every association the gateway opens, or keeps the
+    root logger at WARNING (the app has no setting for either). ``cache`` is DWG_CACHE_BACKEND.
+    """
 
     def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *,
-                 max_pdu: int | None = None, source: Path = REPO_ROOT) -> None:
+                 max_pdu: int | None = None, source: Path = REPO_ROOT, cache: str = "none",
+                 quiet_logging: bool = False) -> None:
         self.port = free_port()
         self.peers = peers
         self.max_pdu = max_pdu
         self.source = source
-        label = "default" if max_pdu is None else f"pdu{max_pdu}"
+        self.cache = cache
+        self.quiet_logging = quiet_logging
+        label = "-".join(x for x in ("default" if max_pdu is None else f"pdu{max_pdu}",
+                                      f"cache-{cache}", "quiet" if quiet_logging else "") if x)
         self._process = ManagedProcess(self.argv(), workdir / f"gateway-{label}.log",
                                        env=self.env(), cwd=source)
 
     def argv(self) -> list[str]:
-        if self.max_pdu is None:
+        if self.max_pdu is None and not self.quiet_logging:
             return [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
                     "--port", str(self.port)]
-        return [sys.executable, "-m", "benchmarks.wado_retrieve", "gateway", "--port",
-                str(self.port), "--max-pdu", str(self.max_pdu)]
+        argv = [sys.executable, "-m", "benchmarks.wado_retrieve", "gateway", "--port",
+                str(self.port)]
+        if self.max_pdu is not None:
+            argv += ["--max-pdu", str(self.max_pdu)]
+        if self.quiet_logging:
+            argv.append("--quiet-logging")
+        return argv
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DWG_")}
@@ -318,7 +330,7 @@ class GatewayProcess:
                                   "port": p.port, "max_associations": 4} for p in self.peers]),
             DWG_AE_TITLE=GATEWAY_AE,
             DWG_STORAGE_SCP_ENABLED="false",
-            DWG_CACHE_BACKEND="none",
+            DWG_CACHE_BACKEND=self.cache,
             DWG_LOG_LEVEL="WARNING",
             # ``app`` comes from ``source`` (the working directory, first on sys.path with -m);
             # ``benchmarks`` and ``tests`` from the repository.
@@ -368,15 +380,20 @@ class GatewayProcess:
         self.stop()
 
 
-def serve_gateway(port: int, max_pdu: int) -> int:
-    """Run the gateway with every association proposing ``max_pdu`` (0: unlimited)."""
-    original = AE.associate
+def serve_gateway(port: int, max_pdu: int | None, quiet_logging: bool) -> int:
+    """Run the gateway with every association proposing ``max_pdu`` (0: unlimited; None: as the
+    app does), and with ``quiet_logging`` the root logger at WARNING (app.cli's basicConfig at
+    INFO is then a no-op, so pynetdicom's per-message INFO lines are not formatted)."""
+    if max_pdu is not None:
+        original = AE.associate
 
-    def associate(self: AE, *args: Any, **kwargs: Any) -> Any:
-        kwargs["max_pdu"] = max_pdu
-        return original(self, *args, **kwargs)
+        def associate(self: AE, *args: Any, **kwargs: Any) -> Any:
+            kwargs["max_pdu"] = max_pdu
+            return original(self, *args, **kwargs)
 
-    AE.associate = associate  # type: ignore[method-assign]
+        AE.associate = associate  # type: ignore[method-assign]
+    if quiet_logging:
+        logging.basicConfig(level=logging.WARNING)
     from app.cli import main as cli_main
 
     return cli_main(["serve", "--host", "127.0.0.1", "--port", str(port)])
@@ -524,6 +541,8 @@ class Results:
     nodelay: list[Measurement] = field(default_factory=list)
     dcmqrscp: list[Measurement] = field(default_factory=list)
     big: list[Measurement] = field(default_factory=list)
+    quiet: list[Measurement] = field(default_factory=list)
+    cached: list[Measurement] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -584,6 +603,35 @@ def run_nodelay(results: Results, orthanc: OrthancServer, uid: str, slices: int,
             results.nodelay.append(check(m, slices))
 
 
+def run_quiet_logging(results: Results, orthanc: OrthancServer, workdir: Path, uid: str,
+                      slices: int, repeat: int) -> None:
+    """What-if: the same gateway with the root logger at WARNING (no pynetdicom INFO lines)."""
+    host, port, ae = "127.0.0.1", orthanc.dicom_port, orthanc.ae_title
+    peer = PeerAddress("orthanc", ae, host, port)
+    with GatewayProcess(workdir, [peer], source=results.app_source, quiet_logging=True) as gw:
+        check(wado_retrieve(gw.dicomweb(), uid), slices)  # warm-up
+        for _ in range(repeat):
+            results.quiet.append(check(raw_c_get(host, port, ae, uid), slices))
+            results.quiet.append(check(wado_retrieve(gw.dicomweb(), uid), slices))
+
+
+def run_memory_cache(results: Results, orthanc: OrthancServer, workdir: Path, uid: str,
+                     slices: int, repeat: int) -> None:
+    """The default in-process cache: a fresh gateway per round, so the first request is a cold
+    miss (retrieval plus filling the cache) and the second a warm hit."""
+    host, port, ae = "127.0.0.1", orthanc.dicom_port, orthanc.ae_title
+    peer = PeerAddress("orthanc", ae, host, port)
+    for _ in range(repeat):
+        results.cached.append(check(raw_c_get(host, port, ae, uid), slices))
+        with GatewayProcess(workdir, [peer], source=results.app_source, cache="memory") as gw:
+            cold = wado_retrieve(gw.dicomweb(), uid)
+            cold.extra["cache"] = "cold"
+            results.cached.append(check(cold, slices))
+            warm = wado_retrieve(gw.dicomweb(), uid)
+            warm.extra["cache"] = "warm"
+            results.cached.append(check(warm, slices))
+
+
 def run_dcmqrscp(results: Results, workdir: Path, slices: int, repeat: int) -> None:
     """The same three methods against DCMTK dcmqrscp (one study: far below its 500 limit)."""
     uid = study_uid_of(slices, SMALL_SEED)
@@ -621,6 +669,16 @@ def run_big(results: Results, orthanc: OrthancServer, workdir: Path, small_uid: 
         time.sleep(1.0)
         with RssSampler(gw.pid) as sampler:
             m = wado_retrieve(gw.dicomweb(), uid, sampler=sampler)
+        m.extra["cache"] = "none"
+        results.big.append(check(m, big_slices))
+    # The same with the default in-process cache (bounded by DWG_CACHE_MAX_BYTES).
+    with GatewayProcess(workdir, [PeerAddress("orthanc", ae, host, port)],
+                        source=results.app_source, cache="memory") as gw:
+        check(wado_retrieve(gw.dicomweb(), small_uid), results.args["slices"])
+        time.sleep(1.0)
+        with RssSampler(gw.pid) as sampler:
+            m = wado_retrieve(gw.dicomweb(), uid, sampler=sampler)
+        m.extra["cache"] = "memory"
         results.big.append(check(m, big_slices))
 
 
@@ -660,6 +718,10 @@ def run(args: argparse.Namespace) -> Results:
                 run_main(results, orthanc, gw, small_uid, args.slices, args.repeat)
 
         steps.append(("main comparison", main_step))
+        steps.append(("logging what-if", lambda: run_quiet_logging(
+            results, orthanc, workdir, small_uid, args.slices, args.repeat)))
+        steps.append(("memory cache", lambda: run_memory_cache(
+            results, orthanc, workdir, small_uid, args.slices, args.repeat)))
         steps.append(("TCP_NODELAY", lambda: run_nodelay(results, orthanc, small_uid,
                                                          args.slices, args.repeat)))
         if not args.no_pdu_sweep:
@@ -788,7 +850,7 @@ def render(results: Results) -> str:
         r = s["rss"]
         lines.append(
             f"| Peak RSS growth < 150 MB streaming {a['big_slices']} slices "
-            f"({results.big_study_bytes / 1e9:.2f} GB) | peak {r['peak_rss_mb']:.0f} MB "
+            f"({results.big_study_bytes / 1e9:.2f} GB), cache off | peak {r['peak_rss_mb']:.0f} MB "
             f"(VmHWM {r['vmhwm_mb']:.0f} MB) | idle {r['idle_rss_mb']:.0f} MB | "
             f"+{s['growth_mb']:.0f} MB | {_verdict(s['t_rss'])} |")
     else:
@@ -805,8 +867,8 @@ def render(results: Results) -> str:
                       f"{_ms(f.seconds)}, first part after {_ms(f.first_s)}."]
     if results.big:
         lines += ["", "#### The large study", "",
-                  "| Method | Time | Throughput | First instance / part | RSS |",
-                  "|---|---|---|---|---|"]
+                  "| Method | Cache | Time | Throughput | First instance / part | RSS |",
+                  "|---|---|---|---|---|---|"]
         for meas in results.big:
             rss = ""
             if "peak_rss_mb" in meas.extra:
@@ -814,9 +876,38 @@ def render(results: Results) -> str:
                        f"{meas.extra['peak_rss_mb']:.0f} MB "
                        f"({meas.extra['rss_samples']} samples), VmHWM "
                        f"{meas.extra['vmhwm_mb']:.0f} MB")
-            lines.append(f"| {meas.method} | {_ms(meas.seconds)} | "
-                         f"{_mbps(results.big_study_bytes, meas.seconds)} | {_ms(meas.first_s)} "
-                         f"| {rss} |")
+            lines.append(f"| {meas.method} | {meas.extra.get('cache', '-')} | "
+                         f"{_ms(meas.seconds)} | {_mbps(results.big_study_bytes, meas.seconds)} "
+                         f"| {_ms(meas.first_s)} | {rss} |")
+    if results.quiet:
+        raw_q = median(x.seconds for x in results.quiet if x.method.startswith("raw"))
+        raw_qf = median(x.first_s for x in results.quiet if x.method.startswith("raw"))
+        gw_q = median(x.seconds for x in results.quiet if x.method.startswith("gateway"))
+        gw_qf = median(x.first_s for x in results.quiet if x.method.startswith("gateway"))
+        lines += ["", "#### What-if: the same gateway with the root logger at WARNING", "",
+                  "`app.cli` configures the root logger at INFO whatever `DWG_LOG_LEVEL` says, so "
+                  "pynetdicom formats and writes several lines per DIMSE message; here the "
+                  "benchmark's launcher sets WARNING first (no app change).", "",
+                  "| Raw C-GET | raw first | Gateway | gateway first | gateway / raw throughput "
+                  "| first part - raw first |", "|---|---|---|---|---|---|",
+                  f"| {_ms(raw_q)} | {_ms(raw_qf)} | {_ms(gw_q)} | {_ms(gw_qf)} | "
+                  f"{_ratio(raw_q / gw_q if raw_q and gw_q else None)} | "
+                  f"{_delta(gw_qf - raw_qf if gw_qf and raw_qf else None)} |"]
+    if results.cached:
+        raw_c = median(x.seconds for x in results.cached if x.method.startswith("raw"))
+        raw_cf = median(x.first_s for x in results.cached if x.method.startswith("raw"))
+        lines += ["", "#### With the default in-process cache (`DWG_CACHE_BACKEND=memory`)", "",
+                  "A fresh gateway per round: the first request misses (retrieval and cache "
+                  "fill), the second hits.", "",
+                  "| Request | Time (median) | Throughput | First part (median) | "
+                  "vs raw C-GET (same rounds) |", "|---|---|---|---|---|",
+                  f"| raw pynetdicom C-GET | {_ms(raw_c)} | {_mbps(size, raw_c)} | "
+                  f"{_ms(raw_cf)} | 1.00x |"]
+        for kind in ("cold", "warm"):
+            t_k = median(x.seconds for x in results.cached if x.extra.get("cache") == kind)
+            f_k = median(x.first_s for x in results.cached if x.extra.get("cache") == kind)
+            lines.append(f"| gateway, {kind} cache | {_ms(t_k)} | {_mbps(size, t_k)} | "
+                         f"{_ms(f_k)} | {_ratio(raw_c / t_k if raw_c and t_k else None)} |")
     if results.pdu_sweep:
         lines += ["", "#### Maximum PDU size (gateway forced to each size; raw C-GET alongside)",
                   "", "| max PDU | PDUs received (raw, diagnostic run) | raw time | raw first | "
@@ -900,7 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     gateway = sub.add_parser("gateway", help="(internal) run the gateway with a forced max PDU")
     gateway.add_argument("--port", type=int, required=True)
-    gateway.add_argument("--max-pdu", type=int, required=True)
+    gateway.add_argument("--max-pdu", type=int)
+    gateway.add_argument("--quiet-logging", action="store_true")
     parser.add_argument("--slices", type=int, default=300, help="slices of the main study")
     parser.add_argument("--big-slices", type=int, default=2100,
                         help="slices of the >1 GB study for the RSS test (0: skip)")
@@ -918,7 +1010,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gateway":
-        return serve_gateway(args.port, args.max_pdu)
+        return serve_gateway(args.port, args.max_pdu, args.quiet_logging)
     if args.slices < 1 or args.repeat < 1:
         raise SystemExit("--slices and --repeat must be at least 1")
     t0 = time.perf_counter()

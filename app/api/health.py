@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: C-ECHO every configured PACS")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """200 when every PACS answers C-ECHO, else 503 with what failed."""
+    """200 when every PACS answers C-ECHO, else 503 with what failed; the cache's state too."""
     peers: dict[str, dict[str, object]] = {}
     ready = True
     for peer in services.settings.pacs:
@@ -29,7 +29,10 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         except GatewayError as exc:
             ready = False
             peers[peer.name] = {"status": "unavailable", "error": exc.message}
-    return JSONResponse({"status": "ok" if ready else "degraded", "pacs": peers},
+    cache = await services.cache_health()
+    # A degraded cache still serves (pass-through): reported, but the gateway stays ready.
+    status = "ok" if ready and cache["status"] != "degraded" else "degraded"
+    return JSONResponse({"status": status, "pacs": peers, "cache": cache},
                         status_code=200 if ready else 503)
 
 

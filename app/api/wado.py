@@ -16,6 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response, StreamingResponse
 
+from app.api.conditional import (
+    IMMUTABLE,
+    REVALIDATE,
+    caching_headers,
+    etag_for,
+    not_modified,
+)
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
 from app.dicomweb.dicomxml import dataset_to_xml
@@ -38,7 +45,7 @@ from app.dicomweb.multipart import (
     part_header,
     part_trailer,
 )
-from app.dicomweb.refs import instance_ref, series_ref, study_ref
+from app.dicomweb.refs import InstanceRef, instance_ref, series_ref, study_ref
 from app.dicomweb.transfer_syntax import (
     ALL_KNOWN,
     FRAME_MEDIA_TYPE,
@@ -114,7 +121,8 @@ async def _peek(items: AsyncIterator[object]) -> object:
 
 
 def _stream(first: object, rest: AsyncIterator[object], render: object, closing: bytes,
-            media_type: str, what: str) -> StreamingResponse:
+            media_type: str, what: str, headers: dict[str, str] | None = None
+            ) -> StreamingResponse:
     """A streaming response writing ``first`` then ``rest`` through ``render``."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -130,7 +138,33 @@ def _stream(first: object, rest: AsyncIterator[object], render: object, closing:
                 raise
         yield closing
 
-    return StreamingResponse(body(), media_type=media_type)
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
+
+
+async def _validators(request: Request, services: Services, name: str, ref: Ref,
+                      representation: str) -> tuple[dict[str, str], Response | None]:
+    """Caching headers for ``ref`` in ``representation``, and a 304 if the client has it.
+
+    An instance never changes (its UID names one immutable object), so instance-level
+    resources get a long-lived strong ETag without any lookup; a series or study gets one only
+    when the cache knows its complete content."""
+    if isinstance(ref, InstanceRef):
+        etag: str | None = etag_for(request.url.path, representation)
+        policy = IMMUTABLE
+    else:
+        members = await services.retrieve(name).content_signature(ref)
+        etag = etag_for(request.url.path, representation, *members) if members else None
+        policy = REVALIDATE
+    if etag is not None:
+        unchanged = not_modified(request, etag, policy)
+        if unchanged is not None:
+            return {}, unchanged
+    return caching_headers(etag, policy), None
+
+
+def _representation(chosen: Negotiated) -> str:
+    offer = chosen.offer
+    return f"{offer.media_type};{offer.part_type};{offer.transfer_syntax};{chosen.transfer_syntax}"
 
 
 # -- instances ---------------------------------------------------------------------------------
@@ -140,6 +174,9 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
     name = peer_name(request, services)
     chosen = _negotiate(request, services, instance_offers(requestable_syntaxes()))
     wanted = _wanted_syntax(chosen)
+    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    if unchanged is not None:
+        return unchanged
     base = service_base_url(request, services)
     instances = services.retrieve(name).instances(ref, wanted)
     first = await _peek(instances)
@@ -155,7 +192,7 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
         return [header, item.data, part_trailer()]
 
     return _stream(first, instances, render, closing_delimiter(boundary),
-                   multipart_content_type(DICOM, boundary), f"retrieval of {ref}")
+                   multipart_content_type(DICOM, boundary), f"retrieval of {ref}", headers)
 
 
 @router.get("/studies/{study}", responses=RETRIEVE_RESPONSES, summary="Retrieve a study")
@@ -186,6 +223,9 @@ async def retrieve_instance(request: Request, services: ServicesDep, study: Stud
 async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
     name = peer_name(request, services)
     chosen = _negotiate(request, services, METADATA_OFFERS)
+    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    if unchanged is not None:
+        return unchanged
     base = service_base_url(request, services)
     wado = services.retrieve(name)
     if chosen.offer.part_type == DICOM_XML:
@@ -200,7 +240,8 @@ async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
                     part_trailer()]
 
         return _stream(first, datasets, render_xml, closing_delimiter(boundary),
-                       multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}")
+                       multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}",
+                       headers)
     objects = wado.metadata_json(ref, base)
     first_json = await _peek(objects)
     state = {"first": True}
@@ -212,7 +253,7 @@ async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
         return [lead, item]
 
     return _stream(first_json, objects, render_json, b"]", "application/dicom+json",
-                   f"metadata of {ref}")
+                   f"metadata of {ref}", headers)
 
 
 @router.get("/studies/{study}/metadata", responses=RETRIEVE_RESPONSES,
@@ -279,6 +320,9 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
     name = peer_name(request, services)
     chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
     wanted = _pixel_syntax(chosen)
+    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    if unchanged is not None:
+        return unchanged
     base = service_base_url(request, services)
     found = await services.retrieve(name).frames(ref, numbers, wanted)
     location = instance_url(base, study, series, instance) + "/frames/"
@@ -286,7 +330,8 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
     body = _octet_parts([(f.data, _part_type(f.media_type, f.transfer_syntax),
                           f"{location}{f.number}") for f in found], boundary)
     part_type = found[0].media_type if found else OCTET_STREAM
-    return Response(body, media_type=multipart_content_type(part_type, boundary))
+    return Response(body, media_type=multipart_content_type(part_type, boundary),
+                    headers=headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
@@ -298,10 +343,14 @@ async def retrieve_bulkdata(request: Request, services: ServicesDep, study: Stud
     name = peer_name(request, services)
     chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
     wanted = _pixel_syntax(chosen)
+    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    if unchanged is not None:
+        return unchanged
     values = await services.retrieve(name).bulkdata(ref, reference, wanted)
     location = str(request.url.remove_query_params("accept"))
     boundary = new_boundary()
     body = _octet_parts([(v.data, _part_type(v.media_type, v.transfer_syntax), location)
                          for v in values], boundary)
     part_type = values[0].media_type if values else OCTET_STREAM
-    return Response(body, media_type=multipart_content_type(part_type, boundary))
+    return Response(body, media_type=multipart_content_type(part_type, boundary),
+                    headers=headers)

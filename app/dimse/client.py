@@ -16,7 +16,7 @@ from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.storescp import MoveRouter, StorageSCP
+from app.dimse.storescp import MoveRouter, StorageSCP, Unrouted
 from app.errors import GatewayError, UpstreamTimeout
 from app.settings import PacsPeer, Settings
 
@@ -89,14 +89,15 @@ class PeerClient:
         )
 
     def move(
-        self, identifier: Dataset, expected_uids: frozenset[str] = frozenset(), *, maxsize: int = 8
+        self, identifier: Dataset, expected_uids: frozenset[str] = frozenset(), *,
+        maxsize: int = 8, message_id: int | None = None,
     ) -> ThreadStream[ReceivedInstance, RetrieveOutcome]:
         """A stream of instances retrieved by C-MOVE to the gateway's own Storage SCP."""
         if self._router is None:
             raise RuntimeError("C-MOVE needs the storage SCP (storage_scp_enabled)")
         return ThreadStream(
             c_move_producer(self._ae, self.peer, identifier, self._local_ae_title, self._router,
-                            expected_uids),
+                            expected_uids, message_id),
             executor=self._executor,
             maxsize=maxsize,
             limiter=self._limiter,
@@ -109,7 +110,7 @@ class PeerClient:
 class DimseClients:
     """Every configured peer's client; created in the app's lifespan and closed with it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_unrouted: Unrouted | None = None) -> None:
         # Each operation holds one thread for its whole life: size the pool to the slots.
         workers = sum(p.max_associations for p in settings.pacs) + 4
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimse")
@@ -118,12 +119,19 @@ class DimseClients:
         self.storage_scp: StorageSCP | None = None
         if settings.storage_scp_enabled:
             self.storage_scp = StorageSCP(settings.ae_title, self.router,
-                                          settings.storage_scp_host, settings.storage_scp_port)
+                                          settings.storage_scp_host, settings.storage_scp_port,
+                                          reuse_port=settings.storage_scp_reuse_port,
+                                          on_unrouted=on_unrouted)
             self.storage_scp.start()
         self._clients = {
             p.name: PeerClient(settings.ae_title, p, self._executor, self.router)
             for p in settings.pacs
         }
+
+    @property
+    def local_ae_title(self) -> str:
+        """The gateway's AE title (Move Originator of its C-MOVEs)."""
+        return self._settings.ae_title
 
     def get(self, name: str | None = None) -> PeerClient:
         """The named peer's client, or the default peer's; LookupError if unknown."""

@@ -29,11 +29,13 @@ def c_move_producer(
     destination_ae: str,
     router: MoveRouter,
     expected_uids: frozenset[str] = frozenset(),
+    message_id: int | None = None,
 ) -> Callable[[Emitter[ReceivedInstance]], RetrieveOutcome]:
-    """A producer running one C-MOVE to ``destination_ae`` (the gateway's Storage SCP)."""
+    """A producer running one C-MOVE to ``destination_ae`` (the gateway's Storage SCP);
+    ``message_id`` when several processes share the AE title and need IDs unique among them."""
 
     def run(emitter: Emitter[ReceivedInstance]) -> RetrieveOutcome:
-        msg_id = next_message_id()
+        msg_id = message_id if message_id is not None else next_message_id()
         sink = router.register(ae.ae_title, msg_id, emitter, expected_uids)
         try:
             assoc = open_association(ae, peer, [build_context(MOVE_MODEL)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
@@ -75,6 +76,11 @@ class MoveRouter:
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, int], MoveSink] = {}
 
+    def sink(self, originator_ae: str, message_id: int) -> MoveSink | None:
+        """The sink of a C-MOVE in progress here, if any (for instances relayed from peers)."""
+        with self._lock:
+            return self._by_key.get((originator_ae.strip(), message_id))
+
     def register(self, originator_ae: str, message_id: int, emitter: Emitter[ReceivedInstance],
                  expected_uids: frozenset[str] = frozenset()) -> MoveSink:
         """Start routing sub-operations of (originator_ae, message_id) to ``emitter``."""
@@ -107,11 +113,30 @@ class MoveRouter:
             return len(self._by_key)
 
 
-class StorageSCP:
-    """A listening Storage SCP (and Verification SCP) that feeds a MoveRouter."""
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port several worker processes can share (SO_REUSEPORT):
+    the kernel spreads incoming associations over them."""
 
-    def __init__(self, ae_title: str, router: MoveRouter, host: str, port: int) -> None:
+    def server_bind(self) -> None:
+        import socket
+
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+Unrouted = Callable[[ReceivedInstance, str | None, int | None], int]
+
+
+class StorageSCP:
+    """A listening Storage SCP (and Verification SCP) that feeds a MoveRouter; instances no
+    local retrieval is waiting for go to ``on_unrouted`` (e.g. relayed to another worker)."""
+
+    def __init__(self, ae_title: str, router: MoveRouter, host: str, port: int,
+                 *, reuse_port: bool = True, on_unrouted: Unrouted | None = None) -> None:
         self.router = router
+        self._reuse_port = reuse_port
+        self.on_unrouted = on_unrouted
         self._host = host
         self._port = port
         self._ae = AE(ae_title=ae_title)
@@ -131,10 +156,15 @@ class StorageSCP:
 
     def start(self) -> None:
         """Listen in background threads."""
-        self._server = self._ae.start_server(
-            (self._host, self._port), block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay)],
-        )
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay)]
+        server_class = ReusePortServer if self._reuse_port else ThreadedAssociationServer
+        server = self._ae.make_server((self._host, self._port), evt_handlers=handlers,
+                                      server_class=server_class)
+        thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                  name=f"storage-scp-{self._port}")
+        thread.start()
+        self._ae._servers.append(server)  # as AE.start_server does, so shutdown() finds it
+        self._server = server  # type: ignore[assignment]
         log.info("storage SCP %s listening on %s:%d", self._ae.ae_title, self._host, self.port)
 
     def stop(self) -> None:
@@ -149,6 +179,8 @@ class StorageSCP:
         message_id = getattr(request, "MoveOriginatorMessageID", None)
         uid = str(request.AffectedSOPInstanceUID)
         sink = self.router.route(originator, message_id, uid)
+        if sink is None and self.on_unrouted is not None:
+            return self.on_unrouted(instance_from_event(event), originator, message_id)
         if sink is None:
             log.warning("C-STORE of %s from %s matches no C-MOVE in progress (originator %r/%r)",
                         uid, event.assoc.requestor.ae_title, originator, message_id)

@@ -11,6 +11,7 @@ from app.cache.singleflight import SingleFlight
 from app.cache.store import GatewayCache
 from app.dimse.client import DimseClients
 from app.metrics import Metrics
+from app.services.move_relay import MoveRelay
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
 from app.services.wado import WadoService
@@ -22,7 +23,7 @@ class Services:
     cache, echo and metrics."""
 
     def __init__(self, settings: Settings, dimse: DimseClients, metrics: Metrics,
-                 backend: CacheBackend | None = None) -> None:
+                 backend: CacheBackend | None = None, relay: MoveRelay | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self._dimse = dimse
@@ -38,7 +39,8 @@ class Services:
         self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name))
                        for p in settings.pacs}
         self._wado = {
-            p.name: WadoService(RetrieveService(dimse.get(p.name), metrics), metrics,
+            p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
+                                                settings.ae_title), metrics,
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
         }

@@ -9,8 +9,10 @@ when a PACS omits the Move Originator fields. Outcomes are checked against what 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -27,6 +29,7 @@ from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import Category, category, retrieve_failure
 from app.errors import NotFound, UpstreamError
 from app.metrics import Metrics
+from app.services.move_relay import MoveRelay
 from app.settings import PacsPeer
 
 log = logging.getLogger(__name__)
@@ -88,10 +91,13 @@ def describe(ref: Ref) -> str:
 class RetrieveService:
     """Retrieves studies, series and instances from one PACS."""
 
-    def __init__(self, client: PeerClient, metrics: Metrics) -> None:
+    def __init__(self, client: PeerClient, metrics: Metrics,
+                 relay: MoveRelay | None = None, local_ae_title: str = "") -> None:
         self._client = client
         self._peer = client.peer
         self._metrics = metrics
+        self._relay = relay
+        self._local_ae = local_ae_title
 
     @property
     def peer(self) -> PacsPeer:
@@ -150,8 +156,14 @@ class RetrieveService:
         if not items:
             raise NotFound(f"{describe(ref)} not found on the PACS")
         identifier = build_identifier(_level(ref), unique_keys=_uids(ref))
+        relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
         if self._peer.retrieve_method == "move":
-            stream = self._client.move(identifier, frozenset(i.sop_instance_uid for i in items))
+            message_id = (await self._relay.reserve_message_id(self._local_ae)
+                          if self._relay is not None else None)
+            stream = self._client.move(identifier, frozenset(i.sop_instance_uid for i in items),
+                                       message_id=message_id)
+            if self._relay is not None:
+                relayed = self._relay.running(self._local_ae, message_id)
         else:
             classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
             if len(classes) < len(items) and not all(i.sop_class_uid for i in items):
@@ -165,7 +177,7 @@ class RetrieveService:
         operation = "C-MOVE" if self._peer.retrieve_method == "move" else "C-GET"
         self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation=operation)
         count = 0
-        async with stream:
+        async with relayed, stream:
             async for instance in stream:
                 count += 1
                 yield instance

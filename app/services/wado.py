@@ -33,7 +33,7 @@ from app.dicomweb.pixels import (
     to_wire,
     transcode_part10,
 )
-from app.dicomweb.refs import InstanceRef, SeriesRef
+from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NOT_ON_THE_WIRE, is_lossy
 from app.dicomweb.urls import instance_url
 from app.dimse.received import ReceivedInstance
@@ -279,6 +279,16 @@ class WadoService:
                     *[cache.keys.instance(ref.series_uid, s) for s in written])
             await ctx.publish(FillEvent("failed", http_status=exc.http_status,
                                         dimse_status=exc.dimse_status, message=exc.message))
+
+    async def content_signature(self, ref: SeriesRef | StudyRef) -> list[str] | None:
+        """The SOP Instance UIDs a series holds, when the cache knows it complete (for ETags);
+        None otherwise (a study's content is not tracked, so it gets no ETag)."""
+        if self._cache is None or not isinstance(ref, SeriesRef):
+            return None
+        index = await self._cache.get_series_index(ref.series_uid)
+        if index is None or not index.complete:
+            return None
+        return sorted(i[0] for i in index.instances)
 
     # -- WADO-RS resources ---------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 
 from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_ct_series
@@ -30,6 +32,11 @@ pytestmark = pytest.mark.timeout(60)
 GATEWAY_AE = "STREAM_GW"
 RETRIEVE_QUEUE_MAXSIZE = 8  # PeerClient.get/move default: the bound under test
 HOLD_TIMEOUT_S = 10.0
+VERIFICATION = "1.2.840.10008.1.1"
+QR_MODELS = (  # Study Root and Patient Root FIND, MOVE, GET (PS3.4 C.6)
+    "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3",
+    "1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3",
+)
 
 
 class ObservedPacs(DemoPacs):
@@ -59,6 +66,20 @@ class ObservedPacs(DemoPacs):
             self._started = 0
         self.held.clear()
         self._release.clear()
+
+    def _application_entity(self) -> AE:
+        """A leaner AE than the demo's (only the SOP classes held): association negotiation
+        with every storage class costs ~50 ms, which adds up over many requests."""
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = 0
+        ae.maximum_associations = 32
+        ae.add_supported_context(VERIFICATION)
+        for model in QR_MODELS:
+            ae.add_supported_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in self.datasets()}):
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES, scu_role=True,
+                                     scp_role=True)
+        return ae
 
     def release(self) -> None:
         """Let a held sub-operation go."""

@@ -60,7 +60,7 @@ def client(gateway: GatewayServer) -> DICOMwebClient:
 
 def _uid(ds: Dataset | dict, keyword: str, tag: str) -> str:
     if isinstance(ds, Dataset):
-        return str(ds.data_element(keyword).value)
+        return str(ds[keyword].value)
     return str(ds[tag]["Value"][0])
 
 
@@ -216,7 +216,7 @@ def test_retrieve_bulkdata_equals_pixel_data(client: DICOMwebClient,
     (("application/octet-stream", EXPLICIT_LE),),
 ], ids=["default", "octet-stream", "octet-stream-any-syntax", "octet-stream-explicit-le"])
 def test_retrieve_instance_frames(client: DICOMwebClient, sample_datasets: list[Dataset],
-                                  media_types: tuple[object, ...] | None) -> None:
+                                  media_types: tuple[str | tuple[str, str], ...] | None) -> None:
     original = _multiframe(sample_datasets)
     frames = original.pixel_array
     got = client.retrieve_instance_frames(str(original.StudyInstanceUID),
@@ -250,4 +250,5 @@ def test_missing_frame_is_an_http_error(client: DICOMwebClient,
         client.retrieve_instance_frames(str(original.StudyInstanceUID),
                                         str(original.SeriesInstanceUID),
                                         str(original.SOPInstanceUID), frame_numbers=[99])
+    assert raised.value.response is not None
     assert raised.value.response.status_code == 404

@@ -1,0 +1,130 @@
+"""Cross-worker delivery of C-MOVE sub-operations through the shared cache.
+
+With several worker processes sharing the Storage SCP port (SO_REUSEPORT), the PACS's
+association may land on a worker that did not ask for the instances. That worker publishes each
+such instance under the C-MOVE's (Move Originator AE Title, Message ID); the requesting worker
+relays them into its retrieval. Message IDs are reserved in the shared cache so that they are
+unique among all workers using the same AE title (PS3.7 9.1.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.cache.backend import CacheBackend
+from app.cache.memory import MemoryBackend
+from app.dimse.received import ReceivedInstance
+from app.dimse.storescp import MoveRouter
+
+log = logging.getLogger(__name__)
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+_SEP = b"\x00"
+
+
+def _encode(item: ReceivedInstance) -> bytes:
+    head = f"{item.sop_class_uid}\x00{item.sop_instance_uid}\x00{item.transfer_syntax}\x00"
+    return head.encode() + item.data
+
+
+def _decode(blob: bytes) -> ReceivedInstance:
+    cls, sop, ts, data = blob.split(_SEP, 3)
+    return ReceivedInstance(data, cls.decode(), sop.decode(), ts.decode())
+
+
+class MoveRelay:
+    """Publishes unrouted sub-operations and relays published ones to local C-MOVEs."""
+
+    def __init__(self, backend: CacheBackend | None, ttl: float = 300.0) -> None:
+        self._backend = backend
+        self._ttl = ttl
+        self._router: MoveRouter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def shared(self) -> bool:
+        """True when the backend is shared between processes (Redis)."""
+        return self._backend is not None and not isinstance(self._backend, MemoryBackend)
+
+    def attach(self, router: MoveRouter, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to this process's router and event loop (in the app's lifespan)."""
+        self._router = router
+        self._loop = loop
+
+    @staticmethod
+    def _key(originator: str, message_id: int) -> str:
+        return f"dwg:mv:{{{originator.strip()}:{message_id}}}"
+
+    # -- the worker that received an instance nobody here asked for ----------------------------
+
+    def forward(self, item: ReceivedInstance, originator: str | None,
+                message_id: int | None) -> int:
+        """Publish an unrouted instance (called in a Storage SCP thread); the C-STORE status."""
+        if not self.shared or self._loop is None or not originator or message_id is None:
+            log.warning("C-STORE of %s matches no C-MOVE in this process and cannot be relayed",
+                        item.sop_instance_uid)
+            return CANNOT_UNDERSTAND
+        future = asyncio.run_coroutine_threadsafe(
+            self._publish(item, originator, int(message_id)), self._loop)
+        try:
+            future.result(timeout=30)
+        except Exception:
+            log.exception("could not relay %s to the requesting worker", item.sop_instance_uid)
+            return OUT_OF_RESOURCES
+        return 0x0000
+
+    async def _publish(self, item: ReceivedInstance, originator: str, message_id: int) -> None:
+        assert self._backend is not None
+        key = self._key(originator, message_id)
+        await self._backend.set(f"{key}:{item.sop_instance_uid}", _encode(item), self._ttl)
+        await self._backend.append_event(key, item.sop_instance_uid, self._ttl)
+
+    # -- the worker whose C-MOVE it is ---------------------------------------------------------
+
+    async def reserve_message_id(self, originator: str) -> int | None:
+        """A Message ID no other worker is using for a C-MOVE now (None: not shared)."""
+        if not self.shared:
+            return None
+        assert self._backend is not None
+        for _ in range(32):
+            candidate = random.randint(1, 65535)
+            token = await self._backend.acquire_lock(f"{self._key(originator, candidate)}:id",
+                                                     self._ttl)
+            if token is not None:
+                return candidate
+        return None
+
+    async def relay(self, originator: str, message_id: int) -> None:
+        """Deliver instances other workers publish for this C-MOVE until cancelled."""
+        assert self._backend is not None and self._router is not None
+        key = self._key(originator, message_id)
+        position = 0
+        while True:
+            events = await self._backend.wait_events(key, position, 1.0)
+            for sop in events:
+                position += 1
+                blob = await self._backend.get(f"{key}:{sop}")
+                sink = self._router.sink(originator, message_id)
+                if blob is None or sink is None:
+                    continue
+                await asyncio.to_thread(sink.deliver, _decode(blob))
+                await self._backend.delete(f"{key}:{sop}")
+
+    @asynccontextmanager
+    async def running(self, originator: str, message_id: int | None) -> AsyncIterator[None]:
+        """Context for a C-MOVE: relays published instances while it runs."""
+        if message_id is None or not self.shared:
+            yield
+            return
+        task = asyncio.get_running_loop().create_task(self.relay(originator, message_id))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
