@@ -183,11 +183,11 @@ def getscu_c_get(host: str, port: int, called_ae: str, study_uid: str, *,
     return Measurement("DCMTK getscu", seconds, None, count, 0, {"pdu": DCMTK_MAX_PDU})
 
 
-def wado_retrieve(base_url: str, study_uid: str, *,
+def wado_retrieve(base_url: str, study_uid: str, *, resource: str = "",
                   sampler: RssSampler | None = None) -> Measurement:
-    """GET {base}/studies/{uid} streaming the multipart body, discarding it; counts the parts
-    and times the first complete part (its headers and all of its Content-Length bytes)."""
-    url = f"{base_url}/studies/{study_uid}"
+    """GET {base}/studies/{uid}{resource} streaming the multipart body, discarding it; counts the
+    parts and times the first complete part (its headers and all of its Content-Length bytes)."""
+    url = f"{base_url}/studies/{study_uid}{resource}"
     total = parts = 0
     first_s: float | None = None
     head = bytearray()
@@ -448,6 +448,12 @@ def load_orthanc(server: OrthancServer, datasets: Iterable[Dataset], *, workers:
     return count
 
 
+def first_instance_path(slices: int, seed: int) -> str:
+    """``/series/{uid}/instances/{uid}`` of the first slice generate_ct_series gives."""
+    ds = next(generate_ct_series(slices, seed=seed))
+    return f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
 def study_uid_of(slices: int, seed: int) -> str:
     """The StudyInstanceUID generate_ct_series gives for these parameters."""
     return str(next(generate_ct_series(slices, seed=seed)).StudyInstanceUID)
@@ -539,6 +545,7 @@ class Results:
     pdu_sweep: list[Measurement] = field(default_factory=list)
     pdu_diag: list[Measurement] = field(default_factory=list)
     nodelay: list[Measurement] = field(default_factory=list)
+    orthanc_nodelay: list[Measurement] = field(default_factory=list)
     dcmqrscp: list[Measurement] = field(default_factory=list)
     big: list[Measurement] = field(default_factory=list)
     quiet: list[Measurement] = field(default_factory=list)
@@ -603,6 +610,39 @@ def run_nodelay(results: Results, orthanc: OrthancServer, uid: str, slices: int,
             results.nodelay.append(check(m, slices))
 
 
+def restart_orthanc(orthanc: OrthancServer, nodelay: bool) -> None:
+    """Restart Orthanc on the same storage and ports, with or without ``TCP_NODELAY=1`` in its
+    environment (its DCMTK network layer reads that variable, like the DCMTK tools)."""
+    orthanc.stop()
+    saved = os.environ.pop("TCP_NODELAY", None)
+    if nodelay:
+        os.environ["TCP_NODELAY"] = "1"
+    try:
+        orthanc.start()
+    finally:
+        os.environ.pop("TCP_NODELAY", None)
+        if saved is not None:
+            os.environ["TCP_NODELAY"] = saved
+
+
+def run_orthanc_nodelay(results: Results, orthanc: OrthancServer, workdir: Path, uid: str,
+                        slices: int, repeat: int) -> None:
+    """The main comparison again with Orthanc itself running with TCP_NODELAY=1."""
+    host, port, ae = "127.0.0.1", orthanc.dicom_port, orthanc.ae_title
+    restart_orthanc(orthanc, nodelay=True)
+    try:
+        with GatewayProcess(workdir, [PeerAddress("orthanc", ae, host, port)],
+                            source=results.app_source) as gw:
+            check(wado_retrieve(gw.dicomweb(), uid), slices)  # warm-up
+            check(raw_c_get(host, port, ae, uid), slices)
+            for _ in range(repeat):
+                results.orthanc_nodelay.append(check(raw_c_get(host, port, ae, uid), slices))
+                results.orthanc_nodelay.append(check(getscu_c_get(host, port, ae, uid), slices))
+                results.orthanc_nodelay.append(check(wado_retrieve(gw.dicomweb(), uid), slices))
+    finally:
+        restart_orthanc(orthanc, nodelay=False)
+
+
 def run_quiet_logging(results: Results, orthanc: OrthancServer, workdir: Path, uid: str,
                       slices: int, repeat: int) -> None:
     """What-if: the same gateway with the root logger at WARNING (no pynetdicom INFO lines)."""
@@ -658,14 +698,15 @@ def run_big(results: Results, orthanc: OrthancServer, workdir: Path, small_uid: 
     load_orthanc(orthanc, generate_ct_series(big_slices, seed=BIG_SEED))
     results.timings["load_big_s"] = time.perf_counter() - t0
     uid = study_uid_of(big_slices, BIG_SEED)
+    warm_path = first_instance_path(results.args["slices"], SMALL_SEED)
     host, port, ae = "127.0.0.1", orthanc.dicom_port, orthanc.ae_title
     raw = check(raw_c_get(host, port, ae, uid), big_slices)  # also warms the page cache
     results.big.append(raw)
     results.big_study_bytes = raw.nbytes
     with GatewayProcess(workdir, [PeerAddress("orthanc", ae, host, port)],
                         source=results.app_source) as gw:
-        # Warm up on the small study (imports, first-request paths), then let it settle.
-        check(wado_retrieve(gw.dicomweb(), small_uid), results.args["slices"])
+        # Warm up on one instance (imports, first-request paths), then let it settle.
+        check(wado_retrieve(gw.dicomweb(), small_uid, resource=warm_path), 1)
         time.sleep(1.0)
         with RssSampler(gw.pid) as sampler:
             m = wado_retrieve(gw.dicomweb(), uid, sampler=sampler)
@@ -674,7 +715,7 @@ def run_big(results: Results, orthanc: OrthancServer, workdir: Path, small_uid: 
     # The same with the default in-process cache (bounded by DWG_CACHE_MAX_BYTES).
     with GatewayProcess(workdir, [PeerAddress("orthanc", ae, host, port)],
                         source=results.app_source, cache="memory") as gw:
-        check(wado_retrieve(gw.dicomweb(), small_uid), results.args["slices"])
+        check(wado_retrieve(gw.dicomweb(), small_uid, resource=warm_path), 1)
         time.sleep(1.0)
         with RssSampler(gw.pid) as sampler:
             m = wado_retrieve(gw.dicomweb(), uid, sampler=sampler)
@@ -728,6 +769,8 @@ def run(args: argparse.Namespace) -> Results:
             steps.append(("PDU sweep", lambda: run_pdu_sweep(results, orthanc, workdir,
                                                              small_uid, args.slices,
                                                              args.repeat)))
+        steps.append(("Orthanc with TCP_NODELAY", lambda: run_orthanc_nodelay(
+            results, orthanc, workdir, small_uid, args.slices, args.repeat)))
         if args.dcmqrscp:
             steps.append(("dcmqrscp", lambda: run_dcmqrscp(results, workdir, args.slices,
                                                            args.repeat)))
@@ -938,15 +981,29 @@ def render(results: Results) -> str:
             lines.append(f"| {'on' if flag else 'off'} | {_ms(median(x.seconds for x in runs))} "
                          f"| {_ms(median(x.first_s for x in runs))} | "
                          f"{', '.join(_ms(x.first_s) for x in runs)} |")
+    if results.orthanc_nodelay:
+        lines += ["", "#### The same comparison with Orthanc itself started with TCP_NODELAY=1", "",
+                  "Debian's Orthanc uses Debian's DCMTK network layer, which leaves Nagle's "
+                  "algorithm on unless `TCP_NODELAY=1` is in its environment.", "",
+                  "| Method | Time (median) | Throughput | First (median) | "
+                  "gateway's throughput relative to it |", "|---|---|---|---|---|"]
+        gw_n = median(x.seconds for x in results.orthanc_nodelay
+                      if x.method.startswith("gateway"))
+        for method in ("raw pynetdicom C-GET", "DCMTK getscu", "gateway WADO-RS"):
+            t_n = median(x.seconds for x in results.orthanc_nodelay if x.method == method)
+            f_n = median(x.first_s for x in results.orthanc_nodelay if x.method == method)
+            lines.append(f"| {method} | {_ms(t_n)} | {_mbps(size, t_n)} | {_ms(f_n)} | "
+                         f"{_ratio(t_n / gw_n if t_n and gw_n else None)} |")
     if results.dcmqrscp:
         lines += ["", "#### The same study on DCMTK dcmqrscp (MaxPDUSize 131072)", "",
-                  "| Method | Time (median) | Throughput | First (median) | vs gateway |",
+                  "| Method | Time (median) | Throughput | First (median) | "
+                  "gateway's throughput relative to it |",
                   "|---|---|---|---|---|"]
         gw_q = median(x.seconds for x in results.dcmqrscp if x.method.startswith("gateway"))
         for method in ("raw pynetdicom C-GET", "DCMTK getscu", "gateway WADO-RS"):
             t = median(x.seconds for x in results.dcmqrscp if x.method == method)
             f = median(x.first_s for x in results.dcmqrscp if x.method == method)
-            rel = f"gateway = {t / gw_q:.2f}x" if t and gw_q else "-"
+            rel = f"{t / gw_q:.2f}x" if t and gw_q else "-"
             lines.append(f"| {method} | {_ms(t)} | {_mbps(size, t)} | {_ms(f)} | {rel} |")
     if results.errors:
         lines += ["", "#### Steps that failed", ""] + [f"- {e}" for e in results.errors]

@@ -170,10 +170,28 @@ def _representation(chosen: Negotiated) -> str:
 # -- instances ---------------------------------------------------------------------------------
 
 
+def _syntax_preferences(request: Request, chosen: Negotiated) -> list[str | None]:
+    """Every acceptable syntax for application/dicom parts, best first: the choice is made per
+    part (PS3.18 8.7.8), so an instance that cannot be had in the first falls back to the next.
+    None stands for the default (Explicit VR LE), ``*`` for as stored."""
+    offers = instance_offers(requestable_syntaxes())
+    accept_values = request.query_params.getlist("accept")
+    header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
+    preferences: list[str | None] = [_wanted_syntax(chosen)]
+    for media_range in parse_accept(header):
+        if media_range.q <= 0 or not any(media_range.matches_offer(o) for o in offers):
+            continue
+        syntax = media_range.transfer_syntax
+        wanted = AS_STORED if syntax == AS_STORED else syntax if syntax else None
+        if wanted not in preferences:
+            preferences.append(wanted)
+    return preferences
+
+
 async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
     name = peer_name(request, services)
     chosen = _negotiate(request, services, instance_offers(requestable_syntaxes()))
-    wanted = _wanted_syntax(chosen)
+    wanted = _syntax_preferences(request, chosen)
     headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
     if unchanged is not None:
         return unchanged

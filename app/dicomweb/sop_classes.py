@@ -49,3 +49,38 @@ _NAMES = (
 )
 
 COMMON_STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(str(getattr(uid, n)) for n in _NAMES)
+
+_BY_MODALITY: dict[str, tuple[str, ...]] = {
+    "CT": ("CTImageStorage", "EnhancedCTImageStorage", "SecondaryCaptureImageStorage"),
+    "MR": ("MRImageStorage", "EnhancedMRImageStorage", "SecondaryCaptureImageStorage"),
+    "CR": ("ComputedRadiographyImageStorage", "DigitalXRayImageStorageForPresentation"),
+    "DX": ("DigitalXRayImageStorageForPresentation", "DigitalXRayImageStorageForProcessing",
+           "ComputedRadiographyImageStorage"),
+    "MG": ("DigitalMammographyXRayImageStorageForPresentation",
+           "BreastTomosynthesisImageStorage", "DigitalXRayImageStorageForPresentation"),
+    "US": ("UltrasoundImageStorage", "UltrasoundMultiFrameImageStorage",
+           "SecondaryCaptureImageStorage"),
+    "NM": ("NuclearMedicineImageStorage",),
+    "PT": ("PositronEmissionTomographyImageStorage", "EnhancedPETImageStorage"),
+    "XA": ("XRayAngiographicImageStorage", "XRay3DAngiographicImageStorage"),
+    "RF": ("XRayRadiofluoroscopicImageStorage",),
+    "SR": ("BasicTextSRStorage", "EnhancedSRStorage", "ComprehensiveSRStorage",
+           "XRayRadiationDoseSRStorage", "MammographyCADSRStorage", "Comprehensive3DSRStorage"),
+    "KO": ("KeyObjectSelectionDocumentStorage",),
+    "PR": ("GrayscaleSoftcopyPresentationStateStorage",),
+    "SEG": ("SegmentationStorage",),
+    "RTIMAGE": ("RTImageStorage",), "RTDOSE": ("RTDoseStorage",),
+    "RTSTRUCT": ("RTStructureSetStorage",), "RTPLAN": ("RTPlanStorage",),
+    "DOC": ("EncapsulatedPDFStorage",), "XC": ("VLPhotographicImageStorage",),
+    "IO": ("DigitalIntraOralXRayImageStorageForPresentation",),
+    "OP": ("OphthalmicPhotography8BitImageStorage",),
+    "SM": ("VLWholeSlideMicroscopyImageStorage",),
+    "OT": ("SecondaryCaptureImageStorage", "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+           "MultiFrameGrayscaleWordSecondaryCaptureImageStorage",
+           "MultiFrameTrueColorSecondaryCaptureImageStorage", "RawDataStorage"),
+}
+
+
+def sop_classes_for_modality(modality: str) -> tuple[str, ...]:
+    """The storage classes a series of this Modality usually holds (empty when unknown)."""
+    return tuple(str(getattr(uid, n)) for n in _BY_MODALITY.get(modality.strip().upper(), ()))

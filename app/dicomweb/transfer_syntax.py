@@ -319,3 +319,29 @@ def plan_storage_contexts(
         contexts=[(uid, both) for uid in fitting],
         left_out=left_out,
     )
+
+
+def storage_scp_preference(offered: Sequence[str]) -> list[str]:
+    """The order in which the gateway's Storage SCP accepts syntaxes a sender proposes in one
+    context (an acceptor picks the first of its own list that was proposed): lossless
+    compressed first, so instances arrive as stored without quality loss; then Explicit VR LE;
+    then lossy ones; Implicit VR LE and Big Endian last (they are re-encoded for the web)."""
+
+    def rank(ts: str) -> tuple[int, str]:
+        if ts in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN):
+            return (4, ts)
+        if ts in UNCOMPRESSED or ts == ENCAPSULATED_UNCOMPRESSED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return (1, ts)
+        if is_lossy(ts):
+            return (2, ts)
+        return (0, ts)
+
+    return sorted(dict.fromkeys(offered), key=rank)
+
+
+def compressed_first(contexts: Sequence[tuple[str, tuple[str, ...]]]
+                     ) -> list[tuple[str, tuple[str, ...]]]:
+    """The same storage contexts with compressed syntaxes proposed before uncompressed ones:
+    for a second C-GET of instances a PACS failed to send, since some PACS (DCMTK dcmqrscp)
+    send each file over the first accepted context of its SOP class, whatever its syntax."""
+    return sorted(contexts, key=lambda cx: all(ts in UNCOMPRESSED for ts in cx[1]))

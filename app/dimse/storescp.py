@@ -17,6 +17,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, e
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from app.dicomweb.transfer_syntax import ALL_KNOWN, storage_scp_preference
 from app.dimse.association import set_nodelay
 from app.dimse.bridge import Cancelled, Emitter
 from app.dimse.received import ReceivedInstance, instance_from_event
@@ -142,8 +143,9 @@ class StorageSCP:
         self._ae = AE(ae_title=ae_title)
         self._ae.maximum_pdu_size = 0
         self._ae.maximum_associations = 64
+        syntaxes = storage_scp_preference(list(ALL_TRANSFER_SYNTAXES) + sorted(ALL_KNOWN))
         for cx in StoragePresentationContexts:
-            self._ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            self._ae.add_supported_context(cx.abstract_syntax, syntaxes)
         self._ae.add_supported_context(Verification)
         self._server: ThreadedAssociationServer | None = None
 

@@ -20,23 +20,26 @@ from pydicom.dataset import Dataset
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
-from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES
+from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES, sop_classes_for_modality
 from app.dicomweb.transfer_syntax import (
+    compressed_first,
     plan_storage_contexts,
 )
 from app.dimse.client import PeerClient
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import Category, category, retrieve_failure
-from app.errors import NotFound, UpstreamError
+from app.errors import GatewayError, NotFound, UpstreamError
 from app.metrics import Metrics
 from app.services.move_relay import MoveRelay
 from app.settings import PacsPeer
 
 log = logging.getLogger(__name__)
+MAX_RETRIES = 200
 Ref = StudyRef | SeriesRef | InstanceRef
 AS_STORED = "*"
 
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
+MODALITY = 0x00080060
 PIXEL_DATA = 0x7FE00010
 OCTET_STREAM = "application/octet-stream"
 
@@ -49,6 +52,7 @@ class InventoryItem:
     series_uid: str
     sop_instance_uid: str
     sop_class_uid: str | None
+    candidate_classes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ class RetrieveService:
             return items
         ident = build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref),
                                  return_keys=[SOP_UID, SOP_CLASS])
-        out = []
+        out: list[InventoryItem] = []
         async for ds in self._find(ident):
             uid = ds.get(SOP_UID)
             if uid is None or not uid.value:
@@ -126,7 +130,24 @@ class RetrieveService:
             out.append(InventoryItem(ref.study_uid, ref.series_uid, str(uid.value),
                                      str(klass.value) if klass is not None and klass.value
                                      else None))
+        if out and not all(i.sop_class_uid for i in out):
+            # The PACS does not return SOPClassUID (DCMTK dcmqrscp): guess the storage classes
+            # from the series' Modality, so C-GET can propose every syntax for each of them.
+            guessed = sop_classes_for_modality(await self._series_modality(ref))
+            if guessed:
+                out = [InventoryItem(i.study_uid, i.series_uid, i.sop_instance_uid,
+                                     i.sop_class_uid, guessed) for i in out]
         return out
+
+    async def _series_modality(self, ref: SeriesRef | InstanceRef) -> str:
+        ident = build_identifier(QueryLevel.SERIES,
+                                 unique_keys={STUDY_UID: ref.study_uid, SERIES_UID: ref.series_uid},
+                                 return_keys=[MODALITY])
+        async for ds in self._find(ident):
+            value = ds.get(MODALITY)
+            if value is not None and value.value:
+                return str(value.value)
+        return ""
 
     async def series_uids(self, study_uid: str) -> list[str]:
         """The series of a study according to the PACS (one SERIES-level C-FIND)."""
@@ -165,26 +186,60 @@ class RetrieveService:
             if self._relay is not None:
                 relayed = self._relay.running(self._local_ae, message_id)
         else:
-            classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
-            if len(classes) < len(items) and not all(i.sop_class_uid for i in items):
-                # The PACS does not return SOPClassUID (dcmqrscp): propose the common classes.
-                classes = sorted(set(classes) | set(COMMON_STORAGE_SOP_CLASSES))
-            plan = plan_storage_contexts(classes)
-            if plan.left_out:
-                log.warning("C-GET of %s cannot propose %d SOP classes (128-context limit): %s",
-                            describe(ref), len(plan.left_out), plan.left_out[:5])
-            stream = self._client.get(identifier, plan.contexts)
+            contexts = self._storage_contexts(items, ref)
+            stream = self._client.get(identifier, contexts)
         operation = "C-MOVE" if self._peer.retrieve_method == "move" else "C-GET"
         self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation=operation)
         count = 0
+        arrived: set[str] = set()
         async with relayed, stream:
             async for instance in stream:
                 count += 1
+                arrived.add(instance.sop_instance_uid)
                 yield instance
             outcome: RetrieveOutcome = stream.result
+        missing = [i for i in items if i.sop_instance_uid not in arrived]
+        if missing and outcome.failed and self._peer.retrieve_method == "get":
+            # Second chance, one instance at a time with compressed contexts first: some PACS
+            # send each file over the first accepted context of its class, whatever its syntax.
+            for item in missing[:MAX_RETRIES]:
+                async for instance in self._retry(item):
+                    count += 1
+                    arrived.add(instance.sop_instance_uid)
+                    yield instance
+            if len(arrived) == len(items):
+                outcome = RetrieveOutcome(0x0000, count, 0, outcome.warning, count)
         if report is not None:
-            report.update(expected=len(items), received=count, failed=outcome.failed)
+            report.update(expected=len(items), received=count, failed=len(items) - len(arrived))
         self._check(outcome, count, len(items), ref, operation)
+
+    def _storage_contexts(self, items: list[InventoryItem], ref: Ref, *,
+                          compressed_preferred: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+        """Storage presentation contexts for a C-GET of ``items``."""
+        classes = {i.sop_class_uid for i in items if i.sop_class_uid}
+        for item in items:
+            if not item.sop_class_uid:
+                classes.update(item.candidate_classes or COMMON_STORAGE_SOP_CLASSES)
+        plan = plan_storage_contexts(sorted(classes))
+        if plan.left_out:
+            log.warning("C-GET of %s cannot propose %d SOP classes (128-context limit): %s",
+                        describe(ref), len(plan.left_out), plan.left_out[:5])
+        contexts = [(cls, tuple(ts)) for cls, ts in plan.contexts]
+        return compressed_first(contexts) if compressed_preferred else contexts
+
+    async def _retry(self, item: InventoryItem) -> AsyncIterator[ReceivedInstance]:
+        """One more C-GET of a single instance the first retrieval did not deliver."""
+        ref = InstanceRef(item.study_uid, item.series_uid, item.sop_instance_uid)
+        contexts = self._storage_contexts([item], ref, compressed_preferred=True)
+        stream = self._client.get(build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref)),
+                                  contexts)
+        self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation="C-GET")
+        try:
+            async with stream:
+                async for instance in stream:
+                    yield instance
+        except GatewayError as exc:
+            log.warning("second C-GET of %s failed too: %s", describe(ref), exc.message)
 
     def _check(self, outcome: RetrieveOutcome, count: int, expected: int, ref: Ref,
                operation: str) -> None:

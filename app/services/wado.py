@@ -292,11 +292,26 @@ class WadoService:
 
     # -- WADO-RS resources ---------------------------------------------------------------------
 
-    async def instances(self, ref: Ref, transfer_syntax: str | None) -> AsyncIterator[WireInstance]:
-        """Instances under ``ref`` in the requested syntax (None: Explicit VR Little Endian, or
-        as stored when only lossy pixels exist; ``*``: as stored), transcoding where needed."""
+    async def instances(self, ref: Ref, preferences: str | None | list[str | None]
+                        ) -> AsyncIterator[WireInstance]:
+        """Instances under ``ref``, each in the first acceptable syntax it can be had in.
+
+        Each preference is a UID, None (Explicit VR Little Endian, or as stored when only lossy
+        pixels exist) or ``*`` (as stored); transcoding where needed, per instance."""
+        wanted = preferences if isinstance(preferences, list) else [preferences]
         async for series_uid, item in self._source(ref):
-            yield await self._to_syntax(item, transfer_syntax, series_uid)
+            yield await self._first_possible(item, wanted, series_uid)
+
+    async def _first_possible(self, item: ReceivedInstance, preferences: list[str | None],
+                              series_uid: str) -> WireInstance:
+        failure: NotAcceptable | None = None
+        for wanted in preferences:
+            try:
+                return await self._to_syntax(item, wanted, series_uid)
+            except NotAcceptable as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
     async def _to_syntax(self, item: ReceivedInstance, wanted: str | None,
                          series_uid: str) -> WireInstance:

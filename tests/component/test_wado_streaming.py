@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -192,14 +191,16 @@ def observed_pacs(ct_series: list[Dataset]) -> Iterator[ObservedPacs]:
     pacs.stop()
 
 
+@pytest.mark.parametrize("cache", ["none", "memory"])
 @pytest.mark.parametrize("method", ["get", "move"])
 def test_first_part_arrives_before_the_last_sub_operation(
-    method: str, observed_pacs: ObservedPacs, ct_series: list[Dataset]
+    method: str, cache: str, observed_pacs: ObservedPacs, ct_series: list[Dataset]
 ) -> None:
+    """Straight from the retrieval (no cache) and through a cache fill (the default)."""
     total = len(ct_series)
     observed_pacs.hold_at = total  # the last sub-operation waits for the test
     expected = {str(ds.SOPInstanceUID) for ds in ct_series}
-    with start_gateway(observed_pacs, method) as gateway, gateway.client() as client:
+    with start_gateway(observed_pacs, method, cache) as gateway, gateway.client() as client:
         with client.stream("GET", series_path(ct_series)) as response:
             assert response.status_code == 200
             reader = PartReader(response.headers["content-type"])

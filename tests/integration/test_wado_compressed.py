@@ -8,8 +8,11 @@ Peer behaviour seen here (Orthanc 1.10.1, DCMTK 3.6.7):
 - dcmqrscp has no codecs, so it can only send a file in its stored syntax. Over C-GET it uses
   the first accepted context of the SOP class whatever its syntax, and by default accepts only
   uncompressed ones; over C-MOVE it proposes uncompressed syntaxes plus at most one compressed
-  syntax (``-x?`` option) in a single context per SOP class. Started with ``+xr -xr`` it could
-  serve the RLE instances, but the gateway does not let it yet: see ``DCMQRSCP_GAPS``.
+  syntax (``-x?`` option) in a single context per SOP class. Started with ``+xr -xr`` it serves
+  the RLE instances through the gateway: over C-GET because the gateway guesses the storage
+  classes from the series Modality (dcmqrscp returns no SOPClassUID), proposes every syntax, and
+  asks again with compressed contexts first for instances the first pass could not get; over
+  C-MOVE because the gateway's Storage SCP accepts lossless compressed syntaxes first.
 """
 
 from __future__ import annotations
@@ -45,18 +48,6 @@ DICOM = 'multipart/related; type="application/dicom"'
 
 COMBINATIONS = [("orthanc", "get"), ("orthanc", "move"), ("dcmqrscp", "get"), ("dcmqrscp", "move")]
 
-#: Why dcmqrscp (started with +xr -xr, so able to send RLE as stored) still cannot serve the RLE
-#: instances through the gateway. Both are gateway issues in app/dimse and app/services.
-DCMQRSCP_GAPS = {
-    "get": "C-GET: dcmqrscp returns no SOPClassUID in C-FIND, so the gateway proposes 40 common "
-           "classes and falls to the 'minimal' tier (Explicit/Implicit VR LE only); dcmqrscp "
-           "sends through the first accepted context of the class and cannot decompress RLE, "
-           "so every sub-operation fails (0xA702).",
-    "move": "C-MOVE: dcmqrscp proposes [RLE, Explicit LE, Explicit BE, Implicit LE] in one "
-            "context; the gateway's Storage SCP lists pynetdicom's ALL_TRANSFER_SYNTAXES "
-            "(Implicit VR LE first) and pynetdicom accepts the acceptor's first match, so "
-            "Implicit VR LE is chosen and dcmqrscp, unable to decompress, fails (0xA702).",
-}
 
 
 @dataclass(frozen=True)
@@ -96,8 +87,6 @@ def http(target: Target) -> Iterator[httpx.Client]:
 @pytest.fixture
 def pixels_http(target: Target, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     """A client for requests served from compressed pixel data held by the PACS."""
-    if target.kind == "dcmqrscp":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=DCMQRSCP_GAPS[target.method]))
     with target.server.client() as client:
         yield client
 
@@ -281,10 +270,6 @@ def test_unproducible_syntax_is_406_before_any_byte(
         assert syntax in response.json()["00000902"]["Value"][0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "one transfer syntax is chosen for the whole response (app/api/wado.py _wanted_syntax): an "
-    "instance that cannot be produced in it (lossy JPEG asked as J2K lossless) cuts the stream "
-    "after headers were sent, even though the client also accepts '*' (PS3.18 8.7.8: per part)"))
 def test_mixed_study_falls_back_per_part_to_another_accepted_syntax(
     target: Target, compressed_datasets: list[Dataset],
 ) -> None:

@@ -1,0 +1,89 @@
+"""Fixtures of the browser tests: the OHIF build and Chromium (a failure in CI when missing, a
+skip elsewhere), the gateway over the session's Orthanc with CORS for the viewer's origin, the
+viewer served statically, and the artefact directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.ohif.static_server import OhifStaticServer
+from tests.peers import OrthancServer, require_binary, skip_or_fail
+from tests.peers.fixtures import GATEWAY_AE
+from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+E2E_NODE_MODULES = REPO_ROOT / "e2e" / "node_modules"
+OHIF_DIST = E2E_NODE_MODULES / "@ohif" / "app" / "dist"
+HARNESS = Path(__file__).resolve().parent / "ohif"
+ARTIFACTS = REPO_ROOT / ".artifacts" / "e2e"
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test collected under tests/e2e with ``integration`` (it needs real peers)."""
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass(frozen=True)
+class BrowserTools:
+    """What the driver script needs: Node, Chromium and the e2e npm packages."""
+
+    node: str
+    chromium: str
+    node_modules: Path
+
+
+@pytest.fixture(scope="session")
+def browser_tools() -> BrowserTools:
+    """Node, Debian's Chromium, playwright-core and the OHIF build, or skip (fail in CI)."""
+    node = require_binary("node")
+    chromium = require_binary("chromium")
+    if not (E2E_NODE_MODULES / "playwright-core" / "package.json").is_file():
+        skip_or_fail("playwright-core is not installed in e2e/ (run scripts/install-deps)")
+    if not (OHIF_DIST / "index.html").is_file():
+        skip_or_fail("the OHIF build @ohif/app/dist is missing in e2e/ (run scripts/install-deps)")
+    return BrowserTools(node=node, chromium=chromium, node_modules=E2E_NODE_MODULES)
+
+
+def render_app_config(dicomweb_root: str, overrides: dict[str, Any] | None = None) -> str:
+    """The viewer's ``app-config.js``: the template with the gateway's DICOMweb root and any
+    data-source settings that differ from OHIF's shipped defaults."""
+    template = (HARNESS / "app-config.template.js").read_text(encoding="utf-8")
+    return (template.replace("__DICOMWEB_ROOT__", dicomweb_root)
+            .replace("__DATA_SOURCE_OVERRIDES__", json.dumps(overrides or {})))
+
+
+@dataclass(frozen=True)
+class ViewerStack:
+    """The viewer (static OHIF) and the gateway it talks to, on two loopback origins."""
+
+    viewer: OhifStaticServer
+    gateway: GatewayServer
+
+
+@pytest.fixture(scope="module")
+def viewer_stack(browser_tools: BrowserTools, orthanc: OrthancServer) -> Iterator[ViewerStack]:
+    """OHIF on one port, the gateway (C-GET from the session's Orthanc) on another, with CORS
+    allowing exactly the viewer's origin, as a deployment on two hosts would configure it."""
+    with OhifStaticServer(OHIF_DIST) as viewer:
+        peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
+        settings = gateway_settings(peer, ae_title=GATEWAY_AE, cors_allow_origins=[viewer.url])
+        with GatewayServer(settings) as gateway:
+            viewer.app_config = render_app_config(gateway.dicomweb)
+            yield ViewerStack(viewer=viewer, gateway=gateway)
+
+
+@pytest.fixture(scope="session")
+def e2e_artifacts() -> Path:
+    """``.artifacts/e2e`` at the repository root (git-ignored): screenshots and request logs."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
