@@ -364,6 +364,14 @@ class WadoService:
             yield MetadataItem(ds, instance_url(base_url, ref.study_uid, series_uid,
                                                 item.sop_instance_uid))
 
+    async def instance(self, ref: InstanceRef) -> ReceivedInstance:
+        """One instance as stored (from the cache, or retrieved and cached)."""
+        return await self._single(ref)
+
+    def each_instance(self, ref: Ref) -> AsyncIterator[tuple[str, ReceivedInstance]]:
+        """(series UID, instance as stored) for every instance under ``ref``."""
+        return self._source(ref)
+
     async def _single(self, ref: InstanceRef) -> ReceivedInstance:
         async for _, item in self._source(ref):
             if item.sop_instance_uid == ref.sop_instance_uid:
