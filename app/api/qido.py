@@ -107,6 +107,9 @@ async def _search(
     )
     base = service_base_url(request, services)
     result = await services.query(name).search(query, base)
+    if level == QueryLevel.STUDY and result.datasets:
+        services.prefetch_studies(name, [str(ds.StudyInstanceUID) for ds in result.datasets
+                                         if "StudyInstanceUID" in ds])
     warnings = list(result.warnings)
     if query.fuzzy:
         warnings.append(FUZZY_WARNING)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from app.cache.backend import CacheBackend
@@ -9,13 +11,18 @@ from app.cache.factory import build_backend
 from app.cache.resilient import ResilientBackend
 from app.cache.singleflight import SingleFlight
 from app.cache.store import GatewayCache
+from app.dicomweb.refs import SeriesRef
 from app.dimse.client import DimseClients
+from app.errors import GatewayError
 from app.metrics import Metrics
 from app.services.move_relay import MoveRelay
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
 from app.services.wado import WadoService
 from app.settings import PacsPeer, Settings
+
+log = logging.getLogger(__name__)
+PREFETCH_MAX_STUDIES = 10
 
 
 class Services:
@@ -26,6 +33,8 @@ class Services:
                  backend: CacheBackend | None = None, relay: MoveRelay | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._prefetch_slots = asyncio.Semaphore(2)
+        self._prefetch_tasks: set[asyncio.Task[None]] = set()
         self._dimse = dimse
         self.backend = backend if backend is not None else build_backend(
             settings, lambda: metrics.inc("cache_errors_total"))
@@ -71,6 +80,29 @@ class Services:
         """The cache of the named or default peer (None when caching is off)."""
         return self.caches.get(self.settings.peer(name).name)
 
+    def prefetch_studies(self, name: str | None, study_uids: list[str]) -> None:
+        """Warm the cache with the first series of each study (prefetch_on_search), in the
+        background, at most two at a time; failures are only logged."""
+        if not self.settings.prefetch_on_search or self.flights is None:
+            return
+        peer = self.settings.peer(name).name
+        wado = self._wado[peer]
+        retrieval = wado.retrieval
+
+        async def one(study: str) -> None:
+            async with self._prefetch_slots:
+                try:
+                    series = await retrieval.series_uids(study)
+                    if series:
+                        await wado.warm(SeriesRef(study, series[0]))
+                except GatewayError as exc:
+                    log.info("prefetch of study %s failed: %s", study, exc.message)
+
+        for study in study_uids[:PREFETCH_MAX_STUDIES]:
+            task = asyncio.get_running_loop().create_task(one(study))
+            self._prefetch_tasks.add(task)
+            task.add_done_callback(self._prefetch_tasks.discard)
+
     async def echo(self, name: str | None = None) -> float:
         """C-ECHO a peer; round-trip seconds, or a GatewayError."""
         return await self._dimse.get(name).echo()
@@ -84,7 +116,9 @@ class Services:
         return {"backend": self.backend.name, "status": "ok" if healthy else "degraded"}
 
     async def close(self) -> None:
-        """Stop fills, release connections and worker threads."""
+        """Stop prefetches and fills, release connections and worker threads."""
+        for task in list(self._prefetch_tasks):
+            task.cancel()
         if self.flights is not None:
             await self.flights.close()
         if self.backend is not None:

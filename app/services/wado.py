@@ -125,6 +125,7 @@ class WadoService:
         self._cache = cache
         self._flights = flights
         self._peer = retrieval.peer
+        self.retrieval = retrieval
 
     # -- the source of instances -------------------------------------------------------------
 
@@ -186,6 +187,23 @@ class WadoService:
                         yield await self._instance_after_fill(ref, sop)
                 if not sent:
                     raise NotFound(f"{describe(ref)} not found on the PACS")
+
+    async def warm(self, ref: SeriesRef) -> None:
+        """Fill the cache with a series (prefetch) without reading it back."""
+        cache, flights = self._cache, self._flights
+        if cache is None or flights is None:
+            return
+        if await cache.complete_series(ref.series_uid) is not None:
+            return
+
+        async def complete() -> bool:
+            return await cache.complete_series(ref.series_uid) is not None
+
+        async for event in flights.follow(cache.keys.lock(ref.series_uid),
+                                          lambda token: cache.keys.events(ref.series_uid, token),
+                                          functools.partial(self._fill, ref), complete):
+            if event.kind in ("done", "failed"):
+                return
 
     async def _instance_after_fill(self, ref: SeriesRef, sop: str) -> ReceivedInstance:
         """An instance a fill announced; fetched on its own if the cache could not keep it."""

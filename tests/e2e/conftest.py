@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset
 
 from tests.e2e.ohif.static_server import OhifStaticServer
 from tests.peers import OrthancServer, require_binary, skip_or_fail
@@ -70,10 +71,41 @@ class ViewerStack:
     gateway: GatewayServer
 
 
+LONG_CT_SLICES = 80
+"""Slices of the extra CT series: more than OHIF's stack prefetch fetches up front (the sample
+CT series have 10, all prefetched at once), so scrolling must load further slices."""
+
+
+def long_ct_series() -> list[Dataset]:
+    """One CT series of ``LONG_CT_SLICES`` small slices whose bone moves from slice to slice."""
+    from app.demo.samples import generate_ct_series
+
+    return list(generate_ct_series(LONG_CT_SLICES, rows=64, columns=64, seed=7))
+
+
 @pytest.fixture(scope="module")
-def viewer_stack(browser_tools: BrowserTools, orthanc: OrthancServer) -> Iterator[ViewerStack]:
-    """OHIF on one port, the gateway (C-GET from the session's Orthanc) on another, with CORS
-    allowing exactly the viewer's origin, as a deployment on two hosts would configure it."""
+def e2e_orthanc(
+    browser_tools: BrowserTools,
+    tmp_path_factory: pytest.TempPathFactory,
+    sample_datasets: list[Dataset],
+) -> Iterator[OrthancServer]:
+    """A private Orthanc holding the sample studies plus ``long_ct_series()`` (the shared
+    session Orthanc must hold exactly the sample studies)."""
+    require_binary("Orthanc")
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc-e2e"))
+    server.start()
+    try:
+        server.load([*sample_datasets, *long_ct_series()])
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def viewer_stack(browser_tools: BrowserTools, e2e_orthanc: OrthancServer) -> Iterator[ViewerStack]:
+    """OHIF on one port, the gateway (C-GET from Orthanc) on another, with CORS allowing
+    exactly the viewer's origin, as a deployment on two hosts would configure it."""
+    orthanc = e2e_orthanc
     with OhifStaticServer(OHIF_DIST) as viewer:
         peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
         settings = gateway_settings(peer, ae_title=GATEWAY_AE, cors_allow_origins=[viewer.url])

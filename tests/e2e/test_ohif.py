@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
-from tests.e2e.conftest import HARNESS, BrowserTools, ViewerStack
+from tests.e2e.conftest import LONG_CT_SLICES, HARNESS, BrowserTools, ViewerStack, long_ct_series
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -73,16 +73,18 @@ def ohif_run(
 ) -> dict[str, Any]:
     """Run the browser once over the study list and the CT study; the recorded result."""
     work = tmp_path_factory.mktemp("ohif-browser")
-    studies = seeded_studies(sample_datasets)
+    studies = seeded_studies([*sample_datasets, *long_ct_series()])
     ct = next(s for s in studies.values() if s.description == CT_DESCRIPTION)
+    long_ct = next(s for s in studies.values() if s.instances == LONG_CT_SLICES)
     driver_input = {
         "nodeModules": str(browser_tools.node_modules),
         "chromium": browser_tools.chromium,
         "userDataDir": str(work / "profile"),
         "viewerUrl": viewer_stack.viewer.url,
         "gatewayUrl": viewer_stack.gateway.url,
-        "studyUID": ct.uid,
         "studyTexts": sorted({s.description for s in studies.values()}),
+        "studies": [{"name": "ct", "uid": ct.uid, "scrollSteps": 0},
+                    {"name": "long-ct", "uid": long_ct.uid, "scrollSteps": 30}],
         "artifactDir": str(e2e_artifacts),
         "timeoutMs": (DRIVER_TIMEOUT_S - 10) * 1000,
     }
@@ -98,8 +100,9 @@ def ohif_run(
         pytest.fail(f"the browser driver wrote no result (exit {completed.returncode}):\n"
                     f"{completed.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
-    result["studies"] = studies
+    result["seeded"] = studies
     result["ct"] = ct
+    result["long_ct"] = long_ct
     _write_request_log(result, e2e_artifacts)
     return result
 
@@ -127,36 +130,51 @@ def test_browser_session_completed(ohif_run: dict[str, Any]) -> None:
 
 def test_study_list_shows_the_seeded_studies(ohif_run: dict[str, Any]) -> None:
     text: str = ohif_run["studyListText"]
-    studies: dict[str, SeededStudy] = ohif_run["studies"]
+    studies: dict[str, SeededStudy] = ohif_run["seeded"]
     missing = [s.description for s in studies.values() if s.description not in text]
     assert not missing, f"study list lacks {missing}; it shows:\n{text[:2000]}"
-    for family in ("Doe", "Smith", "Müller"):
-        assert family in text, f"patient {family} not in the study list"
+    # OHIF shows Person Names as "Family, Given"; non-ASCII names decoded by the gateway.
+    for name in ("Doe, John", "Doe, Jane", "Smith, Anna", "Müller, Jürgen"):
+        assert name in text, f"patient {name} not in the study list"
     qido = [r for r in ohif_run["requests"]
             if r["phase"] == "studylist" and "/studies" in r["url"] and r["status"] == 200]
     assert qido, "the study list made no successful QIDO-RS request to the gateway"
 
 
-def test_viewer_draws_the_ct_from_real_pixels(ohif_run: dict[str, Any]) -> None:
-    image = ohif_run["firstImage"]
+def _frames(ohif_run: dict[str, Any], study: SeededStudy) -> list[dict[str, Any]]:
+    return [r for r in ohif_run["requests"]
+            if f"/studies/{study.uid}/" in r["url"] and "/frames/" in r["url"]]
+
+
+def test_viewer_draws_the_multi_series_ct_from_real_pixels(ohif_run: dict[str, Any]) -> None:
+    ct: SeededStudy = ohif_run["ct"]
+    image = ohif_run["studies"]["ct"]["firstImage"]
     assert image is not None, "no cornerstone canvas in the viewer"
-    # The phantom is air, fat, soft tissue, lung and bone: many grey levels, mostly not black.
+    # The phantom is air, fat, soft tissue, lung and bone: many grey levels, much not black.
     assert image["nonBlack"] > image["pixels"] * 0.05, image
     assert image["distinctLevels"] > 8, image
-    frames = [r for r in ohif_run["requests"] if "/frames/" in r["url"]]
-    assert any(r["status"] == 200 for r in frames), "no frame was retrieved from the gateway"
+    assert any(r["status"] == 200 for r in _frames(ohif_run, ct)), "no frame retrieved"
+    # Both series of the study were described through the gateway (series metadata).
+    metadata = {r["url"].split("/series/")[1].split("/")[0] for r in ohif_run["requests"]
+                if f"/studies/{ct.uid}/series/" in r["url"] and r["url"].endswith("/metadata")
+                and r["status"] == 200}
+    assert len(metadata) == 2, f"series metadata retrieved for {len(metadata)} of 2 series"
 
 
-def test_scrolling_shows_other_slices(ohif_run: dict[str, Any]) -> None:
-    first, scrolled = ohif_run["firstImage"], ohif_run["scrolledImage"]
+def test_scrolling_loads_and_shows_further_slices(ohif_run: dict[str, Any]) -> None:
+    long_ct: SeededStudy = ohif_run["long_ct"]
+    outcome = ohif_run["studies"]["long-ct"]
+    first, scrolled = outcome["firstImage"], outcome["scrolledImage"]
     assert first is not None and scrolled is not None
+    assert first["nonBlack"] > first["pixels"] * 0.05, first
     assert scrolled["hash"] != first["hash"], "the image did not change when scrolling"
     assert scrolled["nonBlack"] > scrolled["pixels"] * 0.05, scrolled
-    # Every slice shown came through the gateway: frames of more than one instance retrieved.
-    instances = {r["url"].split("/instances/")[1].split("/")[0]
-                 for r in ohif_run["requests"] if "/frames/" in r["url"] and r["status"] == 200}
-    assert len(instances) > 1, f"frames of only {len(instances)} instance(s) retrieved"
-    assert ohif_run["framesAfterScroll"] >= ohif_run["framesBeforeScroll"]
+    # Scrolling past what was prefetched made the viewer retrieve frames of further slices.
+    assert outcome["framesAfter"] > outcome["framesBefore"], outcome
+    assert outcome["instancesAfter"] > outcome["instancesBefore"], outcome
+    assert outcome["instancesBefore"] < LONG_CT_SLICES
+    ok = [r for r in _frames(ohif_run, long_ct) if r["status"] == 200]
+    assert len(ok) >= outcome["instancesAfter"], "some slices shown were not retrieved"
 
 
 def test_every_gateway_request_succeeds(ohif_run: dict[str, Any]) -> None:

@@ -1,17 +1,19 @@
 """Two uvicorn workers sharing one throwaway Redis run ONE retrieval for 20 concurrent requests
-of a series, with C-GET and with C-MOVE (one storage SCP port shared by both workers).
+of a series, with C-GET and with C-MOVE (one storage SCP port, SO_REUSEPORT, shared by both
+workers; sub-operations reaching the wrong worker are relayed through Redis).
 
-Counting: /metrics is per worker and a worker cannot be addressed, so the retrievals are
-counted where they arrive: at a DemoPacs served from this test process (its operation_counts
-are exact and global), with the gateway as a separate process talking DIMSE to it over TCP.
-Real Orthanc behind the same setup is checked for complete answers."""
+Counting: /metrics is per worker and a request cannot choose its worker, so retrievals are
+counted where they arrive, at DemoPacs SCPs served from this test process (operation_counts
+are exact and global; the gateway is a separate process talking DIMSE to them over TCP). The
+workers' own metrics are scraped on fresh connections until both have answered, which shows
+both served requests and adds up to the same single retrieval. Real Orthanc behind the same
+gateway is checked with C-MOVE, where the relay matters most."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,28 +22,12 @@ from pydicom import Dataset, dcmread
 
 from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
-from tests.peers import OrthancServer, RedisServer, free_port, require_binary
+from tests.peers import OrthancServer, RedisServer, require_binary
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.timeout(90)
 REQUESTS = 20
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-workers")) as server:
-        yield server
-
-
-@pytest.fixture
-def clean_redis(redis_server: RedisServer) -> RedisServer:
-    import redis
-
-    with redis.Redis.from_url(redis_server.url, socket_timeout=5) as client:
-        client.flushall()
-    return redis_server
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +39,47 @@ def series(sample_datasets: list[Dataset]) -> list[Dataset]:
     return max(by_series.values(), key=len)
 
 
-def _settings(pacs: dict[str, Any], redis_url: str, **extra: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "ae_title": GATEWAY_AE, "pacs": [pacs], "cache_backend": "redis",
-        "redis_url": redis_url, "storage_scp_enabled": False, "log_level": "WARNING",
-    }
-    values.update(extra)
-    return values
+@pytest.fixture(scope="module")
+def demo_pacs(sample_datasets: list[Dataset], gateway_storage_port: int
+              ) -> Iterator[dict[str, DemoPacs]]:
+    """One DemoPacs per retrieve method, in this process, slow enough (20 ms per
+    sub-operation) that every request arrives while the one retrieval runs."""
+    servers = {method: DemoPacs(sample_datasets, ae_title=f"WORKERS_{method.upper()}",
+                                response_delay=0.02) for method in ("get", "move")}
+    for server in servers.values():
+        server.start("127.0.0.1", 0)
+        server.add_move_destination(GATEWAY_AE, "127.0.0.1", gateway_storage_port)
+    yield servers
+    for server in servers.values():
+        server.stop()
 
 
-async def _concurrent_series(gateway: GatewayProcess, first: Dataset) -> list[httpx.Response]:
-    url = (f"{gateway.url}/dicomweb/studies/{first.StudyInstanceUID}"
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, demo_pacs: dict[str, DemoPacs],
+            orthanc: OrthancServer, gateway_storage_port: int) -> Iterator[GatewayProcess]:
+    """The gateway with two workers on one Redis, in front of both DemoPacs and Orthanc."""
+    require_binary("redis-server")
+    peers: list[dict[str, Any]] = [
+        {"name": method, "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port,
+         "retrieve_method": method} for method, pacs in demo_pacs.items()]
+    peers.append({"name": "orthanc", "ae_title": orthanc.ae_title, "host": orthanc.host,
+                  "port": orthanc.dicom_port, "retrieve_method": "move"})
+    with RedisServer(tmp_path_factory.mktemp("redis-workers")) as redis_server:
+        settings = {
+            "ae_title": GATEWAY_AE, "pacs": peers, "cache_backend": "redis",
+            "redis_url": redis_server.url, "storage_scp_enabled": True,
+            "storage_scp_host": "127.0.0.1", "storage_scp_port": gateway_storage_port,
+            "storage_scp_reuse_port": True, "log_level": "WARNING",
+        }
+        process = GatewayProcess(tmp_path_factory.mktemp("gateway-workers"), settings,
+                                 workers=2)
+        with process:
+            yield process
+
+
+async def _concurrent_series(gateway: GatewayProcess, peer: str, first: Dataset
+                             ) -> list[httpx.Response]:
+    url = (f"{gateway.url}/pacs/{peer}/dicomweb/studies/{first.StudyInstanceUID}"
            f"/series/{first.SeriesInstanceUID}")
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
@@ -80,16 +96,6 @@ def _sops(response: httpx.Response) -> list[str]:
                   for p in parts)
 
 
-@pytest.fixture
-def demo_pacs(sample_datasets: list[Dataset]) -> Iterator[DemoPacs]:
-    """A DemoPacs in this process, slow enough (20 ms per sub-operation) that every request
-    arrives while the one retrieval runs."""
-    pacs = DemoPacs(sample_datasets, ae_title="WORKERS_PACS", response_delay=0.02)
-    pacs.start("127.0.0.1", 0)
-    yield pacs
-    pacs.stop()
-
-
 def _counter(text: str, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(line_start))
@@ -97,81 +103,58 @@ def _counter(text: str, line_start: str) -> float:
 
 def _per_worker_metrics(gateway: GatewayProcess) -> list[str]:
     """Each worker's /metrics (cache and DIMSE lines), scraped on fresh connections until both
-    workers have answered: once every request is done, a worker's counters are fixed, and the
-    two workers' texts differ (only one of them ran the retrieval)."""
+    workers have answered: once the requests are done a worker's counters are fixed, and the
+    two workers' texts differ (only one of them ran each retrieval)."""
     seen: set[str] = set()
     for _ in range(100):
         text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
         seen.add("\n".join(line for line in text.splitlines()
-                            if line.startswith(("cache_hits_total", "cache_misses_total",
-                                                "dimse_retrievals_total"))))
+                           if line.startswith(("cache_hits_total", "cache_misses_total",
+                                               "dimse_retrievals_total"))))
         if len(seen) == 2:
             break
     return sorted(seen)
 
 
-def _run(tmp_path: Path, settings: dict[str, Any], series: list[Dataset]
-         ) -> tuple[list[httpx.Response], list[str]]:
-    with GatewayProcess(tmp_path / "gw", settings, workers=2) as gateway:
-        try:
-            responses = asyncio.run(_concurrent_series(gateway, series[0]))
-            return responses, _per_worker_metrics(gateway)
-        except BaseException:
-            print(gateway.log_text()[-4000:])
-            raise
-
-
-def _check_workers(workers: list[str]) -> None:
-    """Both workers served some of the requests, and one retrieval ran between them."""
-    assert len(workers) == 2, f"only one worker answered: {workers}"
+def _run(gateway: GatewayProcess, peer: str, series: list[Dataset]) -> list[str]:
+    """20 concurrent requests; every answer is the whole series; the workers' metrics."""
+    try:
+        responses = asyncio.run(_concurrent_series(gateway, peer, series[0]))
+        expected = sorted(str(d.SOPInstanceUID) for d in series)
+        assert all(_sops(r) == expected for r in responses)
+        workers = _per_worker_metrics(gateway)
+    except BaseException:
+        print(gateway.log_text()[-4000:])
+        raise
+    assert len(workers) == 2, f"only one worker answered /metrics: {workers}"
     for text in workers:
         assert _counter(text, 'cache_misses_total{kind="series"}') + _counter(
             text, 'cache_hits_total{kind="series"}') > 0, f"a worker served nothing: {text}"
-    assert sum(_counter(t, "dimse_retrievals_total") for t in workers) == 1, workers
+    return workers
 
 
-def test_two_workers_one_c_get(tmp_path: Path, clean_redis: RedisServer, demo_pacs: DemoPacs,
+def test_two_workers_one_c_get(gateway: GatewayProcess, demo_pacs: dict[str, DemoPacs],
                                series: list[Dataset]) -> None:
-    peer = {"name": "demo", "ae_title": demo_pacs.ae_title, "host": "127.0.0.1",
-            "port": demo_pacs.port, "retrieve_method": "get"}
-    responses, workers = _run(tmp_path, _settings(peer, clean_redis.url), series)
-    expected = sorted(str(d.SOPInstanceUID) for d in series)
-    assert all(_sops(r) == expected for r in responses)
-    _check_workers(workers)
-    counts = demo_pacs.operation_counts
-    assert counts["C-GET"] == 1, counts
-    assert counts["C-MOVE"] == 0
+    workers = _run(gateway, "get", series)
+    counts = demo_pacs["get"].operation_counts
+    assert (counts["C-GET"], counts["C-MOVE"]) == (1, 0), counts
+    assert sum(_counter(t, 'dimse_retrievals_total{operation="C-GET",peer="get"}')
+               for t in workers) == 1
 
 
-def test_two_workers_one_c_move(tmp_path: Path, clean_redis: RedisServer, demo_pacs: DemoPacs,
+def test_two_workers_one_c_move(gateway: GatewayProcess, demo_pacs: dict[str, DemoPacs],
                                 series: list[Dataset]) -> None:
-    scp_port = free_port()
-    demo_pacs.add_move_destination(GATEWAY_AE, "127.0.0.1", scp_port)
-    peer = {"name": "demo", "ae_title": demo_pacs.ae_title, "host": "127.0.0.1",
-            "port": demo_pacs.port, "retrieve_method": "move"}
-    settings = _settings(peer, clean_redis.url, storage_scp_enabled=True,
-                         storage_scp_host="127.0.0.1", storage_scp_port=scp_port,
-                         storage_scp_reuse_port=True)
-    responses, workers = _run(tmp_path, settings, series)
-    expected = sorted(str(d.SOPInstanceUID) for d in series)
-    assert all(_sops(r) == expected for r in responses)
-    _check_workers(workers)
-    counts = demo_pacs.operation_counts
-    assert counts["C-MOVE"] == 1, counts
-    assert counts["C-GET"] == 0
+    workers = _run(gateway, "move", series)
+    counts = demo_pacs["move"].operation_counts
+    assert (counts["C-MOVE"], counts["C-GET"]) == (1, 0), counts
+    assert sum(_counter(t, 'dimse_retrievals_total{operation="C-MOVE",peer="move"}')
+               for t in workers) == 1
 
 
-def test_two_workers_c_move_from_orthanc(tmp_path: Path, clean_redis: RedisServer,
-                                        orthanc: OrthancServer, gateway_storage_port: int,
-                                        series: list[Dataset]) -> None:
-    """Real Orthanc sends the sub-operations to whichever worker the kernel picks; every
-    request still gets the whole series, and the workers' metrics add up to one C-MOVE."""
-    peer = {"name": "orthanc", "ae_title": orthanc.ae_title, "host": orthanc.host,
-            "port": orthanc.dicom_port, "retrieve_method": "move"}
-    settings = _settings(peer, clean_redis.url, storage_scp_enabled=True,
-                         storage_scp_host="127.0.0.1", storage_scp_port=gateway_storage_port,
-                         storage_scp_reuse_port=True)
-    responses, workers = _run(tmp_path, settings, series)
-    expected = sorted(str(d.SOPInstanceUID) for d in series)
-    assert all(_sops(r) == expected for r in responses)
-    _check_workers(workers)
+def test_two_workers_one_c_move_from_orthanc(gateway: GatewayProcess,
+                                             series: list[Dataset]) -> None:
+    """Orthanc sends the sub-operations to whichever worker the kernel picks; every request
+    still gets the whole series, and the workers' metrics add up to one C-MOVE."""
+    workers = _run(gateway, "orthanc", series)
+    assert sum(_counter(t, 'dimse_retrievals_total{operation="C-MOVE",peer="orthanc"}')
+               for t in workers) == 1

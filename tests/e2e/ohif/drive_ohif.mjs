@@ -4,8 +4,8 @@
 // assertions; this script only observes and writes one JSON result (argv[3], and stdout).
 //
 // Usage: node drive_ohif.mjs <input.json> <result.json>
-// input: { nodeModules, chromium, userDataDir, viewerUrl, gatewayUrl, studyUID,
-//          studyTexts: [..], artifactDir, timeoutMs }
+// input: { nodeModules, chromium, userDataDir, viewerUrl, gatewayUrl, studyTexts: [..],
+//          studies: [{ name, uid, scrollSteps }], artifactDir, timeoutMs }
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -34,10 +34,7 @@ const result = {
   console: [],
   pageErrors: [],
   studyListText: '',
-  firstImage: null,
-  scrolledImage: null,
-  framesBeforeScroll: 0,
-  framesAfterScroll: 0,
+  studies: {},
   screenshots: [],
 };
 
@@ -167,8 +164,73 @@ async function waitForImage(page, timeoutMs) {
   return stats;
 }
 
-const framesCount = () =>
-  result.requests.filter(r => /\/frames\/\d/.test(new URL(r.url).pathname)).length;
+// Frames requests of one study so far (any status).
+const framesOf = uid =>
+  result.requests.filter(r => r.url.includes(`/studies/${uid}/`) && /\/frames\/\d/.test(r.url));
+const framesCount = uid => framesOf(uid).length;
+
+// The distinct instances of one study whose frames were requested so far (any status).
+function framedInstances(uid) {
+  const uids = new Set();
+  for (const r of framesOf(uid)) {
+    const match = /\/instances\/([^/]+)\/frames\//.exec(r.url);
+    if (match) uids.add(match[1]);
+  }
+  return uids.size;
+}
+
+// Open one study in the viewer, wait for a drawn image, then scroll `scrollSteps` slices with
+// the mouse wheel over the viewport (and a few arrow keys) and observe again.
+async function openStudy(page, study) {
+  const outcome = { firstImage: null, scrolledImage: null, framesBefore: 0, framesAfter: 0,
+    instancesBefore: 0, instancesAfter: 0, textBefore: '', textAfter: '' };
+  phase = `viewer:${study.name}`;
+  const viewer = `${input.viewerUrl}/viewer?StudyInstanceUIDs=${study.uid}`;
+  log(`open the study ${viewer}`);
+  await page.goto(viewer, { waitUntil: 'domcontentloaded' });
+  await skipTour(page, 6000);
+  outcome.firstImage = await waitForImage(page, 40000);
+  log(`${study.name}: first image ${JSON.stringify(outcome.firstImage)}`);
+  // Let the initial loading and prefetching settle before scrolling.
+  await page.waitForLoadState('networkidle', { timeout: 15000 }).catch(() => {});
+  await page.waitForTimeout(500);
+  await dismissBanners(page);
+  outcome.firstImage = (await canvasStats(page)) ?? outcome.firstImage;
+  outcome.textBefore = await page.evaluate(() => document.body.innerText);
+  await screenshot(page, `ohif-${study.name}-first.png`);
+  outcome.framesBefore = framesCount(study.uid);
+  outcome.instancesBefore = framedInstances(study.uid);
+  if (!study.scrollSteps || !outcome.firstImage || !outcome.firstImage.box) return outcome;
+
+  phase = `scroll:${study.name}`;
+  const { x, y, width, height } = outcome.firstImage.box;
+  await page.mouse.move(x + width / 2, y + height / 2);
+  for (let i = 0; i < study.scrollSteps; i += 1) {
+    await page.mouse.wheel(0, 120);
+    await page.waitForTimeout(60);
+  }
+  for (let i = 0; i < 3; i += 1) {
+    await page.keyboard.press('ArrowDown');
+    await page.waitForTimeout(60);
+  }
+  await page.waitForLoadState('networkidle', { timeout: 15000 }).catch(() => {});
+  await page.waitForTimeout(500);
+  outcome.scrolledImage = await canvasStats(page);
+  outcome.textAfter = await page.evaluate(() => document.body.innerText);
+  await screenshot(page, `ohif-${study.name}-scrolled.png`);
+  outcome.framesAfter = framesCount(study.uid);
+  outcome.instancesAfter = framedInstances(study.uid);
+  log(`${study.name}: scrolled ${JSON.stringify(outcome.scrolledImage)}`);
+  return outcome;
+}
+
+// OHIF's "investigational use" banner covers the bottom of the viewport in screenshots.
+async function dismissBanners(page) {
+  const confirm = page.getByRole('button', { name: /confirm and hide/i });
+  if (await confirm.count().catch(() => 0)) {
+    await confirm.first().click({ timeout: 2000 }).catch(() => {});
+  }
+}
 
 async function main() {
   fs.mkdirSync(input.artifactDir, { recursive: true });
@@ -195,43 +257,13 @@ async function main() {
       { timeout: 30000 }
     ).catch(error => log(`study list incomplete: ${error.message.split('\n')[0]}`));
     await skipTour(page, 500);
+    await dismissBanners(page);
     result.studyListText = await page.evaluate(() => document.body.innerText);
     await screenshot(page, 'ohif-study-list.png');
 
-    phase = 'viewer';
-    const viewer = `${input.viewerUrl}/viewer?StudyInstanceUIDs=${input.studyUID}`;
-    log(`open the study ${viewer}`);
-    await page.goto(viewer, { waitUntil: 'domcontentloaded' });
-    await skipTour(page, 6000);
-    result.firstImage = await waitForImage(page, 40000);
-    log(`first image: ${JSON.stringify(result.firstImage)}`);
-    // Let the initial loading and prefetching settle before scrolling.
-    await page.waitForLoadState('networkidle', { timeout: 15000 }).catch(() => {});
-    await skipTour(page, 300);
-    result.firstImage = (await canvasStats(page)) ?? result.firstImage;
-    result.viewerTextBeforeScroll = await page.evaluate(() => document.body.innerText);
-    await screenshot(page, 'ohif-viewer-first-slice.png');
-    result.framesBeforeScroll = framesCount();
-
-    phase = 'scroll';
-    if (result.firstImage && result.firstImage.box) {
-      const { x, y, width, height } = result.firstImage.box;
-      await page.mouse.move(x + width / 2, y + height / 2);
-      for (let i = 0; i < 5; i += 1) {
-        await page.mouse.wheel(0, 120);
-        await page.waitForTimeout(150);
-      }
-      for (let i = 0; i < 3; i += 1) {
-        await page.keyboard.press('ArrowDown');
-        await page.waitForTimeout(150);
-      }
-      await page.waitForLoadState('networkidle', { timeout: 15000 }).catch(() => {});
-      await page.waitForTimeout(500);
-      result.scrolledImage = await canvasStats(page);
-      result.viewerTextAfterScroll = await page.evaluate(() => document.body.innerText);
-      await screenshot(page, 'ohif-viewer-scrolled.png');
+    for (const study of input.studies) {
+      result.studies[study.name] = await openStudy(page, study);
     }
-    result.framesAfterScroll = framesCount();
     phase = 'done';
     result.ok = true;
   } catch (error) {
