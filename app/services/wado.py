@@ -252,11 +252,11 @@ class WadoService:
             return await cache.backend.exists(
                 [cache.keys.instance(ref.series_uid, ref.sop_instance_uid)]) == 1
 
-        events = flights.follow(
+        instance_fill = flights.follow(
             cache.keys.lock(ref.series_uid, ref.sop_instance_uid),
             lambda t: cache.keys.events(ref.series_uid, t, ref.sop_instance_uid),
             functools.partial(self._fill, ref), present)
-        async for event in events:
+        async for event in instance_fill:
             if event.kind == "failed":
                 raise error_from_event(event)
             if event.kind == "done":
