@@ -30,6 +30,7 @@ class MemoryBackend(CacheBackend):
         self._locks: dict[str, tuple[str, float]] = {}
         self._events: dict[str, tuple[list[str], float]] = {}
         self._conditions: dict[str, asyncio.Condition] = {}
+        self._appends = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -126,7 +127,21 @@ class MemoryBackend(CacheBackend):
             return []
         return item[0]
 
+    def _sweep(self) -> None:
+        """Forget expired event logs and their idle conditions and locks (bounded memory)."""
+        now = time.monotonic()
+        for key in [k for k, (_, expiry) in self._events.items() if expiry <= now]:
+            del self._events[key]
+        for key in [k for k, c in self._conditions.items()
+                    if k not in self._events and not getattr(c, "_waiters", None)]:
+            del self._conditions[key]
+        for key in [k for k, (_, expiry) in self._locks.items() if expiry <= now]:
+            del self._locks[key]
+
     async def append_event(self, key: str, event: str, ttl: float) -> None:
+        self._appends += 1
+        if self._appends % 256 == 0:
+            self._sweep()
         log = self._log(key)
         log.append(event)
         self._events[key] = (log, time.monotonic() + ttl)
