@@ -50,6 +50,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  curl -s '{root}/studies'")
     print(f"  curl -s '{root}/studies?PatientName=Doe*&includefield=StudyDescription'")
     print(f"  curl -s '{root}/series?Modality=CT'")
+    ct = next((d for d in pacs.datasets() if d.Modality == "CT"), None)
+    if ct is not None:
+        series = f"{root}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+        print(f"  curl -s '{series}/metadata'")
+        print(f"  curl -s -o series.multipart '{series}'")
+        print(f"  curl -s -H 'Accept: multipart/related; type=\"application/octet-stream\"' "
+              f"'{series}/instances/{ct.SOPInstanceUID}/frames/1'")
     sys.stdout.flush()
     try:
         _serve(settings, args.host, args.port)

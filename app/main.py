@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from app import __version__
-from app.api import admin, health, qido, wado
+from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.problems import install_error_handlers
 from app.cache.factory import build_backend
 from app.dimse.client import DimseClients
@@ -85,10 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())
-    for router in (qido.router, wado.router):
+    for router in (qido.router, wado.router, rendered.router, wado_uri.router):
         app.include_router(router, prefix=settings.dicomweb_prefix,
                            generate_unique_id_function=operation_id())
         app.include_router(router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,
                            dependencies=[Depends(pacs_path_parameter)],
                            generate_unique_id_function=operation_id("_on_pacs"))
+    if settings.dicomweb_prefix:
+        # Legacy WADO-URI clients expect {host}/wado (default PACS).
+        app.include_router(wado_uri.router, generate_unique_id_function=operation_id("_at_root"))
     return app

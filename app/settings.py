@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     ae_title: AETitle = "DICOMWEB_GW"
     storage_scp_host: str = "0.0.0.0"
     storage_scp_port: Annotated[int, Field(ge=0, le=65535)] = 11113
-    storage_scp_enabled: bool = True
+    storage_scp_enabled: bool | None = None
     storage_scp_reuse_port: bool = True
     pacs: list[PacsPeer] = Field(default_factory=list)
     default_pacs: str | None = None
@@ -101,7 +101,6 @@ class Settings(BaseSettings):
     prefetch_on_search: bool = False
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    service_name: str = "dicomweb-gateway"
 
     @field_validator("dicomweb_prefix")
     @classmethod
@@ -130,6 +129,13 @@ class Settings(BaseSettings):
         if self.qido_default_limit > self.qido_max_limit:
             raise ValueError("qido_default_limit: must not exceed qido_max_limit")
         return self
+
+    @property
+    def storage_scp_wanted(self) -> bool:
+        """Whether to run the storage SCP: as configured, or (unset) when a PACS uses C-MOVE."""
+        if self.storage_scp_enabled is not None:
+            return self.storage_scp_enabled
+        return any(p.retrieve_method == "move" for p in self.pacs)
 
     def peer(self, name: str | None = None) -> PacsPeer:
         """The named peer, or the default one (the first configured) when name is None."""

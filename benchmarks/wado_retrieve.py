@@ -82,7 +82,8 @@ def median(values: Iterable[float | None]) -> float | None:
 
 def set_nodelay(event: evt.Event) -> None:
     """Turn Nagle's algorithm off on a pynetdicom association's socket (EVT_CONN_OPEN)."""
-    sock = event.assoc.dul.socket.socket
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -122,7 +123,8 @@ def raw_c_get(
         if state["first"] is None:
             state["first"] = time.perf_counter() - t0
         state["count"] += 1
-        state["bytes"] += event.request.DataSet.getbuffer().nbytes
+        dataset = getattr(event.request, "DataSet", None)
+        state["bytes"] += dataset.getbuffer().nbytes if dataset is not None else 0
         return 0x0000
 
     def on_pdu(event: evt.Event) -> None:
@@ -700,7 +702,8 @@ def run_big(results: Results, orthanc: OrthancServer, workdir: Path, small_uid: 
     uid = study_uid_of(big_slices, BIG_SEED)
     warm_path = first_instance_path(results.args["slices"], SMALL_SEED)
     host, port, ae = "127.0.0.1", orthanc.dicom_port, orthanc.ae_title
-    raw = check(raw_c_get(host, port, ae, uid), big_slices)  # also warms the page cache
+    check(raw_c_get(host, port, ae, uid), big_slices)  # warms the page cache; not reported
+    raw = check(raw_c_get(host, port, ae, uid), big_slices)
     results.big.append(raw)
     results.big_study_bytes = raw.nbytes
     with GatewayProcess(workdir, [PeerAddress("orthanc", ae, host, port)],
@@ -777,8 +780,9 @@ def run(args: argparse.Namespace) -> Results:
         if args.big_slices > 0:
             steps.append(("big study RSS", lambda: run_big(results, orthanc, workdir,
                                                            small_uid, args.big_slices)))
+        results.timings["loadavg_start"] = os.getloadavg()[0]
         for name, step in steps:
-            log(f"== {name}")
+            log(f"== {name} (load average {os.getloadavg()[0]:.1f})")
             t0 = time.perf_counter()
             try:
                 step()
@@ -787,6 +791,7 @@ def run(args: argparse.Namespace) -> Results:
                 results.errors.append(f"{name}: {type(exc).__name__}: {last[0]}")
                 log(f"!! {name} failed: {exc}")
             results.timings[f"{name}_s"] = time.perf_counter() - t0
+        results.timings["loadavg_end"] = os.getloadavg()[0]
     return results
 
 
@@ -1001,14 +1006,19 @@ def render(results: Results) -> str:
                   "|---|---|---|---|---|"]
         gw_q = median(x.seconds for x in results.dcmqrscp if x.method.startswith("gateway"))
         for method in ("raw pynetdicom C-GET", "DCMTK getscu", "gateway WADO-RS"):
-            t = median(x.seconds for x in results.dcmqrscp if x.method == method)
-            f = median(x.first_s for x in results.dcmqrscp if x.method == method)
-            rel = f"{t / gw_q:.2f}x" if t and gw_q else "-"
-            lines.append(f"| {method} | {_ms(t)} | {_mbps(size, t)} | {_ms(f)} | {rel} |")
+            t_q = median(x.seconds for x in results.dcmqrscp if x.method == method)
+            f_q = median(x.first_s for x in results.dcmqrscp if x.method == method)
+            rel = f"{t_q / gw_q:.2f}x" if t_q and gw_q else "-"
+            lines.append(f"| {method} | {_ms(t_q)} | {_mbps(size, t_q)} | {_ms(f_q)} | {rel} |")
     if results.errors:
         lines += ["", "#### Steps that failed", ""] + [f"- {e}" for e in results.errors]
+    spent = {k: v for k, v in results.timings.items() if k.endswith("_s")}
     lines += ["", "Time spent: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
-                                             for k, v in results.timings.items()),
+                                             for k, v in spent.items()) + ".",
+              "", f"1-minute load average at the start of the measurements "
+              f"{results.timings.get('loadavg_start', 0):.1f}, at the end "
+              f"{results.timings.get('loadavg_end', 0):.1f} (on {m.get('nproc')} CPUs; above "
+              f"about 2 other work was competing, and single figures are noisy).",
               RESULTS_END]
     return "\n".join(lines) + "\n"
 

@@ -18,12 +18,13 @@ def etag_for(*parts: str) -> str:
 
 
 def not_modified(request: Request, etag: str, cache_control: str) -> Response | None:
-    """A 304 when If-None-Match names ``etag`` (or ``*``), else None (RFC 9110 13.1.2)."""
+    """A 304 when If-None-Match names ``etag``, else None (RFC 9110 13.1.2). ``*`` is not
+    honoured here: it would answer 304 for an instance before knowing that it exists."""
     header = request.headers.get("if-none-match")
     if not header:
         return None
     candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
-    if "*" in candidates or etag in candidates:
+    if etag in candidates:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     return None
 

@@ -59,6 +59,7 @@ class RedisBackend(CacheBackend):
         else:
             self._redis = Redis.from_url(url, health_check_interval=10, **common)
         self._waiters: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # how many wait_events calls use each waiter
         self._listener: asyncio.Task[None] | None = None
 
     async def _call(self, coro: Any) -> Any:
@@ -145,20 +146,28 @@ class RedisBackend(CacheBackend):
         if not self._cluster:
             self._ensure_listener()
         waiter = self._waiters.setdefault(key, asyncio.Event())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        poll = 0.02
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return []
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), min(poll, remaining))
-            waiter.clear()
-            events = await self.read_events(key, start)
-            if events:
-                return events
-            poll = min(poll * 2, 0.25)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            poll = 0.02
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), min(poll, remaining))
+                waiter.clear()
+                events = await self.read_events(key, start)
+                if events:
+                    return events
+                poll = min(poll * 2, 0.25)
+        finally:  # the last waiter on a key forgets it: event logs are one-off keys
+            left = self._waiting.pop(key) - 1
+            if left:
+                self._waiting[key] = left
+            else:
+                self._waiters.pop(key, None)
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():

@@ -5,6 +5,7 @@ background probe finds Redis back; readiness and metrics report the degraded sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,23 +32,45 @@ class ResilientBackend(CacheBackend):
         self._next_probe = 0.0
         self._on_error = on_error
         self._probe_lock = asyncio.Lock()
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
         """False while the primary is unreachable."""
         return self._down_since is None
 
+    async def _probe(self) -> bool:
+        """Ping the primary (one probe at a time); True, and healthy again, if it answers."""
+        if self._probe_lock.locked():
+            return False
+        async with self._probe_lock:
+            self._next_probe = time.monotonic() + self._retry_interval
+            if not await self.primary.ping():
+                return False
+            if self._down_since is not None:
+                log.warning("cache backend %s is back after %.1f s", self.name,
+                            time.monotonic() - self._down_since)
+                self._down_since = None
+            return True
+
+    async def _probe_until_up(self) -> None:
+        """Runs while the primary is down, so recovery (and readiness, metrics) does not wait
+        for the next request."""
+        while self._down_since is not None:
+            await asyncio.sleep(self._retry_interval)
+            with contextlib.suppress(Exception):
+                await self._probe()
+
+    def _start_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe_until_up(), name=f"probe cache backend {self.name}")
+
     async def _backend(self) -> CacheBackend:
         if self._down_since is None:
             return self.primary
-        if time.monotonic() >= self._next_probe and not self._probe_lock.locked():
-            async with self._probe_lock:
-                self._next_probe = time.monotonic() + self._retry_interval
-                if await self.primary.ping():
-                    log.warning("cache backend %s is back after %.1f s", self.name,
-                                time.monotonic() - self._down_since)
-                    self._down_since = None
-                    return self.primary
+        if time.monotonic() >= self._next_probe and await self._probe():
+            return self.primary
         return self.fallback
 
     async def _run(self, call: Callable[[CacheBackend], Awaitable[T]]) -> T:
@@ -61,6 +84,7 @@ class ResilientBackend(CacheBackend):
                 log.error("cache backend %s unavailable, serving pass-through: %s", self.name, exc)
                 self._down_since = time.monotonic()
             self._next_probe = time.monotonic() + self._retry_interval
+            self._start_prober()
             if self._on_error is not None:
                 self._on_error()
             return await call(self.fallback)
@@ -122,6 +146,10 @@ class ResilientBackend(CacheBackend):
         return await self.primary.ping()
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prober
         await self.primary.close()
 
 

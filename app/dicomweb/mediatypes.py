@@ -279,12 +279,22 @@ def frame_offers(frame_media: Mapping[str, str]) -> tuple[Offer, ...]:
     """WADO-RS frame and bulk-data representations: uncompressed octet-stream first, then each
     compressed syntax as its own image media type (PS3.18 Table 8.7.3-5)."""
     offers = [Offer(MULTIPART_RELATED, OCTET_STREAM, EXPLICIT_VR_LE)]
-    offers += [
-        Offer(MULTIPART_RELATED, media, ts)
-        for ts, media in frame_media.items()
-        if media != OCTET_STREAM
-    ]
+    compressed = [(media, ts) for ts, media in frame_media.items() if media != OCTET_STREAM]
+    # A media type without transfer-syntax means its default syntax (Table 8.7.3-5): list it
+    # first so it wins among the offers of that type.
+    compressed.sort(key=lambda mt: (mt[0], mt[1] != FRAME_DEFAULT_SYNTAX.get(mt[0]), mt[1]))
+    offers += [Offer(MULTIPART_RELATED, media, ts) for media, ts in compressed]
     return tuple(offers)
+
+
+#: The default transfer syntax of each compressed frame media type (PS3.18 Table 8.7.3-5).
+FRAME_DEFAULT_SYNTAX: dict[str, str] = {
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
 
 
 #: WADO-RS metadata representations (PS3.18 Table 8.7.3-2).

@@ -117,7 +117,7 @@ class DimseClients:
         self._settings = settings
         self.router = MoveRouter()
         self.storage_scp: StorageSCP | None = None
-        if settings.storage_scp_enabled:
+        if settings.storage_scp_wanted:
             self.storage_scp = StorageSCP(settings.ae_title, self.router,
                                           settings.storage_scp_host, settings.storage_scp_port,
                                           reuse_port=settings.storage_scp_reuse_port,

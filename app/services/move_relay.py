@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from app.cache.backend import CacheBackend
 from app.cache.memory import MemoryBackend
+from app.cache.resilient import ResilientBackend
 from app.dimse.received import ReceivedInstance
 from app.dimse.storescp import MoveRouter
 
@@ -48,8 +49,12 @@ class MoveRelay:
 
     @property
     def shared(self) -> bool:
-        """True when the backend is shared between processes (Redis)."""
-        return self._backend is not None and not isinstance(self._backend, MemoryBackend)
+        """True when the backend is shared between processes (Redis) and answering now: while
+        Redis is down nothing can be relayed, so unrouted instances are refused rather than
+        acknowledged and lost."""
+        if self._backend is None or isinstance(self._backend, MemoryBackend):
+            return False
+        return not isinstance(self._backend, ResilientBackend) or self._backend.healthy
 
     def attach(self, router: MoveRouter, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to this process's router and event loop (in the app's lifespan)."""
@@ -68,7 +73,7 @@ class MoveRelay:
         if not self.shared or self._loop is None or not originator or message_id is None:
             log.warning("C-STORE of %s matches no C-MOVE in this process and cannot be relayed",
                         item.sop_instance_uid)
-            return CANNOT_UNDERSTAND
+            return OUT_OF_RESOURCES if self._backend is not None else CANNOT_UNDERSTAND
         future = asyncio.run_coroutine_threadsafe(
             self._publish(item, originator, int(message_id)), self._loop)
         try:

@@ -256,7 +256,13 @@ class RetrieveService:
                 raise NotFound(f"{describe(ref)} not found on the PACS",
                                dimse_status=outcome.status)
             raise retrieve_failure(outcome.status, operation)
-        if outcome.failed or count < expected or cat is Category.FAILURE:
+        if cat is Category.FAILURE:
+            # PS3.4 C.4.2.2.1: Failure means no sub-operation succeeded, yet some arrived. Do
+            # not end the stream as if complete: a truncated response tells the client.
+            self._metrics.inc("dimse_retrieve_partial_total", peer=self._peer.name)
+            raise retrieve_failure(outcome.status, operation,
+                                   f"after {count} of {expected} instance(s) arrived")
+        if outcome.failed or count < expected:
             self._metrics.inc("dimse_retrieve_partial_total", peer=self._peer.name)
             log.warning(
                 "%s of %s was partial: status 0x%04X, %d received of %d expected, %d failed %s",

@@ -35,25 +35,37 @@ pytestmark = pytest.mark.timeout(90)
 
 DISCONNECTS = 30
 SETTLE_S = 5.0
-# Worker pools keep idle threads by design: the DIMSE pool and the event loop's default executor.
-POOL_PREFIXES = ("dimse", "asyncio_", "uvloop_")
+# Worker pools keep idle threads by design: the DIMSE pool, the event loop's default executor
+# and AnyIO's thread pool.
+POOL_PREFIXES = ("dimse", "asyncio_", "uvloop_", "AnyIO worker thread")
 
 
 class RecordingHandler(logging.Handler):
-    """Collects log records from every thread (uvicorn's loggers do not reach the root)."""
+    """Collects log records from every thread. Attach it after uvicorn has configured logging
+    (its dictConfig replaces the handlers of the uvicorn loggers, which do not propagate)."""
+
+    LOGGERS = ("", "uvicorn")  # uvicorn.error propagates to uvicorn, which stops there
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
-        self._lock2 = threading.Lock()
+        self._records_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self._lock2:
+        with self._records_lock:
             self.records.append(record)
+
+    def attach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def detach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
     def problems(self) -> list[str]:
         """Errors, and tracebacks, logged by the gateway or uvicorn."""
-        with self._lock2:
+        with self._records_lock:
             records = list(self.records)
         return [f"{r.name}: {r.getMessage()}" for r in records
                 if r.name.startswith(("app", "uvicorn"))
@@ -63,12 +75,8 @@ class RecordingHandler(logging.Handler):
 @pytest.fixture
 def recorded_logs() -> Iterator[RecordingHandler]:
     handler = RecordingHandler()
-    loggers = [logging.getLogger(), logging.getLogger("uvicorn"), logging.getLogger("uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
     yield handler
-    for logger in loggers:
-        logger.removeHandler(handler)
+    handler.detach()
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +98,15 @@ def association_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if isinstance(t, Association)]
 
 
-def non_pool_threads() -> list[str]:
-    """Thread names, leaving out idle-by-design pool workers."""
-    return sorted(t.name for t in threading.enumerate() if not t.name.startswith(POOL_PREFIXES))
+def non_pool_threads() -> set[threading.Thread]:
+    """Live threads, leaving out idle-by-design pool workers."""
+    return {t for t in threading.enumerate() if not t.name.startswith(POOL_PREFIXES)}
+
+
+def new_threads(baseline: set[threading.Thread]) -> list[str]:
+    """Names of non-pool threads started since ``baseline`` and still alive (threads of
+    earlier tests that end meanwhile do not count)."""
+    return sorted(t.name for t in non_pool_threads() - baseline)
 
 
 def pool_threads() -> int:
@@ -166,6 +180,7 @@ def test_disconnects_mid_stream_leak_nothing(
     try:
         with start_gateway(pacs, method, cache, max_associations=max_associations) as gateway, \
                 gateway.client() as client:
+            recorded_logs.attach()
             # Warm up (worker pools, imports) on the other series, then take the baseline.
             full_retrieval(client, series_path(warm_up), {str(d.SOPInstanceUID) for d in warm_up})
             assert eventually(lambda: pacs_associations(pacs) == 0)
@@ -195,8 +210,7 @@ def test_disconnects_mid_stream_leak_nothing(
             assert eventually(lambda: not association_threads()), association_threads()
             # (b) the gateway's threads (and the PACS's) return to the baseline; worker pools
             # keep idle threads by design but stay bounded
-            assert eventually(lambda: non_pool_threads() == baseline), (
-                sorted(set(non_pool_threads()) ^ set(baseline)))
+            assert eventually(lambda: not new_threads(baseline)), new_threads(baseline)
             assert pool_threads() <= max_associations + 4 + 8, pool_threads()
             # (c) no C-MOVE is left registered with the storage SCP's router
             assert wait_for_metric(client, gateway, "dimse_move_retrievals_in_progress", 0) == 0

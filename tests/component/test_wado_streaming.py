@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -164,6 +165,15 @@ def start_gateway(pacs: DemoPacs, method: str, cache: str = "none", **peer: Any
     return GatewayServer(gateway_settings(peer_obj, **settings_extra))
 
 
+def moves_in_progress(gateway: GatewayServer) -> float:
+    """The gateway's ``dimse_move_retrievals_in_progress`` gauge (C-MOVEs routed to it now)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("dimse_move_retrievals_in_progress "):
+            return float(line.split()[1])
+    raise AssertionError(f"dimse_move_retrievals_in_progress missing from /metrics:\n{text}")
+
+
 def series_path(datasets: list[Dataset]) -> str:
     first = datasets[0]
     return f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
@@ -207,6 +217,8 @@ def test_first_part_arrives_before_the_last_sub_operation(
             chunks = response.iter_raw(65536)
             first = read_parts(chunks, reader, 1)
             started_when_first_arrived = observed_pacs.suboperations_started
+            if method == "move":  # the retrieval is registered with the storage SCP's router
+                assert moves_in_progress(gateway) == 1
             observed_pacs.release()
             assert len(first) == 1
             # The whole first part is here while the PACS has not yet started its last
@@ -219,6 +231,7 @@ def test_first_part_arrives_before_the_last_sub_operation(
             assert reader.closed, "the closing delimiter never came"
         assert observed_pacs.held.is_set(), "the PACS never reached its last sub-operation"
         assert observed_pacs.suboperations_started == total
+        assert moves_in_progress(gateway) == 0
         got = {str(dcmread(io.BytesIO(body)).SOPInstanceUID) for body in first + rest}
         assert got == expected
 

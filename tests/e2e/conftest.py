@@ -1,6 +1,7 @@
 """Fixtures of the browser tests: the OHIF build and Chromium (a failure in CI when missing, a
-skip elsewhere), the gateway over the session's Orthanc with CORS for the viewer's origin, the
-viewer served statically, and the artefact directory."""
+skip elsewhere), a private Orthanc with the sample studies and a long CT series, the gateway in
+front of it with CORS for the viewer's origin, the viewer served statically, and the artefact
+directory."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
+from tests.e2e.ohif.recorder import RecordedRequest, RequestRecorder
 from tests.e2e.ohif.static_server import OhifStaticServer
 from tests.peers import OrthancServer, require_binary, skip_or_fail
 from tests.peers.fixtures import GATEWAY_AE
@@ -59,16 +61,36 @@ def render_app_config(dicomweb_root: str, overrides: dict[str, Any] | None = Non
     """The viewer's ``app-config.js``: the template with the gateway's DICOMweb root and any
     data-source settings that differ from OHIF's shipped defaults."""
     template = (HARNESS / "app-config.template.js").read_text(encoding="utf-8")
-    return (template.replace("__DICOMWEB_ROOT__", dicomweb_root)
-            .replace("__DATA_SOURCE_OVERRIDES__", json.dumps(overrides or {})))
+    return template.replace("__DICOMWEB_ROOT__", dicomweb_root).replace(
+        "__DATA_SOURCE_OVERRIDES__", json.dumps(overrides or {})
+    )
+
+
+DATA_SOURCE_VARIANTS: dict[str, dict[str, Any]] = {
+    # The dicomweb data source exactly as @ohif/app ships it (only the roots changed).
+    "shipped": {},
+    # As OHIF's dist/google.js configures a full DICOMweb service (Google Cloud Healthcare):
+    # QIDO with includefield and fuzzy matching, per-series metadata, rendered thumbnails.
+    "full": {
+        "staticWado": False,
+        "qidoSupportsIncludeField": True,
+        "supportsFuzzyMatching": True,
+        "supportsWildcard": False,
+        "thumbnailRendering": "rendered",
+    },
+}
+"""OHIF data-source settings the browser test runs with, by name (overrides of the template)."""
 
 
 @dataclass(frozen=True)
 class ViewerStack:
     """The viewer (static OHIF) and the gateway it talks to, on two loopback origins."""
 
+    variant: str
     viewer: OhifStaticServer
     gateway: GatewayServer
+    gateway_log: list[RecordedRequest]
+    """Every request that reached the gateway (preflights included), as the gateway saw it."""
 
 
 LONG_CT_SLICES = 80
@@ -101,17 +123,24 @@ def e2e_orthanc(
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def viewer_stack(browser_tools: BrowserTools, e2e_orthanc: OrthancServer) -> Iterator[ViewerStack]:
+@pytest.fixture(scope="module", params=sorted(DATA_SOURCE_VARIANTS))
+def viewer_stack(
+    request: pytest.FixtureRequest, browser_tools: BrowserTools, e2e_orthanc: OrthancServer
+) -> Iterator[ViewerStack]:
     """OHIF on one port, the gateway (C-GET from Orthanc) on another, with CORS allowing
-    exactly the viewer's origin, as a deployment on two hosts would configure it."""
+    exactly the viewer's origin, as a deployment on two hosts would configure it; once per
+    data-source variant."""
+    variant: str = request.param
     orthanc = e2e_orthanc
     with OhifStaticServer(OHIF_DIST) as viewer:
         peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
         settings = gateway_settings(peer, ae_title=GATEWAY_AE, cors_allow_origins=[viewer.url])
-        with GatewayServer(settings) as gateway:
-            viewer.app_config = render_app_config(gateway.dicomweb)
-            yield ViewerStack(viewer=viewer, gateway=gateway)
+        gateway = GatewayServer(settings)
+        gateway_log: list[RecordedRequest] = []
+        gateway.app.add_middleware(RequestRecorder, log=gateway_log)
+        with gateway:
+            viewer.app_config = render_app_config(gateway.dicomweb, DATA_SOURCE_VARIANTS[variant])
+            yield ViewerStack(variant, viewer, gateway, gateway_log)
 
 
 @pytest.fixture(scope="session")

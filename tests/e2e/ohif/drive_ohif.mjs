@@ -140,7 +140,20 @@ async function canvasStats(page) {
       hash = Math.imul(hash ^ (data[i] ^ (data[i + 1] << 8) ^ (data[i + 2] << 16)), 16777619);
     }
     const box = canvas.getBoundingClientRect();
+    // OHIF exposes cornerstone3D as window.cornerstone: which slice does this viewport show?
+    let imageId = null;
+    let imageIndex = null;
+    try {
+      const viewports = window.cornerstone.getEnabledElements().map(e => e.viewport);
+      const viewport = viewports.find(v => v.canvas === canvas) ?? viewports[0];
+      imageId = viewport?.getCurrentImageId?.() ?? null;
+      imageIndex = viewport?.getCurrentImageIdIndex?.() ?? null;
+    } catch {
+      // not a stack viewport, or cornerstone not exposed
+    }
     return {
+      imageId,
+      imageIndex,
       canvases: canvases.length,
       width: canvas.width,
       height: canvas.height,

@@ -61,15 +61,18 @@ class OhifStaticServer:
     def __init__(self, dist: Path, app_config: str = "") -> None:
         self.app_config = app_config
         handler = functools.partial(
-            _OhifRequestHandler, directory=str(dist),
+            _OhifRequestHandler,
+            directory=str(dist),
             app_config=lambda: self.app_config.encode(),
         )
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-            daemon=True, name=f"ohif-{self.port}",
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+            name=f"ohif-{self.port}",
         )
 
     @property

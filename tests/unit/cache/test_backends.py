@@ -203,3 +203,24 @@ async def test_redis_unreachable_raises_cache_unavailable() -> None:
             await backend.acquire_lock("dwg:lock:{x}", 1)
     finally:
         await backend.close()
+
+
+async def test_redis_waiters_are_forgotten(empty_redis: RedisServer) -> None:
+    """Event logs are one-off keys (one per fill): a long-running process must not keep a
+    waiter per key it ever waited on."""
+    backend = RedisBackend(empty_redis.url)
+    try:
+        async def later(key: str) -> None:
+            await asyncio.sleep(0.05)
+            await backend.append_event(key, "d", 30)
+
+        for n in range(5):
+            key = f"dwg:t:ev:{{f}}:{n}"
+            writer = asyncio.create_task(later(key))
+            assert await asyncio.gather(backend.wait_events(key, 0, 5),
+                                        backend.wait_events(key, 0, 5)) == [["d"], ["d"]]
+            await writer
+        assert await backend.wait_events("dwg:t:ev:{f}:none", 0, 0.05) == []
+        assert backend._waiters == {}  # internal bookkeeping: nothing left behind
+    finally:
+        await backend.close()

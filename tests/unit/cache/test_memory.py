@@ -65,3 +65,20 @@ async def test_expired_keys_do_not_count_as_present() -> None:
     await asyncio.sleep(0.1)
     assert await cache.exists(["short", "long"]) == 1
     assert await cache.get_many(["short", "long"]) == [None, b"y"]
+
+
+async def test_expired_event_logs_and_locks_do_not_accumulate() -> None:
+    """Every fill writes a one-off event log: expired ones must be forgotten even if nobody
+    reads them again (they are outside the byte budget)."""
+    cache = MemoryBackend(max_bytes=1000)
+    for n in range(300):
+        await cache.append_event(f"ev:{n}", "d", ttl=0.05)
+        await cache.acquire_lock(f"lock:{n}", ttl=0.05)
+    await asyncio.sleep(0.1)
+    for n in range(300):
+        await cache.append_event(f"fresh:{n}", "d", ttl=30)
+    # internal bookkeeping: only the live logs (and their conditions) remain
+    assert not any(k.startswith("ev:") for k in cache._events)
+    assert not any(k.startswith("ev:") for k in cache._conditions)
+    assert not cache._locks
+    assert await cache.read_events("fresh:0", 0) == ["d"]
