@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dimse = DimseClients(settings, on_unrouted=relay.forward)
         relay.attach(dimse.router, asyncio.get_running_loop())
         services = Services(settings, dimse, metrics, backend, relay)
+        await services.cache_health()  # an unreachable Redis is reported from the start
         app.state.services = services
         log.info("gateway %s up; PACS: %s", settings.ae_title,
                  ", ".join(f"{p.name}={p.ae_title}@{p.host}:{p.port}" for p in settings.pacs))

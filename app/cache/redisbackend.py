@@ -212,12 +212,14 @@ class RedisBackend(CacheBackend):
         return await self.delete_matching(f"{self._prefix}*")
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except ERRORS:
-            return False
-        except Exception:
-            return False
+        # A pooled connection from before a Redis restart fails once, then reconnects: try
+        # twice before calling Redis unreachable.
+        for _ in range(2):
+            try:
+                return bool(await self._redis.ping())
+            except Exception:
+                continue
+        return False
 
     async def close(self) -> None:
         if self._listener is not None:

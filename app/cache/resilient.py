@@ -53,6 +53,24 @@ class ResilientBackend(CacheBackend):
                 self._down_since = None
             return True
 
+    async def check(self) -> bool:
+        """Ping the primary now (readiness, start-up); marks it down if it does not answer."""
+        if self._down_since is not None:
+            return await self._probe()
+        if await self.primary.ping():
+            return True
+        self._mark_down("no answer to PING")
+        return False
+
+    def _mark_down(self, reason: object) -> None:
+        if self._down_since is None:
+            log.error("cache backend %s unavailable, serving pass-through: %s", self.name, reason)
+            self._down_since = time.monotonic()
+        self._next_probe = time.monotonic() + self._retry_interval
+        self._start_prober()
+        if self._on_error is not None:
+            self._on_error()
+
     async def _probe_until_up(self) -> None:
         """Runs while the primary is down, so recovery (and readiness, metrics) does not wait
         for the next request."""
@@ -80,13 +98,7 @@ class ResilientBackend(CacheBackend):
         except CacheUnavailable as exc:
             if backend is self.fallback:
                 raise
-            if self._down_since is None:
-                log.error("cache backend %s unavailable, serving pass-through: %s", self.name, exc)
-                self._down_since = time.monotonic()
-            self._next_probe = time.monotonic() + self._retry_interval
-            self._start_prober()
-            if self._on_error is not None:
-                self._on_error()
+            self._mark_down(exc)
             return await call(self.fallback)
 
     async def get(self, key: str) -> bytes | None:

@@ -100,15 +100,26 @@ def open_association(
 
 
 def abort_and_wake(assoc: Association) -> None:
-    """Abort ``assoc`` and wake a thread blocked waiting for its next DIMSE message.
+    """Abort ``assoc``, wake a thread blocked on its next DIMSE message, and close its socket.
 
     pynetdicom's ``get_msg`` waits up to dimse_timeout on its queue and an abort does not wake
     it; an empty item makes the waiting ``send_c_*`` generator yield its "no response" status
-    at once, so the worker thread and its association slot are freed promptly."""
+    at once, so the worker thread and its association slot are freed promptly. While a
+    C-STORE handler runs, pynetdicom only queues the A-ABORT (the association then dies in
+    state Sta13 without closing its socket), so the socket is closed here once the DUL thread
+    has had a moment to finish."""
     try:
         assoc.abort()
     finally:
         try:
             assoc.dimse.msg_queue.put((None, None))
         except Exception:  # pragma: no cover - the provider is already gone
+            pass
+        try:
+            assoc.dul.join(timeout=2.0)
+            transport = assoc.dul.socket
+            sock = transport.socket if transport is not None else None
+            if sock is not None:
+                sock.close()
+        except Exception:  # pragma: no cover - already closed
             pass

@@ -111,7 +111,7 @@ class Services:
         """Whether the cache answers, for readiness."""
         if self.backend is None:
             return {"backend": "none", "status": "off"}
-        healthy = (self.backend.healthy if isinstance(self.backend, ResilientBackend)
+        healthy = (await self.backend.check() if isinstance(self.backend, ResilientBackend)
                    else await self.backend.ping())
         return {"backend": self.backend.name, "status": "ok" if healthy else "degraded"}
 

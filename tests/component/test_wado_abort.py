@@ -220,3 +220,4 @@ def test_disconnects_mid_stream_leak_nothing(
         assert not recorded_logs.problems(), recorded_logs.problems()[:10]
     finally:
         pacs.stop()
+

@@ -12,7 +12,7 @@ import io
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -175,6 +175,7 @@ def moves_in_progress(gateway: GatewayServer) -> float:
 
 
 def series_path(datasets: list[Dataset]) -> str:
+    """The WADO-RS path (under the DICOMweb prefix) of the series ``datasets`` belong to."""
     first = datasets[0]
     return f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
 
@@ -238,6 +239,8 @@ def test_first_part_arrives_before_the_last_sub_operation(
 
 @pytest.mark.parametrize("method", ["get", "move"])
 def test_a_slow_client_holds_the_pacs_back(method: str, big_series: list[Dataset]) -> None:
+    """Without a cache the client's pace reaches the PACS (with the cache on, a fill runs at the
+    PACS's pace into the size-capped cache, by design)."""
     total = len(big_series)
     pacs = ObservedPacs(big_series, ae_title="SLOW_PACS")
     pacs.start("127.0.0.1", 0)
@@ -254,7 +257,6 @@ def test_a_slow_client_holds_the_pacs_back(method: str, big_series: list[Dataset
                 started = _settled(lambda: pacs.suboperations_started, quiet=0.6, within=8)
                 # The part read + one being written to the socket + the queue (8) + one blocked
                 # in the store handler + what fits in the loopback socket buffers (2-3 parts).
-                print(f"{method}: {started} of {total} sub-operations started")
                 assert started <= 1 + 1 + RETRIEVE_QUEUE_MAXSIZE + 1 + 3, started
                 assert started < total
                 rest = read_parts(chunks, reader, total)
@@ -265,7 +267,7 @@ def test_a_slow_client_holds_the_pacs_back(method: str, big_series: list[Dataset
         pacs.stop()
 
 
-def _settled(read: Any, *, quiet: float, within: float) -> int:
+def _settled(read: Callable[[], int], *, quiet: float, within: float) -> int:
     """Poll ``read()`` until it has not changed for ``quiet`` seconds (or ``within`` passes)."""
     value = read()
     changed = time.monotonic()
@@ -277,4 +279,4 @@ def _settled(read: Any, *, quiet: float, within: float) -> int:
             value, changed = now, time.monotonic()
         elif time.monotonic() - changed >= quiet:
             break
-    return int(value)
+    return value

@@ -284,10 +284,6 @@ def test_redis_down_from_the_start(orthanc: OrthancServer, tmp_path: Path,
         late.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/registry.py cache_health reads ResilientBackend.healthy, which only turns "
-    "False after a cache operation has failed: with Redis unreachable since start-up and no "
-    "traffic yet, /readyz reports the cache 'ok' (and cache_backend_up is 1)"))
 def test_readyz_reports_an_unreachable_redis_before_any_traffic(
         orthanc: OrthancServer, tmp_path: Path) -> None:
     never = RedisServer(tmp_path / "never")  # never started

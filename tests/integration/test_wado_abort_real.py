@@ -49,9 +49,10 @@ def gateway(request: pytest.FixtureRequest, pacs: PacsEndpoint,
 TCP_STATE_NAMES = {"01": "ESTABLISHED", "08": "CLOSE_WAIT"}
 
 
-def open_connections(port: int) -> list[str]:
-    """Open TCP connections (either end) on ``port`` in this machine's loopback, from /proc:
-    ``local->remote STATE`` for each socket (both ends of a loopback connection appear)."""
+def open_connections(port: int, end: str = "either") -> list[str]:
+    """Open TCP connections on ``port`` on this machine, from /proc: ``local->remote STATE`` per
+    socket. ``end``: "server" (sockets bound to ``port``), "client" (sockets connected to it) or
+    "either" (both ends of a loopback connection appear)."""
     found = []
     for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
         if not table.exists():
@@ -60,7 +61,9 @@ def open_connections(port: int) -> list[str]:
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
             lport, rport = int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)
-            if state in OPEN_TCP_STATES and port in (lport, rport):
+            wanted = {"server": lport == port, "client": rport == port,
+                      "either": port in (lport, rport)}[end]
+            if state in OPEN_TCP_STATES and wanted:
                 found.append(f"{lport}->{rport} {TCP_STATE_NAMES[state]}")
     return found
 
@@ -112,7 +115,6 @@ def test_disconnects_mid_stream_leave_nothing_behind(
     series = ten_slice_series(sample_datasets)
     expected = {str(d.SOPInstanceUID) for d in series}
     path = f"/studies/{series[0].StudyInstanceUID}/series/{series[0].SeriesInstanceUID}"
-    ports = (pacs.port, gateway_storage_port)
 
     def full_retrieval(client: httpx.Client) -> float:
         began = time.monotonic()
@@ -127,9 +129,12 @@ def test_disconnects_mid_stream_leave_nothing_behind(
     with gateway.client() as client:
         full_retrieval(client)  # warm up, then take the baseline
         assert eventually(lambda: not association_threads()), association_threads()
-        assert eventually(lambda: not any(open_connections(p) for p in ports)), (
-            [open_connections(p) for p in ports])
+        assert eventually(lambda: not open_connections(pacs.port, "server")), (
+            open_connections(pacs.port, "server"))
+        assert eventually(lambda: not open_connections(gateway_storage_port)), (
+            open_connections(gateway_storage_port))
         baseline = non_pool_threads()
+        sockets_before = set(open_connections(pacs.port, "client"))  # earlier tests' leftovers
 
         for _ in range(DISCONNECTS):
             with client.stream("GET", path) as response:
@@ -140,12 +145,22 @@ def test_disconnects_mid_stream_leave_nothing_behind(
                 assert not reader.closed
             # leaving the block closes the unread response: httpx drops the connection
 
-        # The peer and the gateway see every association (and its TCP connection) closed.
+        # The peer sees every association (and its TCP connection) closed; the gateway has no
+        # association thread left and no C-MOVE sub-operation connection open.
         assert eventually(lambda: not association_threads()), association_threads()
-        assert eventually(lambda: not any(open_connections(p) for p in ports)), (
-            [open_connections(p) for p in ports])
+        assert eventually(lambda: not open_connections(pacs.port, "server")), (
+            open_connections(pacs.port, "server"))
+        assert eventually(lambda: not open_connections(gateway_storage_port)), (
+            open_connections(gateway_storage_port))
         assert eventually(lambda: not new_threads(baseline)), new_threads(baseline)
         assert eventually(lambda: moves_in_progress(gateway) == 0)
         # Every association slot is free again: a normal retrieval is served promptly.
         took = full_retrieval(client)
         assert took < 10, took
+
+    # The gateway's own end of every connection to the PACS is closed too.
+    def leaked() -> set[str]:
+        return set(open_connections(pacs.port, "client")) - sockets_before
+
+    if not eventually(lambda: not leaked(), 4):
+        raise AssertionError(f"gateway sockets to the PACS left open: {sorted(leaked())}")
