@@ -47,6 +47,7 @@ def operation_id(suffix: str = "") -> Callable[[APIRoute], str]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A gateway app for ``settings`` (read from the environment when omitted)."""
     settings = settings or load_settings()
+    logging.getLogger("app").setLevel(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -40,6 +40,10 @@ AS_STORED = "*"
 
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
 MODALITY = 0x00080060
+MODALITIES_IN_STUDY = 0x00080061
+SOP_CLASSES_IN_STUDY = 0x00080062
+STUDY_INSTANCES = 0x00201208
+SERIES_INSTANCES = 0x00201209
 PIXEL_DATA = 0x7FE00010
 OCTET_STREAM = "application/octet-stream"
 
@@ -81,6 +85,39 @@ def _uids(ref: Ref) -> dict[int, str]:
     if isinstance(ref, InstanceRef):
         out[SOP_UID] = ref.sop_instance_uid
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What one C-FIND at a series' or study's own level says about its content."""
+
+    count: int
+    classes: tuple[str, ...]
+
+
+def _values(ds: Dataset, tag: int) -> list[object]:
+    element = ds.get(tag)
+    if element is None or element.value in (None, "", b""):
+        return []
+    value = element.value
+    return list(value) if isinstance(value, (list, tuple)) or element.VM > 1 else [value]
+
+
+def _int_value(ds: Dataset, tag: int) -> int:
+    try:
+        values = _values(ds, tag)
+        return int(str(values[0])) if values else 0
+    except ValueError:
+        return 0
+
+
+def _classes_of(items: list[InventoryItem]) -> list[str]:
+    """Storage classes to propose for these instances: known ones, else the Modality's."""
+    classes = {i.sop_class_uid for i in items if i.sop_class_uid}
+    for item in items:
+        if not item.sop_class_uid:
+            classes.update(item.candidate_classes or COMMON_STORAGE_SOP_CLASSES)
+    return sorted(classes)
 
 
 def describe(ref: Ref) -> str:
@@ -163,22 +200,62 @@ class RetrieveService:
 
     # -- retrieval ----------------------------------------------------------------------------
 
+    async def summary(self, ref: SeriesRef | StudyRef) -> Summary | None:
+        """How many instances ``ref`` holds and which storage classes, from ONE C-FIND at its
+        own level; None when the PACS does not say (then the IMAGE-level inventory is needed).
+        Raises NotFound when the PACS does not know ``ref``."""
+        if isinstance(ref, SeriesRef):
+            ident = build_identifier(QueryLevel.SERIES, unique_keys=_uids(ref),
+                                     return_keys=[SERIES_INSTANCES, MODALITY])
+            count_tag = SERIES_INSTANCES
+        else:
+            ident = build_identifier(QueryLevel.STUDY, unique_keys=_uids(ref),
+                                     return_keys=[STUDY_INSTANCES, SOP_CLASSES_IN_STUDY,
+                                                  MODALITIES_IN_STUDY])
+            count_tag = STUDY_INSTANCES
+        answers = [ds async for ds in self._find(ident)]
+        if not answers:
+            raise NotFound(f"{describe(ref)} not found on the PACS")
+        ds = answers[0]
+        count = _int_value(ds, count_tag)
+        if not count:
+            return None
+        classes = [str(v) for v in _values(ds, SOP_CLASSES_IN_STUDY)]
+        if not classes:
+            modalities = _values(ds, MODALITY) + _values(ds, MODALITIES_IN_STUDY)
+            for modality in modalities:
+                classes.extend(sop_classes_for_modality(str(modality)))
+        return Summary(count, tuple(dict.fromkeys(classes)) or COMMON_STORAGE_SOP_CLASSES)
+
     async def received(
         self, ref: Ref, series_of: dict[str, str] | None = None,
         report: dict[str, int] | None = None,
     ) -> AsyncIterator[ReceivedInstance]:
         """Instances under ``ref`` as the PACS sends them; raises NotFound before the first one
         if the PACS has nothing, and an upstream error if it fails before sending anything.
-        ``series_of``, when given, is filled with each instance's series UID; ``report`` with
-        the counts expected, received and failed once the retrieval has ended."""
-        items = await self.inventory(ref)
-        if series_of is not None:
-            series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
-        if not items:
-            raise NotFound(f"{describe(ref)} not found on the PACS")
+        ``series_of``, when given, is filled with the series UID of each instance the
+        inventory knows; ``report`` with the counts expected, received and failed at the end.
+
+        C-GET of a series or study starts after one C-FIND at that level (count and classes)
+        when the PACS answers it, so the first instance is not delayed by listing every
+        instance; the IMAGE-level inventory is used otherwise, and always for C-MOVE (whose
+        sub-operations may need routing by UID)."""
+        move = self._peer.retrieve_method == "move"
+        summary = None
+        if not move and isinstance(ref, (SeriesRef, StudyRef)):
+            summary = await self.summary(ref)
+        items: list[InventoryItem] | None = None
+        if summary is None:
+            items = await self.inventory(ref)
+            if not items:
+                raise NotFound(f"{describe(ref)} not found on the PACS")
+            if series_of is not None:
+                series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
+        expected = summary.count if summary is not None else len(items or [])
         identifier = build_identifier(_level(ref), unique_keys=_uids(ref))
         relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
-        if self._peer.retrieve_method == "move":
+        if move:
+            assert items is not None
             message_id = (await self._relay.reserve_message_id(self._local_ae)
                           if self._relay is not None else None)
             stream = self._client.move(identifier, frozenset(i.sop_instance_uid for i in items),
@@ -186,9 +263,9 @@ class RetrieveService:
             if self._relay is not None:
                 relayed = self._relay.running(self._local_ae, message_id)
         else:
-            contexts = self._storage_contexts(items, ref)
-            stream = self._client.get(identifier, contexts)
-        operation = "C-MOVE" if self._peer.retrieve_method == "move" else "C-GET"
+            classes = list(summary.classes) if summary is not None else _classes_of(items or [])
+            stream = self._client.get(identifier, self._storage_contexts(classes, ref))
+        operation = "C-MOVE" if move else "C-GET"
         self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation=operation)
         count = 0
         arrived: set[str] = set()
@@ -198,29 +275,29 @@ class RetrieveService:
                 arrived.add(instance.sop_instance_uid)
                 yield instance
             outcome: RetrieveOutcome = stream.result
-        missing = [i for i in items if i.sop_instance_uid not in arrived]
-        if missing and outcome.failed and self._peer.retrieve_method == "get":
+        if outcome.failed and not move:
             # Second chance, one instance at a time with compressed contexts first: some PACS
             # send each file over the first accepted context of its class, whatever its syntax.
+            if items is None:
+                items = await self.inventory(ref)
+                expected = len(items)
+            missing = [i for i in items if i.sop_instance_uid not in arrived]
             for item in missing[:MAX_RETRIES]:
                 async for instance in self._retry(item):
                     count += 1
                     arrived.add(instance.sop_instance_uid)
                     yield instance
-            if len(arrived) == len(items):
+            if missing and len(arrived) >= expected:
                 outcome = RetrieveOutcome(0x0000, count, 0, outcome.warning, count)
         if report is not None:
-            report.update(expected=len(items), received=count, failed=len(items) - len(arrived))
-        self._check(outcome, count, len(items), ref, operation)
+            report.update(expected=expected, received=count,
+                          failed=max(0, expected - len(arrived)))
+        self._check(outcome, count, expected, ref, operation)
 
-    def _storage_contexts(self, items: list[InventoryItem], ref: Ref, *,
+    def _storage_contexts(self, classes: list[str], ref: Ref, *,
                           compressed_preferred: bool = False) -> list[tuple[str, tuple[str, ...]]]:
-        """Storage presentation contexts for a C-GET of ``items``."""
-        classes = {i.sop_class_uid for i in items if i.sop_class_uid}
-        for item in items:
-            if not item.sop_class_uid:
-                classes.update(item.candidate_classes or COMMON_STORAGE_SOP_CLASSES)
-        plan = plan_storage_contexts(sorted(classes))
+        """Storage presentation contexts for a C-GET of instances of ``classes``."""
+        plan = plan_storage_contexts(sorted(set(classes)))
         if plan.left_out:
             log.warning("C-GET of %s cannot propose %d SOP classes (128-context limit): %s",
                         describe(ref), len(plan.left_out), plan.left_out[:5])
@@ -230,7 +307,7 @@ class RetrieveService:
     async def _retry(self, item: InventoryItem) -> AsyncIterator[ReceivedInstance]:
         """One more C-GET of a single instance the first retrieval did not deliver."""
         ref = InstanceRef(item.study_uid, item.series_uid, item.sop_instance_uid)
-        contexts = self._storage_contexts([item], ref, compressed_preferred=True)
+        contexts = self._storage_contexts(_classes_of([item]), ref, compressed_preferred=True)
         stream = self._client.get(build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref)),
                                   contexts)
         self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation="C-GET")

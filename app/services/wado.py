@@ -96,6 +96,16 @@ def verify_instance(item: ReceivedInstance) -> bool:
     return str(ds.get("SOPInstanceUID", "")) == item.sop_instance_uid
 
 
+def series_uid_of(data: bytes) -> str:
+    """The SeriesInstanceUID of Part-10 bytes, reading the header only."""
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True,
+                     specific_tags=["SeriesInstanceUID"])
+    except Exception:
+        return ""
+    return str(ds.get("SeriesInstanceUID", ""))
+
+
 def _received(item: CachedInstance) -> ReceivedInstance:
     return ReceivedInstance(item.data, item.sop_class_uid, item.sop_instance_uid,
                             item.transfer_syntax)
@@ -134,7 +144,10 @@ class WadoService:
         if self._cache is None or self._flights is None:
             series_of: dict[str, str] = {}
             async for item in self._retrieval.received(ref, series_of):
-                yield series_of.get(item.sop_instance_uid, ""), item
+                series = series_of.get(item.sop_instance_uid) or (
+                    ref.series_uid if isinstance(ref, (SeriesRef, InstanceRef))
+                    else await asyncio.to_thread(series_uid_of, item.data))
+                yield series, item
             return
         if isinstance(ref, InstanceRef):
             yield ref.series_uid, await self._cached_instance(ref)

@@ -1,13 +1,13 @@
-"""Two uvicorn workers sharing one throwaway Redis run ONE retrieval for 20 concurrent requests
-of a series, with C-GET and with C-MOVE (one storage SCP port, SO_REUSEPORT, shared by both
-workers; sub-operations reaching the wrong worker are relayed through Redis).
+"""Two gateway processes sharing one throwaway Redis run ONE retrieval for 20 concurrent
+requests of a series (10 sent to each), with C-GET and with C-MOVE (one storage SCP port,
+SO_REUSEPORT, shared by both processes; sub-operations reaching the wrong process are relayed
+through Redis). A uvicorn ``--workers 2`` gateway is checked the same way, but the kernel
+chooses which worker accepts a connection, so there only the total is asserted.
 
-Counting: /metrics is per worker and a request cannot choose its worker, so retrievals are
-counted where they arrive, at DemoPacs SCPs served from this test process (operation_counts
-are exact and global; the gateway is a separate process talking DIMSE to them over TCP). The
-workers' own metrics are scraped on fresh connections until both have answered, which shows
-both served requests and adds up to the same single retrieval. Real Orthanc behind the same
-gateway is checked with C-MOVE, where the relay matters most."""
+Counting: retrievals are counted where they arrive, at DemoPacs SCPs served from this test
+process (operation_counts are exact and global; the gateways are separate processes talking
+DIMSE to them over TCP); each process's /metrics must add up to the same single retrieval.
+Real Orthanc behind the same gateways is checked with C-MOVE, where the relay matters most."""
 
 from __future__ import annotations
 
@@ -54,39 +54,71 @@ def demo_pacs(sample_datasets: list[Dataset], gateway_storage_port: int
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, demo_pacs: dict[str, DemoPacs],
-            orthanc: OrthancServer, gateway_storage_port: int) -> Iterator[GatewayProcess]:
-    """The gateway with two workers on one Redis, in front of both DemoPacs and Orthanc."""
-    require_binary("redis-server")
+def _settings(demo_pacs: dict[str, DemoPacs], orthanc: OrthancServer, redis_url: str,
+              storage_port: int) -> dict[str, Any]:
     peers: list[dict[str, Any]] = [
         {"name": method, "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port,
          "retrieve_method": method} for method, pacs in demo_pacs.items()]
     peers.append({"name": "orthanc", "ae_title": orthanc.ae_title, "host": orthanc.host,
                   "port": orthanc.dicom_port, "retrieve_method": "move"})
+    return {
+        "ae_title": GATEWAY_AE, "pacs": peers, "cache_backend": "redis", "redis_url": redis_url,
+        "storage_scp_enabled": True, "storage_scp_host": "127.0.0.1",
+        "storage_scp_port": storage_port, "storage_scp_reuse_port": True,
+        "log_level": "WARNING",
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    require_binary("redis-server")
     with RedisServer(tmp_path_factory.mktemp("redis-workers")) as redis_server:
-        settings = {
-            "ae_title": GATEWAY_AE, "pacs": peers, "cache_backend": "redis",
-            "redis_url": redis_server.url, "storage_scp_enabled": True,
-            "storage_scp_host": "127.0.0.1", "storage_scp_port": gateway_storage_port,
-            "storage_scp_reuse_port": True, "log_level": "WARNING",
-        }
-        process = GatewayProcess(tmp_path_factory.mktemp("gateway-workers"), settings,
-                                 workers=2)
-        with process:
-            yield process
+        yield redis_server.url
 
 
-async def _concurrent_series(gateway: GatewayProcess, peer: str, first: Dataset
+@pytest.fixture
+def replicas(tmp_path_factory: pytest.TempPathFactory, demo_pacs: dict[str, DemoPacs],
+             orthanc: OrthancServer, gateway_storage_port: int, redis_url: str
+             ) -> Iterator[list[GatewayProcess]]:
+    """Two single-worker gateway processes sharing Redis and the storage SCP port."""
+    import redis as redis_client
+
+    redis_client.Redis.from_url(redis_url).flushall()
+    for pacs in demo_pacs.values():
+        pacs.reset_operation_counts()
+    settings = _settings(demo_pacs, orthanc, redis_url, gateway_storage_port)
+    first = GatewayProcess(tmp_path_factory.mktemp("replica-a"), settings, workers=1)
+    second = GatewayProcess(tmp_path_factory.mktemp("replica-b"), settings, workers=1)
+    with first, second:
+        yield [first, second]
+
+
+@pytest.fixture
+def workers(tmp_path_factory: pytest.TempPathFactory, demo_pacs: dict[str, DemoPacs],
+            orthanc: OrthancServer, gateway_storage_port: int, redis_url: str
+            ) -> Iterator[GatewayProcess]:
+    """One gateway process with two uvicorn workers."""
+    import redis as redis_client
+
+    redis_client.Redis.from_url(redis_url).flushall()
+    for pacs in demo_pacs.values():
+        pacs.reset_operation_counts()
+    settings = _settings(demo_pacs, orthanc, redis_url, gateway_storage_port)
+    with GatewayProcess(tmp_path_factory.mktemp("workers"), settings, workers=2) as process:
+        yield process
+
+
+async def _concurrent_series(gateways: list[GatewayProcess], peer: str, first: Dataset
                              ) -> list[httpx.Response]:
-    url = (f"{gateway.url}/pacs/{peer}/dicomweb/studies/{first.StudyInstanceUID}"
-           f"/series/{first.SeriesInstanceUID}")
+    path = (f"/pacs/{peer}/dicomweb/studies/{first.StudyInstanceUID}"
+            f"/series/{first.SeriesInstanceUID}")
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=0)
+    accept = {"Accept": 'multipart/related; type="application/dicom"'}
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         async with asyncio.timeout(80):
             return await asyncio.gather(*(
-                client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
-                for _ in range(REQUESTS)))
+                client.get(gateways[i % len(gateways)].url + path, headers=accept)
+                for i in range(REQUESTS)))
 
 
 def _sops(response: httpx.Response) -> list[str]:
@@ -111,50 +143,60 @@ def _per_worker_metrics(gateway: GatewayProcess) -> list[str]:
         seen.add("\n".join(line for line in text.splitlines()
                            if line.startswith(("cache_hits_total", "cache_misses_total",
                                                "dimse_retrievals_total"))))
-        if len(seen) == 2:
+        if len(seen) == gateway.workers:
             break
     return sorted(seen)
 
 
-def _run(gateway: GatewayProcess, peer: str, series: list[Dataset]) -> list[str]:
-    """20 concurrent requests; every answer is the whole series; the workers' metrics."""
+def _run(gateways: list[GatewayProcess], peer: str, series: list[Dataset]) -> list[str]:
+    """20 concurrent requests spread over the gateways; every answer is the whole series; each
+    process's metrics (for a multi-worker process, as many distinct worker texts as seen)."""
     try:
-        responses = asyncio.run(_concurrent_series(gateway, peer, series[0]))
+        responses = asyncio.run(_concurrent_series(gateways, peer, series[0]))
         expected = sorted(str(d.SOPInstanceUID) for d in series)
         assert all(_sops(r) == expected for r in responses)
-        workers = _per_worker_metrics(gateway)
+        texts = [t for g in gateways for t in _per_worker_metrics(g)]
     except BaseException:
-        print(gateway.log_text()[-4000:])
+        for g in gateways:
+            print(g.log_text()[-4000:])
         raise
-    assert len(workers) == 2, f"only one worker answered /metrics: {workers}"
-    for text in workers:
-        assert _counter(text, 'cache_misses_total{kind="series"}') + _counter(
-            text, 'cache_hits_total{kind="series"}') > 0, f"a worker served nothing: {text}"
-    return workers
+    return texts
 
 
-def test_two_workers_one_c_get(gateway: GatewayProcess, demo_pacs: dict[str, DemoPacs],
-                               series: list[Dataset]) -> None:
-    workers = _run(gateway, "get", series)
-    counts = demo_pacs["get"].operation_counts
-    assert (counts["C-GET"], counts["C-MOVE"]) == (1, 0), counts
-    assert sum(_counter(t, 'dimse_retrievals_total{operation="C-GET",peer="get"}')
-               for t in workers) == 1
+def _served(text: str) -> float:
+    return _counter(text, 'cache_misses_total{kind="series"}') + _counter(
+        text, 'cache_hits_total{kind="series"}')
 
 
-def test_two_workers_one_c_move(gateway: GatewayProcess, demo_pacs: dict[str, DemoPacs],
-                                series: list[Dataset]) -> None:
-    workers = _run(gateway, "move", series)
-    counts = demo_pacs["move"].operation_counts
-    assert (counts["C-MOVE"], counts["C-GET"]) == (1, 0), counts
-    assert sum(_counter(t, 'dimse_retrievals_total{operation="C-MOVE",peer="move"}')
-               for t in workers) == 1
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_two_replicas_one_retrieval(replicas: list[GatewayProcess],
+                                    demo_pacs: dict[str, DemoPacs], series: list[Dataset],
+                                    method: str) -> None:
+    texts = _run(replicas, method, series)
+    operation = "C-GET" if method == "get" else "C-MOVE"
+    other = "C-MOVE" if method == "get" else "C-GET"
+    counts = demo_pacs[method].operation_counts
+    assert (counts[operation], counts[other]) == (1, 0), counts
+    assert len(texts) == 2 and all(_served(t) > 0 for t in texts), texts
+    assert sum(_counter(t, f'dimse_retrievals_total{{operation="{operation}",peer="{method}"}}')
+               for t in texts) == 1
 
 
-def test_two_workers_one_c_move_from_orthanc(gateway: GatewayProcess,
-                                             series: list[Dataset]) -> None:
-    """Orthanc sends the sub-operations to whichever worker the kernel picks; every request
-    still gets the whole series, and the workers' metrics add up to one C-MOVE."""
-    workers = _run(gateway, "orthanc", series)
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_two_workers_one_retrieval(workers: GatewayProcess, demo_pacs: dict[str, DemoPacs],
+                                   series: list[Dataset], method: str) -> None:
+    texts = _run([workers], method, series)
+    operation = "C-GET" if method == "get" else "C-MOVE"
+    counts = demo_pacs[method].operation_counts
+    assert counts[operation] == 1, counts
+    assert sum(_counter(t, f'dimse_retrievals_total{{operation="{operation}",peer="{method}"}}')
+               for t in texts) == 1
+
+
+def test_two_replicas_one_c_move_from_orthanc(replicas: list[GatewayProcess],
+                                              series: list[Dataset]) -> None:
+    """Orthanc sends the sub-operations to whichever process the kernel picks; every request
+    still gets the whole series, and the processes' metrics add up to one C-MOVE."""
+    texts = _run(replicas, "orthanc", series)
     assert sum(_counter(t, 'dimse_retrievals_total{operation="C-MOVE",peer="orthanc"}')
-               for t in workers) == 1
+               for t in texts) == 1
