@@ -99,6 +99,17 @@ def open_association(
     raise UpstreamUnavailable(f"{where} is unreachable or did not answer the association request")
 
 
+def end_association(assoc: Association, finished: bool) -> None:
+    """Release an association whose operation reached its final response; abort one that did
+    not (its generator may still hold queued responses, so it cannot be reused or released)."""
+    if not assoc.is_established:
+        return
+    if finished:
+        assoc.release()
+    else:
+        assoc.abort()
+
+
 def abort_and_wake(assoc: Association) -> None:
     """Abort ``assoc``, wake a thread blocked on its next DIMSE message, and close its socket.
 

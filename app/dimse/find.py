@@ -13,7 +13,12 @@ from pynetdicom import AE, build_context
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from app.dimse.association import abort_and_wake, next_message_id, open_association
+from app.dimse.association import (
+    abort_and_wake,
+    end_association,
+    next_message_id,
+    open_association,
+)
 from app.dimse.bridge import Cancelled, Emitter
 from app.dimse.status import Category, category, find_failure
 from app.errors import UpstreamError, UpstreamNotSupported, UpstreamTimeout
@@ -115,9 +120,6 @@ def c_find_producer(
             finished = True
             return FindOutcome(final, cancel_sent, matches, unsupported_keys, relational, capped)
         finally:
-            if finished and assoc.is_established:
-                assoc.release()
-            elif assoc.is_established:
-                assoc.abort()
+            end_association(assoc, finished)
 
     return run

@@ -11,7 +11,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from app.dimse.association import abort_and_wake, next_message_id, open_association
+from app.dimse.association import (
+    abort_and_wake,
+    end_association,
+    next_message_id,
+    open_association,
+)
 from app.dimse.bridge import Cancelled, Emitter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome, instance_from_event
 from app.dimse.retrieve import read_to_final
@@ -64,9 +69,6 @@ def c_get_producer(
             return RetrieveOutcome(final.status, final.completed, final.failed, final.warning,
                                    received, final.failed_uids)
         finally:
-            if finished and assoc.is_established:
-                assoc.release()
-            elif assoc.is_established:
-                assoc.abort()
+            end_association(assoc, finished)
 
     return run

@@ -10,7 +10,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
-from app.dimse.association import abort_and_wake, next_message_id, open_association
+from app.dimse.association import (
+    abort_and_wake,
+    end_association,
+    next_message_id,
+    open_association,
+)
 from app.dimse.bridge import Emitter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.retrieve import read_to_final
@@ -51,10 +56,7 @@ def c_move_producer(
                 final = read_to_final(responses, emitter, peer, "C-MOVE")  # type: ignore[arg-type]
                 finished = True
             finally:
-                if finished and assoc.is_established:
-                    assoc.release()
-                elif assoc.is_established:
-                    assoc.abort()
+                end_association(assoc, finished)
             received = sink.wait_settled(final.completed + final.warning, SETTLE_GRACE_S)
             return RetrieveOutcome(final.status, final.completed, final.failed, final.warning,
                                    received, final.failed_uids)

@@ -36,7 +36,6 @@ from app.settings import PacsPeer
 log = logging.getLogger(__name__)
 MAX_RETRIES = 200
 Ref = StudyRef | SeriesRef | InstanceRef
-AS_STORED = "*"
 
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
 MODALITY = 0x00080060
@@ -44,8 +43,6 @@ MODALITIES_IN_STUDY = 0x00080061
 SOP_CLASSES_IN_STUDY = 0x00080062
 STUDY_INSTANCES = 0x00201208
 SERIES_INSTANCES = 0x00201209
-PIXEL_DATA = 0x7FE00010
-OCTET_STREAM = "application/octet-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +54,6 @@ class InventoryItem:
     sop_instance_uid: str
     sop_class_uid: str | None
     candidate_classes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class WireInstance:
-    """An instance ready for the web: Part-10 bytes in a syntax allowed on the wire."""
-
-    data: bytes
-    transfer_syntax: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_uid: str
 
 
 def _level(ref: Ref) -> QueryLevel:

@@ -1,0 +1,576 @@
+"""OHIF viewer benchmark: time to first image and to the whole series loaded in OHIF Viewer v3
+(headless Chromium), through the gateway and with OHIF pointed straight at Orthanc's own
+DICOMweb plugin, on the same data in the same run; cold and warm.
+
+Run from the repository root: ``.venv/bin/python -m benchmarks.ohif_load [--slices 300]
+[--repeat 3]``; the figures replace the ``ohif-load-results`` section of docs/benchmarks.md.
+Every server runs on 127.0.0.1 on a free port and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.demo.samples import generate_ct_series
+from benchmarks.wado_retrieve import (
+    GatewayProcess,
+    PeerAddress,
+    load_orthanc,
+    machine_info,
+    restart_orthanc,
+    snapshot_app,
+    study_uid_of,
+)
+from tests.e2e.conftest import DATA_SOURCE_VARIANTS, OHIF_DIST, render_app_config
+from tests.e2e.ohif.static_server import OhifStaticServer
+from tests.peers.binaries import find_binary
+from tests.peers.orthanc import OrthancServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOC_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+DRIVER = Path(__file__).resolve().parent / "ohif_load.mjs"
+NODE_MODULES = REPO_ROOT / "e2e" / "node_modules"
+RESULTS_BEGIN = "<!-- ohif-load-results:begin -->"
+RESULTS_END = "<!-- ohif-load-results:end -->"
+SEED = 4
+DRIVER_TIMEOUT_S = 240.0
+WARM_TOLERANCE = 1.0
+COLD_TOLERANCE = 2.0
+
+GATEWAY = "gateway"
+GATEWAY_CORS = "gateway-cors"
+ORTHANC = "orthanc"
+TARGET_LABELS = {
+    GATEWAY: "gateway (memory cache)",
+    ORTHANC: "Orthanc DICOMweb plugin",
+    GATEWAY_CORS: "gateway, real CORS (preflights)",
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- one load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """One timed viewer load; times in ms since the navigation started (the page's clock)."""
+
+    target: str
+    phase: str
+    round: int
+    ok: bool
+    error: str | None = None
+    first_image_ms: float | None = None
+    all_loaded_ms: float | None = None
+    first_request_ms: float | None = None
+    metadata_done_ms: float | None = None
+    first_frame_ms: float | None = None
+    last_frame_ms: float | None = None
+    frames: int = 0
+    frame_bytes: int = 0
+    frame_latency_median_ms: float | None = None
+    frame_latency_p90_ms: float | None = None
+    max_frames_in_flight: int = 0
+    requests: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    stack_size: int | None = None
+    wall_ms: float | None = None
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _in_flight(spans: Sequence[tuple[float, float]]) -> int:
+    """The largest number of overlapping (start, end) spans."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+_UID = re.compile(r"\d+(?:\.\d+){3,}")
+
+
+def request_kind(url: str, root: str) -> str:
+    """A DICOMweb request without its UIDs, frame numbers and query values."""
+    path, _, query = url.removeprefix(root).partition("?")
+    path = re.sub(r"/frames/[\d,]+", "/frames/{n}", _UID.sub("{uid}", path))
+    keys = sorted({pair.split("=", 1)[0] for pair in query.split("&") if pair})
+    return path + (f"?{'&'.join(keys)}" if keys else "")
+
+
+def summarise_probe(load: Load, result: dict[str, Any], root: str) -> Load:
+    """Fill ``load`` from the driver's result: the probe's times and the resource timings."""
+    probe = result.get("probe") or {}
+    load.first_image_ms = probe.get("firstImage")
+    load.all_loaded_ms = probe.get("allLoaded")
+    load.stack_size = probe.get("stackSize")
+    load.statuses = result.get("statuses", {})
+    load.failures = len(result.get("failures", []))
+    load.wall_ms = result.get("wallMs")
+    resources = probe.get("resources", [])
+    load.requests = len(resources)
+    for r in resources:
+        kind = f"{request_kind(r['url'], root)} -> {r.get('status') or '?'}"
+        load.kinds[kind] = load.kinds.get(kind, 0) + 1
+    if resources:
+        load.first_request_ms = min(r["start"] for r in resources)
+    metadata = [r["end"] for r in resources if r["url"].split("?")[0].endswith("/metadata")]
+    load.metadata_done_ms = max(metadata) if metadata else None
+    frames = [r for r in resources if "/frames/" in r["url"]]
+    ok_frames = {r["url"]: r for r in frames if r.get("status") in (None, 0, 200)}
+    load.frames = len(ok_frames)
+    load.frame_bytes = sum(int(r.get("bytes") or 0) for r in ok_frames.values())
+    if frames:
+        load.first_frame_ms = min(r["end"] for r in frames)
+        load.last_frame_ms = max(r["end"] for r in frames)
+        latencies = [r["end"] - r["start"] for r in frames]
+        load.frame_latency_median_ms = statistics.median(latencies)
+        load.frame_latency_p90_ms = _percentile(latencies, 0.9)
+        load.max_frames_in_flight = _in_flight([(r["start"], r["end"]) for r in frames])
+    return load
+
+
+@dataclass(frozen=True)
+class Browser:
+    """Node, Chromium and the e2e npm packages the driver needs."""
+
+    node: str
+    chromium: str
+
+    @classmethod
+    def find(cls) -> Browser:
+        node, chromium = find_binary("node"), find_binary("chromium")
+        if node is None or chromium is None:
+            raise SystemExit("node and chromium are required (scripts/install-deps)")
+        if not (NODE_MODULES / "playwright-core" / "package.json").is_file():
+            raise SystemExit("playwright-core is missing in e2e/ (npm ci --prefix e2e)")
+        if not (OHIF_DIST / "index.html").is_file():
+            raise SystemExit("the OHIF build is missing in e2e/ (npm ci --prefix e2e)")
+        return cls(node, chromium)
+
+
+def browser_load(browser: Browser, workdir: Path, *, viewer_url: str, dicomweb_root: str,
+                 study_uid: str, expected: int, disable_web_security: bool,
+                 screenshot: Path | None = None) -> dict[str, Any]:
+    """One load in a fresh Chromium with a fresh profile (removed afterwards): the driver's
+    JSON result."""
+    run_dir = Path(tempfile.mkdtemp(prefix="load-", dir=workdir))
+    try:
+        driver_input = {
+            "nodeModules": str(NODE_MODULES),
+            "chromium": browser.chromium,
+            "userDataDir": str(run_dir / "profile"),
+            "viewerUrl": viewer_url,
+            "studyUid": study_uid,
+            "dicomwebRoot": dicomweb_root,
+            "expectedImages": expected,
+            "disableWebSecurity": disable_web_security,
+            "timeoutMs": int((DRIVER_TIMEOUT_S - 10) * 1000),
+            "screenshot": str(screenshot) if screenshot else None,
+        }
+        (run_dir / "input.json").write_text(json.dumps(driver_input))
+        result_path = run_dir / "result.json"
+        try:
+            completed = subprocess.run(
+                [browser.node, str(DRIVER), str(run_dir / "input.json"), str(result_path)],
+                capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"driver killed after {DRIVER_TIMEOUT_S} s"}
+        if not result_path.is_file():
+            return {"ok": False, "error": f"driver exit {completed.returncode}: "
+                                          f"{completed.stderr[-1500:]}"}
+        result: dict[str, Any] = json.loads(result_path.read_text())
+        return result
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+class ViewerGateway(GatewayProcess):
+    """The gateway as its own process with the default in-process cache and, optionally, CORS
+    allowing the viewer's origin (the realistic two-origin deployment)."""
+
+    def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *, source: Path,
+                 cors_origin: str | None) -> None:
+        self.cors_origin = cors_origin
+        super().__init__(workdir, peers, source=source, cache="memory")
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.cors_origin:
+            env["DWG_CORS_ALLOW_ORIGINS"] = json.dumps([self.cors_origin])
+        return env
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    args: dict[str, Any]
+    machine: dict[str, Any] = field(default_factory=dict)
+    app_digest: str = ""
+    study_uid: str = ""
+    loads: list[Load] = field(default_factory=list)
+    orthanc_config: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Bench:
+    """The servers of one run and the measurement steps."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, results: Results,
+                 browser: Browser, orthanc: OrthancServer, viewer: OhifStaticServer,
+                 app_source: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.results = results
+        self.browser = browser
+        self.orthanc = orthanc
+        self.viewer = viewer
+        self.app_source = app_source
+        self.shots = args.screenshots
+
+    def _load(self, target: str, phase: str, round_no: int, root: str,
+              disable_web_security: bool) -> Load:
+        self.viewer.app_config = render_app_config(root, DATA_SOURCE_VARIANTS["shipped"])
+        shot = (self.shots / f"{target}-{phase}-{round_no}.png") if self.shots else None
+        raw = browser_load(self.browser, self.workdir, viewer_url=self.viewer.url,
+                           dicomweb_root=root, study_uid=self.results.study_uid,
+                           expected=self.args.slices, disable_web_security=disable_web_security,
+                           screenshot=shot)
+        load = summarise_probe(Load(target, phase, round_no, bool(raw.get("ok")),
+                                    raw.get("error")), raw, root)
+        if load.ok and load.frames < self.args.slices:
+            load.ok = False
+            load.error = f"only {load.frames} frames of {self.args.slices} retrieved"
+        if not load.ok:
+            self.results.errors.append(f"{target} {phase} round {round_no}: {load.error}")
+        log(f"  {target:<13} {phase:<4} first image {_ms(load.first_image_ms):>8}  "
+            f"all loaded {_ms(load.all_loaded_ms):>8}  frames {load.frames}  "
+            f"statuses {load.statuses}{'' if load.ok else '  ERROR ' + str(load.error)[:200]}")
+        self.results.loads.append(load)
+        return load
+
+    def gateway_round(self, round_no: int, *, cors: bool) -> None:
+        """A fresh gateway (empty cache): one cold load, then ``warm`` loads on a filled
+        cache, each in a fresh browser."""
+        target = GATEWAY_CORS if cors else GATEWAY
+        restart_orthanc(self.orthanc, nodelay=False)
+        peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
+                           self.orthanc.dicom_port)
+        with ViewerGateway(self.workdir, [peer], source=self.app_source,
+                           cors_origin=self.viewer.url if cors else None) as gw:
+            self._load(target, "cold", round_no, gw.dicomweb(), disable_web_security=not cors)
+            for _ in range(self.args.warm):
+                self._load(target, "warm", round_no, gw.dicomweb(),
+                           disable_web_security=not cors)
+
+    def orthanc_round(self, round_no: int) -> None:
+        """Orthanc restarted (its own caches empty): a first load, then second loads."""
+        restart_orthanc(self.orthanc, nodelay=False)
+        self._load(ORTHANC, "cold", round_no, self.orthanc.dicomweb_url,
+                   disable_web_security=True)
+        for _ in range(self.args.warm):
+            self._load(ORTHANC, "warm", round_no, self.orthanc.dicomweb_url,
+                       disable_web_security=True)
+
+    def profile(self, out_dir: Path) -> None:
+        """py-spy (collapsed stacks, thread ids, non-blocking) on a fresh gateway during one
+        cold and one warm load; not part of the reported figures."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        restart_orthanc(self.orthanc, nodelay=False)
+        peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
+                           self.orthanc.dicom_port)
+        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None) as gw:
+            for phase in ("cold", "warm"):
+                out = out_dir / f"gateway-{phase}.txt"
+                spy_process = subprocess.Popen(
+                    [spy, "record", "-p", str(gw.pid), "-f", "raw", "-t", "--nonblocking",
+                     "-r", "200", "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    time.sleep(1.0)
+                    load = self._load(GATEWAY, phase, 0, gw.dicomweb(), True)
+                    self.results.loads.remove(load)
+                finally:
+                    spy_process.send_signal(2)
+                    try:
+                        spy_process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        spy_process.kill()
+                        spy_process.wait(timeout=10)
+                log(f"  profile written to {out}")
+
+    def warm_up(self) -> None:
+        """One untimed load (Chromium, Node and OHIF's files into the page cache)."""
+        log("warm-up load (not reported)")
+        browser_load(self.browser, self.workdir, viewer_url=self.viewer.url,
+                     dicomweb_root=self.orthanc.dicomweb_url, study_uid=self.results.study_uid,
+                     expected=self.args.slices, disable_web_security=True)
+
+    def run(self) -> None:
+        self.viewer.app_config = render_app_config(self.orthanc.dicomweb_url,
+                                                   DATA_SOURCE_VARIANTS["shipped"])
+        self.warm_up()
+        for round_no in range(1, self.args.repeat + 1):
+            log(f"round {round_no}/{self.args.repeat}")
+            steps = [lambda: self.gateway_round(round_no, cors=False),
+                     lambda: self.orthanc_round(round_no)]
+            if round_no % 2 == 0:
+                steps.reverse()
+            if self.args.cors:
+                steps.append(lambda: self.gateway_round(round_no, cors=True))
+            for step in steps:
+                step()
+        if self.args.profile:
+            log("profiling the gateway (extra loads, not reported)")
+            self.profile(self.args.profile)
+
+
+def run(args: argparse.Namespace) -> Results:
+    results = Results(args={k: str(v) if isinstance(v, Path) else v
+                            for k, v in vars(args).items()})
+    browser = Browser.find()
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="dwg-ohif-bench-"))
+        if not args.keep:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        log(f"work directory {workdir}")
+        app_source, results.app_digest = snapshot_app(workdir)
+        orthanc = OrthancServer(workdir / "orthanc", ae_title="ORTHANC")
+        orthanc.start()
+        stack.callback(orthanc.stop)
+        results.machine = machine_info(orthanc)
+        results.orthanc_config = {k: v for k, v in orthanc.config().items()
+                                  if k in ("DicomWeb", "MaximumStorageCacheSize")}
+        t0 = time.perf_counter()
+        load_orthanc(orthanc, generate_ct_series(args.slices, seed=SEED))
+        results.timings["load_s"] = time.perf_counter() - t0
+        results.study_uid = study_uid_of(args.slices, SEED)
+        log(f"loaded {args.slices} slices into Orthanc in {results.timings['load_s']:.1f} s")
+        viewer = stack.enter_context(OhifStaticServer(OHIF_DIST))
+        if args.screenshots:
+            args.screenshots.mkdir(parents=True, exist_ok=True)
+        Bench(args, workdir, results, browser, orthanc, viewer, app_source).run()
+    return results
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(results: Results, target: str, phase: str) -> dict[str, float | None]:
+    """Medians over the successful loads of one target and phase."""
+    loads = [x for x in results.loads if x.target == target and x.phase == phase and x.ok]
+    keys = ("first_image_ms", "all_loaded_ms", "first_request_ms", "metadata_done_ms",
+            "first_frame_ms", "last_frame_ms", "frame_latency_median_ms",
+            "frame_latency_p90_ms")
+    out: dict[str, float | None] = {k: _median([getattr(x, k) for x in loads]) for k in keys}
+    out["n"] = len(loads)
+    return out
+
+
+def verdict(gateway: float | None, orthanc: float | None, limit: float) -> tuple[str, str]:
+    """(ratio text, verdict) of gateway / Orthanc against ``limit``."""
+    if gateway is None or orthanc is None or orthanc <= 0:
+        return "-", "no data"
+    ratio = gateway / orthanc
+    return f"{ratio:.2f}x", ("met" if ratio <= limit else "**NOT met**")
+
+
+def render(results: Results) -> str:
+    """The generated markdown section."""
+    m, a = results.machine, results.args
+    lines = [
+        RESULTS_BEGIN,
+        "<!-- Generated by `python -m benchmarks.ohif_load`; edits here are overwritten. -->",
+        "",
+        f"#### Run of {m.get('date', '?')}",
+        "",
+        f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('ram_gb')} GB RAM, "
+        f"{m.get('os')}",
+        f"- Software: Python {m.get('python')}, pynetdicom {m.get('pynetdicom')}, "
+        f"pydicom {m.get('pydicom')}, uvicorn {m.get('uvicorn')}; Orthanc {m.get('orthanc')} "
+        f"(DICOMweb plugin {m.get('orthanc_dicomweb')}); OHIF @ohif/app 3.13.2 (data source as "
+        "shipped), Debian Chromium headless via playwright-core",
+        f"- Gateway: `python -m app.cli serve` as its own process, default in-process cache "
+        f"(`DWG_CACHE_BACKEND=memory`), C-GET from the same Orthanc; sources of `app/` copied at "
+        f"the start of the run (digest {results.app_digest}).",
+        f"- Command: `python -m benchmarks.ohif_load --slices {a['slices']} --repeat "
+        f"{a['repeat']} --warm {a['warm']}{' --cors' if a.get('cors') else ''}`",
+        f"- Study: one CT series of {a['slices']} slices 512x512x16-bit (Explicit VR Little "
+        "Endian). Medians over the rounds; every load in a fresh Chromium with a fresh profile "
+        "and the HTTP cache disabled; Chromium runs with `--disable-web-security` for the "
+        "gateway and Orthanc rows alike.",
+        "",
+        "| Target | Gateway | Orthanc (same run) | Ratio | Verdict |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [
+        ("Warm: first image no slower than Orthanc", "warm", "first_image_ms", WARM_TOLERANCE),
+        ("Warm: whole series no slower than Orthanc", "warm", "all_loaded_ms", WARM_TOLERANCE),
+        ("Cold: first image within 2x Orthanc", "cold", "first_image_ms", COLD_TOLERANCE),
+        ("Cold: whole series within 2x Orthanc", "cold", "all_loaded_ms", COLD_TOLERANCE),
+    ]
+    for title, phase, key, limit in rows:
+        g = medians(results, GATEWAY, phase)[key]
+        o = medians(results, ORTHANC, phase)[key]
+        ratio, ok = verdict(g, o, limit)
+        lines.append(f"| {title} | {_ms(g)} | {_ms(o)} | {ratio} | {ok} |")
+    lines += [
+        "",
+        "Medians per step, in ms since navigation (first DICOMweb request = OHIF booted; "
+        "metadata = last series metadata response; frames = first and last frame response "
+        "complete; image = first non-blank canvas; series = every image of the stack in "
+        "cornerstone's cache):",
+        "",
+        "| Target | Phase | n | First request | Metadata | First frame | First image | "
+        "Last frame | Whole series | Frame latency median / p90 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    targets = [GATEWAY, ORTHANC] + ([GATEWAY_CORS] if a.get("cors") else [])
+    for target in targets:
+        for phase in ("cold", "warm"):
+            s = medians(results, target, phase)
+            lines.append(
+                f"| {TARGET_LABELS[target]} | {phase} | {s['n']} | {_ms(s['first_request_ms'])} | "
+                f"{_ms(s['metadata_done_ms'])} | {_ms(s['first_frame_ms'])} | "
+                f"{_ms(s['first_image_ms'])} | {_ms(s['last_frame_ms'])} | "
+                f"{_ms(s['all_loaded_ms'])} | {_ms(s['frame_latency_median_ms'])} / "
+                f"{_ms(s['frame_latency_p90_ms'])} |")
+    lines += [
+        "",
+        "<details><summary>Every load</summary>",
+        "",
+        "| Round | Target | Phase | First image | Whole series | Frames | Peak frames in flight "
+        "| Statuses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for x in results.loads:
+        statuses = ", ".join(f"{k} x{v}" for k, v in sorted(x.statuses.items()))
+        lines.append(
+            f"| {x.round} | {TARGET_LABELS[x.target]} | {x.phase} | {_ms(x.first_image_ms)} | "
+            f"{_ms(x.all_loaded_ms)} | {x.frames} | {x.max_frames_in_flight} | {statuses}"
+            f"{'' if x.ok else ' ERROR'} |")
+    lines += ["", "</details>", ""]
+    lines += ["<details><summary>Requests of the first cold load of each target (resource "
+              "timing; status as the browser saw it)</summary>", ""]
+    for target in targets:
+        first = next((x for x in results.loads if x.target == target and x.phase == "cold"),
+                     None)
+        if first is None:
+            continue
+        lines += [f"{TARGET_LABELS[target]}:", "", "```"]
+        lines += [f"{n:>4} x {kind}" for kind, n in sorted(first.kinds.items())]
+        lines += ["```", ""]
+    lines += ["</details>", ""]
+    if results.errors:
+        lines += ["Errors:", ""] + [f"- {e}" for e in results.errors] + [""]
+    lines.append(RESULTS_END)
+    return "\n".join(lines) + "\n"
+
+
+SECTION_HEADER = """## OHIF viewer load
+
+`python -m benchmarks.ohif_load` (see `benchmarks/README.md`) times OHIF Viewer v3 opening one
+CT series through the gateway and pointed straight at Orthanc's DICOMweb plugin.
+
+"""
+
+
+def write_doc(section: str, path: Path) -> None:
+    """Replace the generated section between the ohif-load markers (or append a new section)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        before = text.split(RESULTS_BEGIN, 1)[0]
+        after = text.split(RESULTS_END, 1)[1].lstrip("\n")
+        text = before + section + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + SECTION_HEADER + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ohif_load", description=__doc__)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--warm", type=int, default=1, help="warm loads per round")
+    parser.add_argument("--cors", action="store_true",
+                        help="also the gateway with real CORS (no --disable-web-security)")
+    parser.add_argument("--output", type=Path, default=DOC_PATH)
+    parser.add_argument("--json", type=Path, default=None, help="every load as JSON")
+    parser.add_argument("--screenshots", type=Path, default=None,
+                        help="a directory for a screenshot at the end of each load")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="a directory for py-spy profiles of one extra cold and warm load")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.slices < 1 or args.repeat < 1 or args.warm < 1:
+        raise SystemExit("--slices, --repeat and --warm must be at least 1")
+    t0 = time.perf_counter()
+    results = run(args)
+    results.timings["total_s"] = time.perf_counter() - t0
+    results.machine.setdefault("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    write_doc(render(results), args.output)
+    log(f"results written to {args.output}")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(results), indent=2, default=str))
+    for target in (GATEWAY, ORTHANC, GATEWAY_CORS):
+        for phase in ("cold", "warm"):
+            s = medians(results, target, phase)
+            if s["n"]:
+                log(f"{target:<13} {phase}: first image {_ms(s['first_image_ms'])}, whole series "
+                    f"{_ms(s['all_loaded_ms'])} (n={s['n']})")
+    return 1 if results.errors else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())
