@@ -10,7 +10,7 @@
 //
 // Usage: node ohif_load.mjs <input.json> <result.json>
 // input: { nodeModules, chromium, userDataDir, viewerUrl, studyUid, dicomwebRoot,
-//          expectedImages, disableWebSecurity, timeoutMs, screenshot (path or null) }
+//          expectedImages, disableWebSecurity, timeoutMs, stallMs, screenshot (path or null) }
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -198,9 +198,16 @@ async function main() {
     while (Date.now() < deadline) {
       probe = await page.evaluate(() => {
         const p = window.__ohifLoadProbe;
-        return p ? { firstImage: p.firstImage, allLoaded: p.allLoaded } : null;
+        if (!p) return null;
+        const last = p.loadedCounts[p.loadedCounts.length - 1] ?? null;
+        return { firstImage: p.firstImage, allLoaded: p.allLoaded, now: performance.now(), last };
       });
       if (probe && probe.firstImage !== null && probe.allLoaded !== null) break;
+      // The stack stopped filling (no new image in cornerstone's cache for a long while).
+      if (probe?.last && probe.firstImage !== null && probe.now - probe.last[0] > input.stallMs) {
+        result.error = `stalled: ${probe.last[1]} images loaded, none since ${probe.last[0]} ms`;
+        break;
+      }
       await page.waitForTimeout(200);
     }
     result.wallMs = Date.now() - t0;

@@ -49,6 +49,7 @@ RESULTS_BEGIN = "<!-- ohif-load-results:begin -->"
 RESULTS_END = "<!-- ohif-load-results:end -->"
 SEED = 4
 DRIVER_TIMEOUT_S = 240.0
+STALL_MS = 30_000
 WARM_TOLERANCE = 1.0
 COLD_TOLERANCE = 2.0
 
@@ -82,6 +83,7 @@ class Load:
     all_loaded_ms: float | None = None
     first_request_ms: float | None = None
     metadata_done_ms: float | None = None
+    metadata_request_ms: float | None = None
     first_frame_ms: float | None = None
     last_frame_ms: float | None = None
     frames: int = 0
@@ -141,8 +143,10 @@ def summarise_probe(load: Load, result: dict[str, Any], root: str) -> Load:
         load.kinds[kind] = load.kinds.get(kind, 0) + 1
     if resources:
         load.first_request_ms = min(r["start"] for r in resources)
-    metadata = [r["end"] for r in resources if r["url"].split("?")[0].endswith("/metadata")]
-    load.metadata_done_ms = max(metadata) if metadata else None
+    metadata = [r for r in resources if r["url"].split("?")[0].endswith("/metadata")]
+    if metadata:
+        load.metadata_done_ms = max(r["end"] for r in metadata)
+        load.metadata_request_ms = load.metadata_done_ms - min(r["start"] for r in metadata)
     frames = [r for r in resources if "/frames/" in r["url"]]
     ok_frames = {r["url"]: r for r in frames if r.get("status") in (None, 0, 200)}
     load.frames = len(ok_frames)
@@ -193,6 +197,7 @@ def browser_load(browser: Browser, workdir: Path, *, viewer_url: str, dicomweb_r
             "expectedImages": expected,
             "disableWebSecurity": disable_web_security,
             "timeoutMs": int((DRIVER_TIMEOUT_S - 10) * 1000),
+            "stallMs": STALL_MS,
             "screenshot": str(screenshot) if screenshot else None,
         }
         (run_dir / "input.json").write_text(json.dumps(driver_input))
@@ -305,8 +310,8 @@ class Bench:
                        disable_web_security=True)
 
     def profile(self, out_dir: Path) -> None:
-        """py-spy (collapsed stacks, thread ids, non-blocking) on a fresh gateway during one
-        cold and one warm load; not part of the reported figures."""
+        """py-spy (collapsed stacks, thread ids, only samples holding the GIL, non-blocking) on
+        a fresh gateway during one cold and one warm load; not part of the reported figures."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         out_dir.mkdir(parents=True, exist_ok=True)
         restart_orthanc(self.orthanc, nodelay=False)
@@ -316,7 +321,7 @@ class Bench:
             for phase in ("cold", "warm"):
                 out = out_dir / f"gateway-{phase}.txt"
                 spy_process = subprocess.Popen(
-                    [spy, "record", "-p", str(gw.pid), "-f", "raw", "-t", "--nonblocking",
+                    [spy, "record", "-p", str(gw.pid), "-f", "raw", "-t", "-g", "--nonblocking",
                      "-r", "200", "-o", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
@@ -345,14 +350,16 @@ class Bench:
         self.warm_up()
         for round_no in range(1, self.args.repeat + 1):
             log(f"round {round_no}/{self.args.repeat}")
-            steps = [lambda: self.gateway_round(round_no, cors=False),
-                     lambda: self.orthanc_round(round_no)]
+            steps = [GATEWAY, ORTHANC]
             if round_no % 2 == 0:
                 steps.reverse()
             if self.args.cors:
-                steps.append(lambda: self.gateway_round(round_no, cors=True))
-            for step in steps:
-                step()
+                steps.append(GATEWAY_CORS)
+            for target in steps:
+                if target == ORTHANC:
+                    self.orthanc_round(round_no)
+                else:
+                    self.gateway_round(round_no, cors=target == GATEWAY_CORS)
         if self.args.profile:
             log("profiling the gateway (extra loads, not reported)")
             self.profile(self.args.profile)
@@ -402,7 +409,7 @@ def medians(results: Results, target: str, phase: str) -> dict[str, float | None
     """Medians over the successful loads of one target and phase."""
     loads = [x for x in results.loads if x.target == target and x.phase == phase and x.ok]
     keys = ("first_image_ms", "all_loaded_ms", "first_request_ms", "metadata_done_ms",
-            "first_frame_ms", "last_frame_ms", "frame_latency_median_ms",
+            "metadata_request_ms", "first_frame_ms", "last_frame_ms", "frame_latency_median_ms",
             "frame_latency_p90_ms")
     out: dict[str, float | None] = {k: _median([getattr(x, k) for x in loads]) for k in keys}
     out["n"] = len(loads)
@@ -463,8 +470,8 @@ def render(results: Results) -> str:
         "complete; image = first non-blank canvas; series = every image of the stack in "
         "cornerstone's cache):",
         "",
-        "| Target | Phase | n | First request | Metadata | First frame | First image | "
-        "Last frame | Whole series | Frame latency median / p90 |",
+        "| Target | Phase | n | First request | Metadata (its request) | First frame | "
+        "First image | Last frame | Whole series | Frame latency median / p90 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     targets = [GATEWAY, ORTHANC] + ([GATEWAY_CORS] if a.get("cors") else [])
@@ -473,7 +480,8 @@ def render(results: Results) -> str:
             s = medians(results, target, phase)
             lines.append(
                 f"| {TARGET_LABELS[target]} | {phase} | {s['n']} | {_ms(s['first_request_ms'])} | "
-                f"{_ms(s['metadata_done_ms'])} | {_ms(s['first_frame_ms'])} | "
+                f"{_ms(s['metadata_done_ms'])} ({_ms(s['metadata_request_ms'])}) | "
+                f"{_ms(s['first_frame_ms'])} | "
                 f"{_ms(s['first_image_ms'])} | {_ms(s['last_frame_ms'])} | "
                 f"{_ms(s['all_loaded_ms'])} | {_ms(s['frame_latency_median_ms'])} / "
                 f"{_ms(s['frame_latency_p90_ms'])} |")

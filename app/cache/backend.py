@@ -42,6 +42,10 @@ class CacheBackend(ABC):
         """How many of ``keys`` are present."""
 
     @abstractmethod
+    async def keys(self, pattern: str) -> list[str]:
+        """Every key matching a glob ``pattern`` (for management, not for hot paths)."""
+
+    @abstractmethod
     async def delete_matching(self, pattern: str) -> int:
         """Remove every key matching a glob ``pattern``; the number removed."""
 

@@ -80,6 +80,10 @@ class MemoryBackend(CacheBackend):
                 count += 1
         return count
 
+    async def keys(self, pattern: str) -> list[str]:
+        return [k for k in self._data if fnmatch.fnmatchcase(k, pattern)
+                and not self._expired(self._data[k][1])]
+
     async def delete_matching(self, pattern: str) -> int:
         doomed = [k for k in self._data if fnmatch.fnmatchcase(k, pattern)]
         for key in doomed:

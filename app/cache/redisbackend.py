@@ -102,6 +102,13 @@ class RedisBackend(CacheBackend):
             return sum([int(await self._call(self._redis.exists(k))) for k in keys])
         return int(await self._call(self._redis.exists(*keys)))
 
+    async def keys(self, pattern: str) -> list[str]:
+        try:
+            return [k.decode() if isinstance(k, bytes) else str(k)
+                    async for k in self._redis.scan_iter(match=pattern, count=500)]
+        except ERRORS as exc:
+            raise CacheUnavailable(f"redis: {exc}") from exc
+
     async def delete_matching(self, pattern: str) -> int:
         count = 0
         try:

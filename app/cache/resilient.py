@@ -116,6 +116,9 @@ class ResilientBackend(CacheBackend):
     async def exists(self, keys: Sequence[str]) -> int:
         return await self._run(lambda b: b.exists(keys))
 
+    async def keys(self, pattern: str) -> list[str]:
+        return await self._run(lambda b: b.keys(pattern))
+
     async def delete_matching(self, pattern: str) -> int:
         return await self._run(lambda b: b.delete_matching(pattern))
 

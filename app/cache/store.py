@@ -71,8 +71,13 @@ class Keys:
     def series_index(self, series: str) -> str:
         return f"{self._p}s:{{{series}}}"
 
-    def study_series(self, study: str) -> str:
-        return f"{self._p}st:{{{study}}}"
+    def study_series(self, study: str, series: str) -> str:
+        """A marker that ``series`` of ``study`` is cached (one key each: no read-modify-write
+        races when several series of a study are filled at once)."""
+        return f"{self._p}st:{{{study}}}:{series}"
+
+    def study_series_pattern(self, study: str) -> str:
+        return f"{self._p}st:{{{study}}}:*"
 
     def lock(self, series: str, sop: str | None = None) -> str:
         return f"{self._p}lock:{{{series}}}" + (f":{sop}" if sop else "")
@@ -149,10 +154,8 @@ class GatewayCache:
 
     async def put_series_index(self, index: SeriesIndex) -> None:
         await self.backend.set(self.keys.series_index(index.series_uid), index.encode(), self._ttl)
-        key = self.keys.study_series(index.study_uid)
-        known = set(json.loads(await self.backend.get(key) or b"[]"))
-        known.add(index.series_uid)
-        await self.backend.set(key, json.dumps(sorted(known)).encode(), self._ttl)
+        await self.backend.set(self.keys.study_series(index.study_uid, index.series_uid), b"1",
+                               self._ttl)
 
     async def get_series_index(self, series: str) -> SeriesIndex | None:
         raw = await self.backend.get(self.keys.series_index(series))
@@ -195,10 +198,9 @@ class GatewayCache:
         return await self.backend.delete_matching(self.keys.series_pattern(series))
 
     async def evict_study(self, study: str) -> int:
-        key = self.keys.study_series(study)
-        series = json.loads(await self.backend.get(key) or b"[]")
+        markers = await self.backend.keys(self.keys.study_series_pattern(study))
         removed = 0
-        for uid in series:
-            removed += await self.evict_series(uid)
-        removed += await self.backend.delete(key)
+        for marker in markers:
+            removed += await self.evict_series(marker.rsplit(":", 1)[1])
+        removed += await self.backend.delete(*markers)
         return removed

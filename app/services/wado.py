@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 AS_STORED = "*"
 PIXEL_DATA = 0x7FE00010
 OCTET_STREAM = "application/octet-stream"
+HANDOFF_GRACE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,8 @@ class WadoService:
         self._flights = flights
         self._peer = retrieval.peer
         self.retrieval = retrieval
+        # Instances a fill could not cache (over the size cap), for followers in this process.
+        self._handoff: dict[tuple[str, str], ReceivedInstance] = {}
 
     # -- the source of instances -------------------------------------------------------------
 
@@ -224,6 +227,9 @@ class WadoService:
         item = await self._cache.get_instance(ref.series_uid, sop)
         if item is not None:
             return _received(item)
+        handed = self._handoff.get((ref.series_uid, sop))
+        if handed is not None:
+            return handed
         log.info("instance %s announced but not in the cache (size cap or eviction)", sop)
         return await self._direct_instance(InstanceRef(ref.study_uid, ref.series_uid, sop))
 
@@ -277,15 +283,18 @@ class WadoService:
         item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
         if item is not None:
             return _received(item)
-        return await self._direct_instance(ref)
+        handed = self._handoff.get((ref.series_uid, ref.sop_instance_uid))
+        return handed if handed is not None else await self._direct_instance(ref)
 
     async def _fill(self, ref: SeriesRef | InstanceRef, ctx: FillContext) -> None:
         """Retrieve ``ref`` from the PACS into the cache, announcing each verified instance."""
         cache = self._cache
         assert cache is not None
         written: list[str] = []
+        handed: list[tuple[str, str]] = []
         items: list[tuple[str, str, str]] = []
         report: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
         try:
             async for item in self._retrieval.received(ref, report=report):
                 if not verify_instance(item):
@@ -296,6 +305,9 @@ class WadoService:
                                         item.transfer_syntax, item.data)
                 if await cache.put_instance(ref.series_uid, cached):
                     written.append(item.sop_instance_uid)
+                else:  # too big to cache: hand it to this process's followers directly
+                    handed.append((ref.series_uid, item.sop_instance_uid))
+                    self._handoff[handed[-1]] = item
                 items.append((item.sop_instance_uid, item.sop_class_uid, item.transfer_syntax))
                 await ctx.publish(FillEvent("instance", sop=item.sop_instance_uid))
             if isinstance(ref, SeriesRef):
@@ -310,6 +322,9 @@ class WadoService:
                     *[cache.keys.instance(ref.series_uid, s) for s in written])
             await ctx.publish(FillEvent("failed", http_status=exc.http_status,
                                         dimse_status=exc.dimse_status, message=exc.message))
+        finally:
+            for key in handed:  # followers have had the fill's events; keep briefly for laggards
+                loop.call_later(HANDOFF_GRACE_S, self._handoff.pop, key, None)
 
     async def content_signature(self, ref: SeriesRef | StudyRef) -> list[str] | None:
         """The SOP Instance UIDs a series holds, when the cache knows it complete (for ETags);

@@ -369,10 +369,6 @@ async def test_objects_over_the_cap_are_served_but_not_cached(fresh_pacs: Failin
         assert dimse(fresh_pacs)["C-GET"] >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/wado.py _instance_after_fill: an instance over cache_max_object_bytes is "
-    "announced by the fill but not kept, so every follower fetches it again with its own "
-    "IMAGE-level C-GET (N+1 C-GETs for an N-instance series, per request)"))
 async def test_objects_over_the_cap_cost_one_retrieval(fresh_pacs: FailingPacs,
                                                        small: Series) -> None:
     ct = small
