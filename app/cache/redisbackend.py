@@ -219,13 +219,15 @@ class RedisBackend(CacheBackend):
         return await self.delete_matching(f"{self._prefix}*")
 
     async def ping(self) -> bool:
-        # A pooled connection from before a Redis restart fails once, then reconnects: try
-        # twice before calling Redis unreachable.
-        for _ in range(2):
+        # Pooled connections from before a Redis restart fail once each: after a failure drop
+        # the whole pool, then try again before calling Redis unreachable.
+        for attempt in range(2):
             try:
                 return bool(await self._redis.ping())
             except Exception:
-                continue
+                if attempt == 0 and isinstance(self._redis, Redis):
+                    with contextlib.suppress(Exception):
+                        await self._redis.connection_pool.disconnect()
         return False
 
     async def close(self) -> None:
