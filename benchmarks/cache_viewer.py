@@ -281,6 +281,7 @@ def metric_sum(gateway_url: str, name: str, **labels: str) -> float:
 
 
 def retrievals(gateway_url: str) -> float:
+    """C-GET/C-MOVE retrievals the gateway has started so far (all PACS)."""
     return metric_sum(gateway_url, "dimse_retrievals_total")
 
 
@@ -460,6 +461,7 @@ def run_viewer(results: Results, s: Setup, backend: str, repeat: int) -> None:
 
 
 def frame_refs_from_orthanc(s: Setup) -> list[tuple[str, int]]:
+    """Every frame of the series, from Orthanc's series metadata."""
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         r = client.get(f"{s.orthanc.dicomweb_url}/studies/{s.study}/series/{s.series}/metadata",
                        headers={"Accept": ACCEPT_METADATA})

@@ -35,8 +35,11 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# RedisClusterException: a Cluster client that reaches no node (or finds a slot uncovered)
+# raises it rather than ConnectionError; it must degrade the cache like any outage.
 ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
-          redis_errors.ClusterDownError, redis_errors.BusyLoadingError)
+          redis_errors.ClusterDownError, redis_errors.BusyLoadingError,
+          redis_errors.RedisClusterException)
 
 
 class RedisBackend(CacheBackend):
@@ -201,7 +204,11 @@ class RedisBackend(CacheBackend):
                 await asyncio.sleep(1.0)
 
     async def stats(self) -> dict[str, Any]:
-        info = await self._call(self._redis.info("memory"))
+        if isinstance(self._redis, RedisCluster):  # INFO goes to one node unless told
+            info = await self._call(self._redis.info("memory",
+                                                     target_nodes=RedisCluster.PRIMARIES))
+        else:
+            info = await self._call(self._redis.info("memory"))
         if self._cluster and isinstance(info, dict) and "used_memory" not in info:
             used = sum(int(v.get("used_memory", 0)) for v in info.values() if isinstance(v, dict))
         else:

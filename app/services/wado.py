@@ -55,6 +55,7 @@ AS_STORED = "*"
 PIXEL_DATA = 0x7FE00010
 OCTET_STREAM = "application/octet-stream"
 HANDOFF_GRACE_S = 10.0
+READ_AHEAD = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +174,15 @@ class WadoService:
         index = await cache.complete_series(ref.series_uid)
         if index is not None:
             self._metrics.inc("cache_hits_total", kind="series")
-            for sop, _, _ in index.instances:
-                item = await cache.get_instance(ref.series_uid, sop)
+            complete = True
+            async for sop, item in self._read_ahead(ref.series_uid,
+                                                    [i[0] for i in index.instances]):
                 if item is None:
-                    break  # evicted meanwhile: the rest comes from a fill
+                    complete = False  # evicted meanwhile: the rest comes from a fill
+                    break
                 sent.add(sop)
                 yield _received(item)
-            else:
+            if complete:
                 return
         self._metrics.inc("cache_misses_total", kind="series")
 
@@ -220,6 +223,29 @@ class WadoService:
                                           functools.partial(self._fill, ref), complete):
             if event.kind in ("done", "failed"):
                 return
+
+    async def _read_ahead(self, series: str, sops: list[str]
+                          ) -> AsyncIterator[tuple[str, CachedInstance | None]]:
+        """Cached instances in order, fetching the next few while the current one is sent (a
+        shared cache costs a round trip per instance otherwise)."""
+        cache = self._cache
+        assert cache is not None
+        pending: list[tuple[str, asyncio.Task[CachedInstance | None]]] = []
+        upcoming = iter(sops)
+        try:
+            for sop in upcoming:
+                pending.append((sop, asyncio.ensure_future(cache.get_instance(series, sop))))
+                if len(pending) > READ_AHEAD:
+                    break
+            while pending:
+                sop, task = pending.pop(0)
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append((nxt, asyncio.ensure_future(cache.get_instance(series, nxt))))
+                yield sop, await task
+        finally:
+            for _, task in pending:
+                task.cancel()
 
     async def _instance_after_fill(self, ref: SeriesRef, sop: str) -> ReceivedInstance:
         """An instance a fill announced; fetched on its own if the cache could not keep it."""
