@@ -49,7 +49,7 @@ class RedisBackend(CacheBackend):
 
     def __init__(self, url: str, *, cluster: bool = False, default_ttl: float | None = None,
                  max_object_bytes: int | None = None, prefix: str = "dwg:",
-                 socket_timeout: float = 2.0) -> None:
+                 socket_timeout: float = 5.0) -> None:
         self._cluster = cluster
         self._prefix = prefix
         self._default_ttl = default_ttl
