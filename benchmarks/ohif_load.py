@@ -21,10 +21,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from app.demo.samples import generate_ct_series
 from benchmarks.wado_retrieve import (
@@ -50,6 +53,8 @@ RESULTS_END = "<!-- ohif-load-results:end -->"
 SEED = 4
 DRIVER_TIMEOUT_S = 240.0
 STALL_MS = 30_000
+FRAME_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+BROWSER_CONNECTIONS = 6
 WARM_TOLERANCE = 1.0
 COLD_TOLERANCE = 2.0
 
@@ -91,6 +96,8 @@ class Load:
     frame_latency_median_ms: float | None = None
     frame_latency_p90_ms: float | None = None
     max_frames_in_flight: int = 0
+    mean_frames_in_flight: float | None = None
+    frames_per_s: float | None = None
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
@@ -158,6 +165,10 @@ def summarise_probe(load: Load, result: dict[str, Any], root: str) -> Load:
         load.frame_latency_median_ms = statistics.median(latencies)
         load.frame_latency_p90_ms = _percentile(latencies, 0.9)
         load.max_frames_in_flight = _in_flight([(r["start"], r["end"]) for r in frames])
+        span = load.last_frame_ms - min(r["start"] for r in frames)
+        if span > 0:
+            load.mean_frames_in_flight = sum(latencies) / span
+            load.frames_per_s = len(frames) / span * 1000
     return load
 
 
@@ -217,6 +228,33 @@ def browser_load(browser: Browser, workdir: Path, *, viewer_url: str, dicomweb_r
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def frame_paths(slices: int) -> list[str]:
+    """``/studies/../frames/1`` of every slice generate_ct_series gives (same UIDs as loaded)."""
+    return [f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+            f"{ds.SOPInstanceUID}/frames/1" for ds in generate_ct_series(slices, seed=SEED)]
+
+
+def server_frame_rate(root: str, paths: Sequence[str],
+                      connections: int = BROWSER_CONNECTIONS) -> float:
+    """Frames per second one server delivers to a plain HTTP client over ``connections``
+    keep-alive connections (Chromium's per-host limit): its capacity without the browser."""
+    chunks = [list(paths[i::connections]) for i in range(connections)]
+
+    def fetch(chunk: list[str]) -> int:
+        with httpx.Client(base_url=root, timeout=60.0,
+                          headers={"Accept": FRAME_ACCEPT}) as client:
+            for path in chunk:
+                response = client.get(root + path)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: {response.status_code}")
+        return len(chunk)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(connections) as pool:
+        done = sum(pool.map(fetch, chunks))
+    return done / (time.perf_counter() - t0)
+
+
 # -- servers -------------------------------------------------------------------------------------
 
 
@@ -245,6 +283,7 @@ class Results:
     app_digest: str = ""
     study_uid: str = ""
     loads: list[Load] = field(default_factory=list)
+    server_rates: dict[str, list[float]] = field(default_factory=dict)
     orthanc_config: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -337,6 +376,22 @@ class Bench:
                         spy_process.wait(timeout=10)
                 log(f"  profile written to {out}")
 
+    def server_rates(self, rounds: int = 3) -> None:
+        """Without a browser: the frames of the series from a filled gateway and from Orthanc,
+        fetched over six connections, alternately."""
+        paths = frame_paths(self.args.slices)
+        peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
+                           self.orthanc.dicom_port)
+        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None) as gw:
+            server_frame_rate(gw.dicomweb(), paths)  # fills the cache; not reported
+            server_frame_rate(self.orthanc.dicomweb_url, paths)
+            for _ in range(rounds):
+                for target, root in ((GATEWAY, gw.dicomweb()),
+                                     (ORTHANC, self.orthanc.dicomweb_url)):
+                    rate = server_frame_rate(root, paths)
+                    self.results.server_rates.setdefault(target, []).append(rate)
+                    log(f"  {target:<13} server-only {rate:.0f} frames/s")
+
     def warm_up(self) -> None:
         """One untimed load (Chromium, Node and OHIF's files into the page cache)."""
         log("warm-up load (not reported)")
@@ -360,6 +415,8 @@ class Bench:
                     self.orthanc_round(round_no)
                 else:
                     self.gateway_round(round_no, cors=target == GATEWAY_CORS)
+        log("server-only frame rate (no browser)")
+        self.server_rates()
         if self.args.profile:
             log("profiling the gateway (extra loads, not reported)")
             self.profile(self.args.profile)
@@ -400,6 +457,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -410,7 +471,7 @@ def medians(results: Results, target: str, phase: str) -> dict[str, float | None
     loads = [x for x in results.loads if x.target == target and x.phase == phase and x.ok]
     keys = ("first_image_ms", "all_loaded_ms", "first_request_ms", "metadata_done_ms",
             "metadata_request_ms", "first_frame_ms", "last_frame_ms", "frame_latency_median_ms",
-            "frame_latency_p90_ms")
+            "frame_latency_p90_ms", "frames_per_s", "mean_frames_in_flight")
     out: dict[str, float | None] = {k: _median([getattr(x, k) for x in loads]) for k in keys}
     out["n"] = len(loads)
     return out
@@ -471,8 +532,9 @@ def render(results: Results) -> str:
         "cornerstone's cache):",
         "",
         "| Target | Phase | n | First request | Metadata (its request) | First frame | "
-        "First image | Last frame | Whole series | Frame latency median / p90 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "First image | Last frame | Whole series | Frame latency median / p90 | Frames/s "
+        "(mean in flight) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     targets = [GATEWAY, ORTHANC] + ([GATEWAY_CORS] if a.get("cors") else [])
     for target in targets:
@@ -484,7 +546,19 @@ def render(results: Results) -> str:
                 f"{_ms(s['first_frame_ms'])} | "
                 f"{_ms(s['first_image_ms'])} | {_ms(s['last_frame_ms'])} | "
                 f"{_ms(s['all_loaded_ms'])} | {_ms(s['frame_latency_median_ms'])} / "
-                f"{_ms(s['frame_latency_p90_ms'])} |")
+                f"{_ms(s['frame_latency_p90_ms'])} | {_num(s['frames_per_s'])} "
+                f"({_num(s['mean_frames_in_flight'], 1)}) |")
+    if results.server_rates:
+        rates = {t: _median(v) for t, v in results.server_rates.items()}
+        lines += [
+            "",
+            f"Without a browser, the same {a['slices']} frames (`frames/1` of each instance, "
+            f"Accept as OHIF sends it) fetched by an httpx client over {BROWSER_CONNECTIONS} "
+            "keep-alive connections (Chromium's per-host limit), gateway cache filled; medians "
+            "of " + str(len(next(iter(results.server_rates.values())))) + " alternating runs: "
+            + "; ".join(f"{TARGET_LABELS[t]} {_num(r)} frames/s" for t, r in rates.items())
+            + ".",
+        ]
     lines += [
         "",
         "<details><summary>Every load</summary>",

@@ -200,22 +200,17 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
     first = await _peek(instances)
     boundary = new_boundary()
 
-    written = {"parts": 0}
-
     def render(item: object) -> list[bytes]:
-        # Each part's trailing CRLF goes out with the next part's header (two writes per
-        # instance, not three: the socket write is the largest cost of a cached retrieval).
+        # Each part is complete on the wire (header, body, CRLF) before the next is rendered.
         assert isinstance(item, WireInstance)
         header = part_header(
             f"{DICOM}; transfer-syntax={item.transfer_syntax}",
             content_location=instance_url(base, ref.study_uid, item.series_uid,
                                           item.sop_instance_uid),
             content_length=len(item.data), boundary=boundary)
-        lead = part_trailer() + header if written["parts"] else header
-        written["parts"] += 1
-        return [lead, item.data]
+        return [header, item.data, part_trailer()]
 
-    return _stream(first, instances, render, part_trailer() + closing_delimiter(boundary),
+    return _stream(first, instances, render, closing_delimiter(boundary),
                    multipart_content_type(DICOM, boundary), f"retrieval of {ref}", headers)
 
 
