@@ -74,6 +74,7 @@ def retrieve_failure(
     return UpstreamError(text, dimse_status=status)
 
 
-def nothing_found(what: str) -> NotFound:
-    """The error for a retrieval that matched nothing (0000 with zero sub-operations)."""
-    return NotFound(f"{what} not found on the PACS")
+def nothing_found(what: str, dimse_status: int | None = None) -> NotFound:
+    """The error for a resource the PACS does not have (no C-FIND match, or a retrieval that
+    ended 0000 with zero sub-operations)."""
+    return NotFound(f"{what} not found on the PACS", dimse_status=dimse_status)

@@ -27,6 +27,7 @@ from app.dicomweb.render import (
 )
 from app.dicomweb.search import parse_search
 from app.dimse.received import ReceivedInstance
+from app.dimse.status import nothing_found
 from app.errors import BadRequest, NotAcceptable, NotFound
 from app.services.query import QueryService
 from app.services.retrieve import describe
@@ -165,7 +166,7 @@ class RenderService:
             return await self._series_thumbnail(ref, params, base_url)
         series = await self._search(QueryLevel.SERIES, base_url, ref.study_uid)
         if not series:
-            raise NotFound(f"{describe(ref)} not found on the PACS")
+            raise nothing_found(describe(ref))
         candidates = sorted(
             (s for s in series if str(s.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES),
             key=lambda s: (_number(s, "SeriesNumber"), str(s.get("SeriesInstanceUID"))))
@@ -182,7 +183,7 @@ class RenderService:
                                 base_url: str) -> RenderedImage:
         found = await self._search(QueryLevel.IMAGE, base_url, ref.study_uid, ref.series_uid)
         if not found:
-            raise NotFound(f"{describe(ref)} not found on the PACS")
+            raise nothing_found(describe(ref))
         images = [ds for ds in found if ds.get("Rows") not in (None, "", 0)] or found
         for ds in middle_first(images, "InstanceNumber")[:THUMBNAIL_ATTEMPTS]:
             instance = InstanceRef(ref.study_uid, ref.series_uid, str(ds.SOPInstanceUID))

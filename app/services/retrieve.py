@@ -27,8 +27,8 @@ from app.dicomweb.transfer_syntax import (
 )
 from app.dimse.client import PeerClient
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.status import Category, category, retrieve_failure
-from app.errors import GatewayError, NotFound, UpstreamError
+from app.dimse.status import Category, category, nothing_found, retrieve_failure
+from app.errors import GatewayError, UpstreamError
 from app.metrics import Metrics
 from app.services.move_relay import MoveRelay
 from app.settings import PacsPeer
@@ -201,7 +201,7 @@ class RetrieveService:
             count_tag = STUDY_INSTANCES
         answers = [ds async for ds in self._find(ident)]
         if not answers:
-            raise NotFound(f"{describe(ref)} not found on the PACS")
+            raise nothing_found(describe(ref))
         ds = answers[0]
         count = _int_value(ds, count_tag)
         if not count:
@@ -234,7 +234,7 @@ class RetrieveService:
         if summary is None:
             items = await self.inventory(ref)
             if not items:
-                raise NotFound(f"{describe(ref)} not found on the PACS")
+                raise nothing_found(describe(ref))
             if series_of is not None:
                 series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
         expected = summary.count if summary is not None else len(items or [])
@@ -316,8 +316,7 @@ class RetrieveService:
                     "sent, but none reached the gateway (is the gateway's AE title mapped to "
                     "this host and port on the PACS?)", dimse_status=outcome.status)
             if cat is Category.SUCCESS and outcome.completed == 0 and outcome.failed == 0:
-                raise NotFound(f"{describe(ref)} not found on the PACS",
-                               dimse_status=outcome.status)
+                raise nothing_found(describe(ref), outcome.status)
             raise retrieve_failure(outcome.status, operation)
         if cat is Category.FAILURE:
             # PS3.4 C.4.2.2.1: Failure means no sub-operation succeeded, yet some arrived. Do

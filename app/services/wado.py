@@ -37,6 +37,7 @@ from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NOT_ON_THE_WIRE, is_lossy
 from app.dicomweb.urls import instance_url
 from app.dimse.received import ReceivedInstance
+from app.dimse.status import nothing_found
 from app.errors import (
     BadRequest,
     GatewayError,
@@ -162,7 +163,7 @@ class WadoService:
             return
         series_list = await self._retrieval.series_uids(ref.study_uid)
         if not series_list:
-            raise NotFound(f"{describe(ref)} not found on the PACS")
+            raise nothing_found(describe(ref))
         for series_uid in series_list:
             async for item in self._cached_series(SeriesRef(ref.study_uid, series_uid)):
                 yield series_uid, item
@@ -205,7 +206,7 @@ class WadoService:
                         sent.add(sop)
                         yield await self._instance_after_fill(ref, sop)
                 if not sent:
-                    raise NotFound(f"{describe(ref)} not found on the PACS")
+                    raise nothing_found(describe(ref))
 
     async def warm(self, ref: SeriesRef) -> None:
         """Fill the cache with a series (prefetch) without reading it back."""
