@@ -90,7 +90,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
                     print(f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port} FAILED: "
                           f"{exc.message}")
         finally:
-            clients.close()
+            await clients.aclose()
         return 1 if failures else 0
 
     return asyncio.run(run())

@@ -63,6 +63,7 @@ class PacsPeer(BaseModel):
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
+    association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0
 
 
 class Settings(BaseSettings):
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     storage_scp_enabled: bool | None = None
     storage_scp_reuse_port: bool = True
     pacs: list[PacsPeer] = Field(default_factory=list)
+    dimse_engine: Literal["asyncio", "pynetdicom"] = "asyncio"
+    dimse_tcp_quickack: bool = True
+    dimse_max_pdu_receive: Annotated[int, Field(ge=0)] = 4 * 1024 * 1024
     default_pacs: str | None = None
     public_base_url: str | None = None
     trust_forwarded_headers: bool = True

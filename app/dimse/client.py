@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from app.dimse.association import make_ae
 from app.dimse.bridge import ThreadStream
 from app.dimse.echo import c_echo
+from app.dimse.engine.client import AsyncPeerClient
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
@@ -118,12 +119,17 @@ def quiet_pynetdicom(debug: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
+Client = PeerClient | AsyncPeerClient
+
+
 class DimseClients:
-    """Every configured peer's client; created in the app's lifespan and closed with it."""
+    """Every configured peer's client, of the configured engine (``dimse_engine``); created in
+    the app's lifespan and closed with it."""
 
     def __init__(self, settings: Settings, on_unrouted: Unrouted | None = None) -> None:
         quiet_pynetdicom(settings.log_level == "DEBUG")
-        # Each operation holds one thread for its whole life: size the pool to the slots.
+        # pynetdicom engine: each operation holds one thread for its whole life, so the pool
+        # is sized to the slots; the asyncio engine needs none (the storage SCP has its own).
         workers = sum(p.max_associations for p in settings.pacs) + 4
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimse")
         self._settings = settings
@@ -135,19 +141,33 @@ class DimseClients:
                                           reuse_port=settings.storage_scp_reuse_port,
                                           on_unrouted=on_unrouted)
             self.storage_scp.start()
-        self._clients = {
-            p.name: PeerClient(settings.ae_title, p, self._executor, self.router)
-            for p in settings.pacs
+        self.engine = settings.dimse_engine
+        self._clients: dict[str, Client] = {
+            p.name: self._client(settings, p) for p in settings.pacs
         }
+
+    def _client(self, settings: Settings, peer: PacsPeer) -> Client:
+        if settings.dimse_engine == "asyncio":
+            return AsyncPeerClient(settings.ae_title, peer, router=self.router,
+                                   max_receive=settings.dimse_max_pdu_receive,
+                                   use_quickack=settings.dimse_tcp_quickack)
+        return PeerClient(settings.ae_title, peer, self._executor, self.router)
 
     @property
     def local_ae_title(self) -> str:
         """The gateway's AE title (Move Originator of its C-MOVEs)."""
         return self._settings.ae_title
 
-    def get(self, name: str | None = None) -> PeerClient:
+    def get(self, name: str | None = None) -> Client:
         """The named peer's client, or the default peer's; LookupError if unknown."""
         return self._clients[self._settings.peer(name).name]
+
+    async def aclose(self) -> None:
+        """Release pooled associations, then stop the storage SCP and the worker pool."""
+        for client in self._clients.values():
+            if isinstance(client, AsyncPeerClient):
+                await client.close()
+        self.close()
 
     def close(self) -> None:
         """Stop the storage SCP and the worker pool (stragglers' associations abort)."""

@@ -35,7 +35,7 @@ from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
 from app.dicomweb.urls import instance_url, series_url, study_url
-from app.dimse.client import PeerClient
+from app.dimse.client import Client
 from app.dimse.find import FindOutcome
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ def _has_value(ds: Dataset, tag: int) -> bool:
 
 
 class QueryService:
-    """Runs searches against one PACS through its PeerClient."""
+    """Runs searches against one PACS through its DIMSE client."""
 
-    def __init__(self, client: PeerClient, cache: GatewayCache | None = None) -> None:
+    def __init__(self, client: Client, cache: GatewayCache | None = None) -> None:
         self._client = client
         self._peer = client.peer
         self._cache = cache

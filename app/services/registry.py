@@ -123,4 +123,4 @@ class Services:
             await self.flights.close()
         if self.backend is not None:
             await self.backend.close()
-        self._dimse.close()
+        await self._dimse.aclose()

@@ -25,7 +25,7 @@ from app.dicomweb.transfer_syntax import (
     compressed_first,
     plan_storage_contexts,
 )
-from app.dimse.client import PeerClient
+from app.dimse.client import Client
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import Category, category, nothing_found, retrieve_failure
 from app.errors import GatewayError, UpstreamError
@@ -118,7 +118,7 @@ def describe(ref: Ref) -> str:
 class RetrieveService:
     """Retrieves studies, series and instances from one PACS."""
 
-    def __init__(self, client: PeerClient, metrics: Metrics,
+    def __init__(self, client: Client, metrics: Metrics,
                  relay: MoveRelay | None = None, local_ae_title: str = "") -> None:
         self._client = client
         self._peer = client.peer

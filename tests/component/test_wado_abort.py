@@ -178,7 +178,10 @@ def test_disconnects_mid_stream_leak_nothing(
     pacs = ObservedPacs(warm_up + series, ae_title="ABORT_PACS", suboperation_delay=0.02)
     pacs.start("127.0.0.1", 0)
     try:
-        with start_gateway(pacs, method, cache, max_associations=max_associations) as gateway, \
+        # A short pool idle time: associations kept for reuse must also end, so that "none
+        # left open" below checks for leaks under either DIMSE engine.
+        with start_gateway(pacs, method, cache, max_associations=max_associations,
+                           association_idle_timeout=0.5) as gateway, \
                 gateway.client() as client:
             recorded_logs.attach()
             # Warm up (worker pools, imports) on the other series, then take the baseline.

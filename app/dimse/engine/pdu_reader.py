@@ -1,0 +1,237 @@
+"""Length-checked PDU framing and PDV reassembly on an asyncio BufferedProtocol.
+
+Bytes are received straight into one growing buffer; each P-DATA-TF's PDVs are cut out (one copy
+per fragment) and joined once per command set or data set. No length is trusted: a PDU larger
+than the limit for its type, an unknown PDU type or a malformed PDV list is a ProtocolViolation,
+which the owner answers with an A-ABORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.dimse.engine.commands import CommandSet
+from app.dimse.engine.pdu import (
+    HEADER,
+    HEADER_LENGTH,
+    KNOWN_TYPES,
+    MCH_COMMAND,
+    MCH_LAST,
+    PDV_HEADER,
+    AbortReason,
+    PduType,
+    ProtocolViolation,
+)
+from app.dimse.engine.transport import quickack
+
+MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ/AC/RJ: even 128 contexts stay far below this
+MAX_DATA_SET = 2 << 30  # one data set may be a large multi-frame object, but not unbounded
+_INITIAL_BUFFER = 256 * 1024
+_MIN_FREE = 64 * 1024
+
+
+@dataclass(slots=True)
+class Message:
+    """One complete DIMSE message: its presentation context, command set and data set bytes."""
+
+    context_id: int
+    command: CommandSet
+    data: bytes | None
+
+
+class PduOwner(Protocol):
+    """What the reader reports to (the association's state machine)."""
+
+    def pdu_received(self, pdu_type: PduType, pdu: bytes) -> None:
+        """A control PDU (anything but P-DATA-TF), header included."""
+
+    def message_received(self, message: Message) -> None:
+        """A complete DIMSE message from P-DATA-TF PDUs."""
+
+    def pdata_action(self) -> str:
+        """What P-DATA-TF means in the current state: "deliver", "ignore" or "violate"."""
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer is full."""
+
+    def resume_writing(self) -> None:
+        """The transport's write buffer has drained."""
+
+    def violation(self, error: ProtocolViolation) -> None:
+        """The byte stream is invalid: abort."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        """The TCP connection is up."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The TCP connection is gone."""
+
+
+class PduReader(asyncio.BufferedProtocol):
+    """Frames PDUs from the socket and reassembles DIMSE messages for a PduOwner."""
+
+    def __init__(self, owner: PduOwner, *, max_pdata_length: int, use_quickack: bool) -> None:
+        self._owner = owner
+        self._max_pdata = max_pdata_length if max_pdata_length > 0 else MAX_DATA_SET
+        self._use_quickack = use_quickack
+        self._sock: socket.socket | None = None
+        self._buf = bytearray(_INITIAL_BUFFER)
+        self._start = 0
+        self._end = 0
+        self._need = 0
+        self._failed = False
+        # Reassembly of the message in progress.
+        self._context_id: int | None = None
+        self._command_parts: list[bytes | bytearray] = []
+        self._command: CommandSet | None = None
+        self._data_parts: list[bytes | bytearray] = []
+        self._data_size = 0
+
+    # asyncio protocol interface -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the socket for QUICKACK and hand the transport to the owner."""
+        sock = transport.get_extra_info("socket")
+        self._sock = sock if isinstance(sock, socket.socket) else None
+        self._owner.connection_made(transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Report the end of the connection."""
+        self._owner.connection_lost(exc)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Free space at the end of the buffer; QUICKACK is set again before each read."""
+        if self._use_quickack and self._sock is not None:
+            quickack(self._sock)
+        free = len(self._buf) - self._end
+        wanted = max(_MIN_FREE, self._need - (self._end - self._start))
+        if free < wanted:
+            pending = self._end - self._start
+            size = len(self._buf)
+            while size - pending < wanted:
+                size *= 2
+            fresh = bytearray(size)  # a new buffer: the old one may still be exported
+            fresh[:pending] = self._buf[self._start:self._end]
+            self._buf, self._start, self._end = fresh, 0, pending
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Parse every complete PDU now in the buffer."""
+        self._end += nbytes
+        if self._failed:
+            self._start = self._end = 0
+            return
+        try:
+            self._parse()
+        except ProtocolViolation as exc:
+            self._failed = True
+            self._owner.violation(exc)
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def pause_writing(self) -> None:
+        """Pass write flow control on to the owner."""
+        self._owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Pass write flow control on to the owner."""
+        self._owner.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its side: let the transport close."""
+        return None
+
+    # framing ---------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        buf = self._buf
+        while self._end - self._start >= HEADER_LENGTH:
+            pdu_type, length = HEADER.unpack_from(buf, self._start)
+            if pdu_type not in KNOWN_TYPES:
+                raise ProtocolViolation(f"unrecognised PDU type 0x{pdu_type:02X}",
+                                        AbortReason.UNRECOGNIZED_PDU)
+            limit = self._limit(pdu_type)
+            if length > limit:
+                raise ProtocolViolation(
+                    f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}",
+                    AbortReason.INVALID_PDU_PARAMETER_VALUE)
+            total = HEADER_LENGTH + length
+            if self._end - self._start < total:
+                self._need = total
+                return
+            self._need = 0
+            start = self._start
+            self._start += total
+            if pdu_type == PduType.P_DATA_TF:
+                action = self._owner.pdata_action()
+                if action == "violate":
+                    raise ProtocolViolation("P-DATA-TF outside an established association",
+                                            AbortReason.UNEXPECTED_PDU)
+                if action == "deliver":
+                    self._pdvs(start + HEADER_LENGTH, start + total)
+            else:
+                self._owner.pdu_received(PduType(pdu_type), bytes(buf[start:start + total]))
+            if self._failed:
+                return
+
+    def _limit(self, pdu_type: int) -> int:
+        if pdu_type == PduType.P_DATA_TF:
+            return self._max_pdata
+        if pdu_type in (PduType.RELEASE_RQ, PduType.RELEASE_RP, PduType.ABORT):
+            return 4
+        return MAX_CONTROL_PDU
+
+    def _pdvs(self, offset: int, end: int) -> None:
+        buf = self._buf
+        if end - offset < PDV_HEADER.size:
+            raise ProtocolViolation("P-DATA-TF without a presentation data value")
+        while offset < end:
+            if end - offset < PDV_HEADER.size:
+                raise ProtocolViolation("truncated PDV item header")
+            item_length, context_id, mch = PDV_HEADER.unpack_from(buf, offset)
+            if item_length < 2 or item_length > end - offset - 4:
+                raise ProtocolViolation(f"PDV item length {item_length} does not fit its PDU")
+            fragment = buf[offset + 6:offset + 4 + item_length]
+            offset += 4 + item_length
+            self._fragment(context_id, mch, fragment)
+
+    def _fragment(self, context_id: int, mch: int, fragment: bytearray) -> None:
+        if self._context_id is None:
+            self._context_id = context_id
+        elif context_id != self._context_id:
+            raise ProtocolViolation("PDVs of one message on different presentation contexts")
+        if mch & MCH_COMMAND:
+            if self._command is not None:
+                raise ProtocolViolation("a command fragment where a data set was expected",
+                                        AbortReason.UNEXPECTED_PDU_PARAMETER)
+            self._command_parts.append(fragment)
+            if mch & MCH_LAST:
+                raw = b"".join(self._command_parts)
+                self._command_parts = []
+                command = CommandSet.decode(raw)
+                if command.has_data_set:
+                    self._command = command
+                else:
+                    self._deliver(command, None)
+            return
+        if self._command is None:
+            raise ProtocolViolation("a data set fragment before its command set",
+                                    AbortReason.UNEXPECTED_PDU_PARAMETER)
+        self._data_size += len(fragment)
+        if self._data_size > MAX_DATA_SET:
+            raise ProtocolViolation(f"a data set larger than {MAX_DATA_SET} bytes")
+        self._data_parts.append(fragment)
+        if mch & MCH_LAST:
+            data = self._data_parts[0] if len(self._data_parts) == 1 else b"".join(
+                self._data_parts)
+            command, self._command = self._command, None
+            self._data_parts = []
+            self._data_size = 0
+            self._deliver(command, bytes(data) if isinstance(data, bytearray) else data)
+
+    def _deliver(self, command: CommandSet, data: bytes | None) -> None:
+        context_id = self._context_id
+        self._context_id = None
+        assert context_id is not None
+        self._owner.message_received(Message(context_id, command, data))
