@@ -35,10 +35,12 @@ OPEN_TCP_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT (/proc/net/tcp, includ
 @pytest.fixture(params=["get", "move"])
 def gateway(request: pytest.FixtureRequest, pacs: PacsEndpoint,
             gateway_storage_port: int) -> Iterator[GatewayServer]:
-    """A gateway without a cache (every request reaches the PACS) and two association slots."""
+    """A gateway without a cache (every request reaches the PACS) and two association slots;
+    pooled associations end after 0.5 s idle, so "no connection left" checks for leaks."""
     method = request.param
     peer = peer_settings(pacs.kind, pacs.ae_title, pacs.host, pacs.port, retrieve_method=method,
-                         max_associations=2, dimse_timeout=15, overall_timeout=30)
+                         max_associations=2, dimse_timeout=15, overall_timeout=30,
+                         association_idle_timeout=0.5)
     settings = gateway_settings(peer, ae_title=GATEWAY_AE, storage_scp_enabled=method == "move",
                                 storage_scp_host="127.0.0.1", storage_scp_port=gateway_storage_port,
                                 cache_backend="none")
