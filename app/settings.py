@@ -78,6 +78,20 @@ class PacsPeer(BaseModel):
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
+    move_source_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("move_source_hosts")
+    @classmethod
+    def _source_hosts(cls, values: list[str]) -> list[str]:
+        """Host names or addresses (or ``*``) the PACS may deliver C-MOVE instances from."""
+        out = []
+        for value in values:
+            host = value.strip()
+            if host != "*" and not re.match(r"^(\[?[0-9A-Fa-f:.%a-zA-Z]+\]?|[A-Za-z0-9._-]+)$",
+                                            host):
+                raise ValueError(f"{value!r} is not a host name, an address or *")
+            out.append(host)
+        return out
 
 
 class Settings(BaseSettings):
