@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 
 from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
+from app.api.baseurl import TrustedHostMiddleware
 from app.api.problems import install_error_handlers
 from app.cache.factory import build_backend
 from app.dimse.client import DimseClients
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
+    # Outermost: a request naming a malformed or unlisted host is answered 400 before anything.
+    app.add_middleware(TrustedHostMiddleware, settings=settings)
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())

@@ -39,6 +39,21 @@ def _check_ae_title(value: str) -> str:
 
 
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+# allowed_hosts entries: "*", or a host (a "*." prefix allowed) with an optional port.
+_HOST_PATTERN_RE = re.compile(
+    r"^(\*|(\*\.)?[a-z0-9._~-]+(:[0-9]{1,5})?|\[[0-9a-f:.]+\](:[0-9]{1,5})?)$")
+
+
+def _check_host_patterns(values: list[str]) -> list[str]:
+    """allowed_hosts entries, lower-cased; each ``*``, ``host[:port]`` or ``*.domain[:port]``."""
+    out = []
+    for value in values:
+        pattern = value.strip().lower()
+        if not _HOST_PATTERN_RE.match(pattern):
+            raise ValueError(f"{value!r} is not a host[:port], *.domain[:port] or *")
+        out.append(pattern)
+    return out
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -64,6 +79,20 @@ class PacsPeer(BaseModel):
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
     association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0
+    move_source_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("move_source_hosts")
+    @classmethod
+    def _source_hosts(cls, values: list[str]) -> list[str]:
+        """Host names or addresses (or ``*``) the PACS may deliver C-MOVE instances from."""
+        out = []
+        for value in values:
+            host = value.strip()
+            if host != "*" and not re.match(r"^(\[?[0-9A-Fa-f:.%a-zA-Z]+\]?|[A-Za-z0-9._-]+)$",
+                                            host):
+                raise ValueError(f"{value!r} is not a host name, an address or *")
+            out.append(host)
+        return out
 
 
 class Settings(BaseSettings):
@@ -88,6 +117,8 @@ class Settings(BaseSettings):
     default_pacs: str | None = None
     public_base_url: str | None = None
     trust_forwarded_headers: bool = True
+    allowed_hosts: Annotated[list[str], AfterValidator(_check_host_patterns)] = Field(
+        default_factory=list)
     dicomweb_prefix: str = "/dicomweb"
     qido_default_limit: Annotated[int, Field(ge=1)] = 1000
     qido_max_limit: Annotated[int, Field(ge=1)] = 10_000

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from app.api.baseurl import origin_of
+from app.api.baseurl import request_origin
 from app.api.state import ServicesDep
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.dicomjson import dataset_to_json, encode_json
@@ -53,8 +53,7 @@ SEARCH_RESPONSES: dict[int | str, dict[str, object]] = {
 def service_base_url(request: Request, services: Services) -> str:
     """The DICOMweb service root for this request's PACS, as the client sees it."""
     settings = services.settings
-    origin = origin_of(request, public_base_url=settings.public_base_url,
-                       trust_forwarded=settings.trust_forwarded_headers)
+    origin = request_origin(request, settings)
     pacs = request.path_params.get("pacs")
     if pacs:
         return f"{origin}/pacs/{pacs}{settings.dicomweb_prefix}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app.api.baseurl import origin_of
+from app.api.baseurl import request_origin
 from app.api.conditional import IMMUTABLE, caching_headers, etag_for, not_modified
 from app.api.qido import peer_name
 from app.api.state import ServicesDep
@@ -167,9 +167,7 @@ def _render_params(request: Request, media_type: str) -> RenderParams:
 
 
 def _location(request: Request, services: Services) -> str:
-    settings = services.settings
-    origin = origin_of(request, public_base_url=settings.public_base_url,
-                       trust_forwarded=settings.trust_forwarded_headers)
+    origin = request_origin(request, services.settings)
     query = request.url.query
     return f"{origin}{request.url.path}" + (f"?{query}" if query else "")
 

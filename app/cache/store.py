@@ -1,10 +1,11 @@
 """What the gateway caches, and how it is keyed and encoded, on any CacheBackend.
 
 - complete instances as received (Part-10 bytes with their transfer syntax);
-- per-instance metadata (DICOM JSON with a base-URL placeholder, so any public URL can be
-  substituted when it is served);
+- per-instance metadata (DICOM JSON whose BulkDataURIs were minted under a random token that
+  stands for the base URL, stored with that token; each reader puts its own, validated, base
+  URL in its place, JSON-escaped: the text is never searched for a client's URL);
 - a per-series index (which instances exist, whether the series is complete);
-- QIDO-RS results, for a short TTL.
+- QIDO-RS results without RetrieveURL (built per request from the UIDs), for a short TTL.
 
 Keys of one series share the Redis Cluster hash tag ``{series UID}``. A series is served from the
 cache only when its index says complete AND every instance is still present: an evicted instance
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.cache.backend import CacheBackend
+from app.dicomweb.urls import fill_base_url
 
-BASE_PLACEHOLDER = "urn:dwg:base-url"
 _INSTANCE_MAGIC = b"DWGI"
+_METADATA_MAGIC = b"DWGM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ class Keys:
         return f"{self._p}*{{{series}}}*"
 
     def query(self, digest: str) -> str:
-        return f"{self._p}q:{digest}"
+        return f"{self._p}q2:{digest}"  # q2: results without RetrieveURL
 
     def all_pattern(self) -> str:
         return f"{self._p}*"
@@ -132,23 +134,24 @@ class GatewayCache:
 
     # metadata ------------------------------------------------------------------------------
 
-    async def put_metadata(self, series: str, sop: str, obj: dict[str, Any],
-                           base_url: str) -> None:
-        text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    async def put_metadata(self, series: str, sop: str, raw: bytes, token: str) -> None:
+        """Store an instance's DICOM JSON whose URLs were minted under the base ``token``."""
+        head = token.encode()
         await self.backend.set(self.keys.metadata(series, sop),
-                               text.replace(base_url, BASE_PLACEHOLDER).encode(), self._ttl)
-
-    async def put_metadata_raw(self, series: str, sop: str, raw: bytes, base_url: str) -> None:
-        """Store an instance's encoded DICOM JSON, its base URL replaced by a placeholder."""
-        await self.backend.set(self.keys.metadata(series, sop),
-                               raw.replace(base_url.encode(), BASE_PLACEHOLDER.encode()),
-                               self._ttl)
+                               _METADATA_MAGIC + bytes([len(head)]) + head + raw, self._ttl)
 
     async def get_metadata(self, series: str, sops: list[str],
                            base_url: str) -> list[bytes | None]:
-        raw = await self.backend.get_many([self.keys.metadata(series, s) for s in sops])
-        placeholder, real = BASE_PLACEHOLDER.encode(), base_url.encode()
-        return [r.replace(placeholder, real) if r is not None else None for r in raw]
+        """Each instance's DICOM JSON with ``base_url`` in its URLs (None where not cached)."""
+        out: list[bytes | None] = []
+        for blob in await self.backend.get_many([self.keys.metadata(series, s) for s in sops]):
+            if blob is None or not blob.startswith(_METADATA_MAGIC):
+                out.append(None)  # absent, or written by an older version: a miss
+                continue
+            at = len(_METADATA_MAGIC)
+            token = blob[at + 1:at + 1 + blob[at]].decode()
+            out.append(fill_base_url(blob[at + 1 + blob[at]:], token, base_url))
+        return out
 
     # series index --------------------------------------------------------------------------
 
@@ -176,20 +179,20 @@ class GatewayCache:
     def query_digest(parts: Iterable[str]) -> str:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
-    async def put_query(self, digest: str, payload: dict[str, Any], base_url: str) -> None:
+    async def put_query(self, digest: str, payload: dict[str, Any]) -> None:
+        """Store a search's results (no RetrieveURL in them: it depends on the client)."""
         if self._query_ttl <= 0:
             return
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        await self.backend.set(self.keys.query(digest),
-                               text.replace(base_url, BASE_PLACEHOLDER).encode(), self._query_ttl)
+        await self.backend.set(self.keys.query(digest), text.encode(), self._query_ttl)
 
-    async def get_query(self, digest: str, base_url: str) -> dict[str, Any] | None:
+    async def get_query(self, digest: str) -> dict[str, Any] | None:
         if self._query_ttl <= 0:
             return None
         raw = await self.backend.get(self.keys.query(digest))
         if raw is None:
             return None
-        result: dict[str, Any] = json.loads(raw.decode().replace(BASE_PLACEHOLDER, base_url))
+        result: dict[str, Any] = json.loads(raw)
         return result
 
     # management ----------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from app.dimse.engine.client import AsyncPeerClient
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
+from app.dimse.move_admission import MoveAdmission, MoveRouter, move_sources
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.storescp import MoveRouter, StorageSCP, Unrouted
+from app.dimse.storescp import StorageSCP, Unrouted
 from app.errors import GatewayError, UpstreamTimeout
 from app.settings import PacsPeer, Settings
 
@@ -138,6 +139,7 @@ class DimseClients:
         if settings.storage_scp_wanted:
             self.storage_scp = StorageSCP(settings.ae_title, self.router,
                                           settings.storage_scp_host, settings.storage_scp_port,
+                                          admission=MoveAdmission(move_sources(settings.pacs)),
                                           reuse_port=settings.storage_scp_reuse_port,
                                           on_unrouted=on_unrouted)
             self.storage_scp.start()

@@ -1,6 +1,6 @@
 """C-MOVE (PS3.4 C.4.2) as a producer for the thread bridge: the PACS opens its own association
 to the gateway's Storage SCP, whose handler threads hand instances to this retrieval through the
-MoveRouter (keyed by this C-MOVE's unique Message ID)."""
+MoveRouter (keyed by this C-MOVE's unique Message ID; only what this PACS sends is accepted)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from app.dimse.association import (
     open_association,
 )
 from app.dimse.bridge import Emitter
+from app.dimse.move_admission import MoveRouter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.retrieve import read_to_final
-from app.dimse.storescp import MoveRouter
 from app.errors import UpstreamNotSupported
 from app.settings import PacsPeer
 
@@ -41,7 +41,7 @@ def c_move_producer(
 
     def run(emitter: Emitter[ReceivedInstance]) -> RetrieveOutcome:
         msg_id = message_id if message_id is not None else next_message_id()
-        sink = router.register(ae.ae_title, msg_id, emitter, expected_uids)
+        sink = router.register(ae.ae_title, msg_id, emitter, expected_uids, peer.name)
         try:
             assoc = open_association(ae, peer, [build_context(MOVE_MODEL)])
             emitter.on_abort(lambda: abort_and_wake(assoc))

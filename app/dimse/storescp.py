@@ -1,117 +1,42 @@
-"""The gateway's own Storage SCP, where a PACS sends C-MOVE sub-operations, and the router that
-hands each incoming instance to the retrieval that caused it.
+"""The gateway's own Storage SCP, where a PACS sends C-MOVE sub-operations, on pynetdicom.
 
-Routing is by Move Originator AE Title and Message ID (PS3.7 9.1.1.1, both optional) and, for a
-PACS that omits them, by the SOP Instance UIDs the retrieval expects (from its preceding C-FIND).
+Who is admitted and which instances are accepted is decided by ``app.dimse.move_admission``
+(shared with any other Storage SCP engine): associations from anything but a configured C-MOVE
+PACS at one of its addresses are rejected in EVT_REQUESTED with an A-ASSOCIATE-RJ (rejected
+permanent, service user, calling AE title not recognised: PS3.8 9.3.4), before any negotiation;
+pynetdicom's own ``require_calling_aet`` holds the same AE titles as a second line. Each C-STORE
+is then routed to the retrieval that caused it (``MoveRouter.admit_store``) or refused.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from app.dicomweb.transfer_syntax import ALL_KNOWN, storage_scp_preference
 from app.dimse.association import set_nodelay
-from app.dimse.bridge import Cancelled, Emitter
+from app.dimse.move_admission import (
+    NOT_EXPECTED,
+    SUCCESS,
+    Admission,
+    MoveAdmission,
+    MoveRouter,
+    MoveSink,
+    log_refusal,
+)
 from app.dimse.received import ReceivedInstance, instance_from_event
 
 log = logging.getLogger(__name__)
-OUT_OF_RESOURCES = 0xA700
-NO_SUCH_RETRIEVAL = 0xC000  # "cannot understand": no retrieval asked for this instance
+REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 
-
-@dataclass(eq=False)
-class MoveSink:
-    """Where one C-MOVE's sub-operations go; counts deliveries and those still being handed on."""
-
-    originator_ae: str
-    message_id: int
-    emitter: Emitter[ReceivedInstance]
-    expected_uids: frozenset[str] = frozenset()
-    received: int = 0
-    _in_flight: int = 0
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def deliver(self, instance: ReceivedInstance) -> int:
-        """Hand an instance on (blocking while the consumer is behind); the C-STORE status."""
-        with self._cond:
-            self._in_flight += 1
-        try:
-            self.emitter.emit(instance)
-            with self._cond:
-                self.received += 1
-            return 0x0000
-        except Cancelled:
-            return OUT_OF_RESOURCES
-        finally:
-            with self._cond:
-                self._in_flight -= 1
-                self._cond.notify_all()
-
-    def wait_settled(self, expected: int, timeout: float) -> int:
-        """Wait until ``expected`` instances were handed on and none is in flight, or timeout.
-
-        The PACS answers the C-MOVE only after its sub-operations are acknowledged, but our store
-        handlers may still be handing the last ones to a slow consumer; returns the count."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._in_flight or self.received < expected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.emitter.cancelled:
-                    break
-                self._cond.wait(min(remaining, 0.1))
-            return self.received
-
-
-class MoveRouter:
-    """Registry of C-MOVEs in progress in this process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_key: dict[tuple[str, int], MoveSink] = {}
-
-    def sink(self, originator_ae: str, message_id: int) -> MoveSink | None:
-        """The sink of a C-MOVE in progress here, if any (for instances relayed from peers)."""
-        with self._lock:
-            return self._by_key.get((originator_ae.strip(), message_id))
-
-    def register(self, originator_ae: str, message_id: int, emitter: Emitter[ReceivedInstance],
-                 expected_uids: frozenset[str] = frozenset()) -> MoveSink:
-        """Start routing sub-operations of (originator_ae, message_id) to ``emitter``."""
-        sink = MoveSink(originator_ae.strip(), message_id, emitter, expected_uids)
-        with self._lock:
-            self._by_key[(sink.originator_ae, message_id)] = sink
-        return sink
-
-    def unregister(self, sink: MoveSink) -> None:
-        """Stop routing to ``sink``."""
-        with self._lock:
-            if self._by_key.get((sink.originator_ae, sink.message_id)) is sink:
-                del self._by_key[(sink.originator_ae, sink.message_id)]
-
-    def route(self, originator_ae: str | None, message_id: int | None,
-              sop_instance_uid: str) -> MoveSink | None:
-        """The sink an incoming instance belongs to, or None."""
-        with self._lock:
-            if originator_ae and message_id is not None:
-                sink = self._by_key.get((originator_ae.strip(), int(message_id)))
-                if sink is not None:
-                    return sink
-            for sink in self._by_key.values():
-                if sop_instance_uid in sink.expected_uids:
-                    return sink
-        return None
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._by_key)
+__all__ = ["MoveRouter", "MoveSink", "ReusePortServer", "StorageSCP", "Unrouted"]
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -126,16 +51,21 @@ class ReusePortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
-Unrouted = Callable[[ReceivedInstance, str | None, int | None], int]
+#: Called with an admitted instance no local C-MOVE wants: (instance, Move Originator AE Title,
+#: Move Originator Message ID, admitted PACS names, calling AE title, address) -> C-STORE status.
+Unrouted = Callable[[ReceivedInstance, str | None, int | None, frozenset[str], str, str], int]
 
 
 class StorageSCP:
-    """A listening Storage SCP (and Verification SCP) that feeds a MoveRouter; instances no
-    local retrieval is waiting for go to ``on_unrouted`` (e.g. relayed to another worker)."""
+    """A listening Storage SCP (and Verification SCP) that feeds a MoveRouter; admitted
+    instances no local retrieval is waiting for go to ``on_unrouted`` (e.g. relayed to another
+    worker)."""
 
     def __init__(self, ae_title: str, router: MoveRouter, host: str, port: int,
-                 *, reuse_port: bool = True, on_unrouted: Unrouted | None = None) -> None:
+                 *, admission: MoveAdmission, reuse_port: bool = True,
+                 on_unrouted: Unrouted | None = None) -> None:
         self.router = router
+        self.admission = admission
         self._reuse_port = reuse_port
         self.on_unrouted = on_unrouted
         self._host = host
@@ -143,11 +73,16 @@ class StorageSCP:
         self._ae = AE(ae_title=ae_title)
         self._ae.maximum_pdu_size = 0
         self._ae.maximum_associations = 64
+        if admission.ae_titles:  # never empty: an empty list would mean "any calling AE"
+            self._ae.require_calling_aet = admission.ae_titles
         syntaxes = storage_scp_preference(list(ALL_TRANSFER_SYNTAXES) + sorted(ALL_KNOWN))
         for cx in StoragePresentationContexts:
             self._ae.add_supported_context(cx.abstract_syntax, syntaxes)
         self._ae.add_supported_context(Verification)
         self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._admitted: weakref.WeakKeyDictionary[Association, Admission] = (
+            weakref.WeakKeyDictionary())
 
     @property
     def port(self) -> int:
@@ -158,7 +93,8 @@ class StorageSCP:
 
     def start(self) -> None:
         """Listen in background threads."""
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay),
+                    (evt.EVT_REQUESTED, self._on_requested)]
         server_class = ReusePortServer if self._reuse_port else ThreadedAssociationServer
         server = self._ae.make_server((self._host, self._port), evt_handlers=handlers,
                                       server_class=server_class)
@@ -167,7 +103,10 @@ class StorageSCP:
         thread.start()
         self._ae._servers.append(server)  # as AE.start_server does, so shutdown() finds it
         self._server = server  # type: ignore[assignment]
-        log.info("storage SCP %s listening on %s:%d", self._ae.ae_title, self._host, self.port)
+        log.info("storage SCP %s listening on %s:%d; accepting %s", self._ae.ae_title,
+                 self._host, self.port,
+                 ", ".join(f"{s.ae_title} from {'/'.join(s.hosts)}"
+                           for s in self.admission.sources) or "no PACS (none uses C-MOVE)")
 
     def stop(self) -> None:
         """Stop listening and close open associations."""
@@ -175,16 +114,48 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED (before negotiation): reject an association from anything but a
+        configured C-MOVE PACS at one of its addresses."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title or "")
+        address = assoc.requestor.address
+        admission = self.admission.admit_association(calling, address)
+        if admission.admitted:
+            with self._lock:
+                self._admitted[assoc] = admission
+            return
+        log_refusal(calling, address, "", f"association rejected: {admission.reason}")
+        # As pynetdicom rejects by require_calling_aet: A-ASSOCIATE-RJ, then end the reactor.
+        assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        assoc.kill()
+
     def _on_store(self, event: evt.Event) -> int:
         request = event.request
         originator = getattr(request, "MoveOriginatorApplicationEntityTitle", None)
         message_id = getattr(request, "MoveOriginatorMessageID", None)
         uid = str(request.AffectedSOPInstanceUID)
-        sink = self.router.route(originator, message_id, uid)
-        if sink is None and self.on_unrouted is not None:
-            return self.on_unrouted(instance_from_event(event), originator, message_id)
-        if sink is None:
-            log.warning("C-STORE of %s from %s matches no C-MOVE in progress (originator %r/%r)",
-                        uid, event.assoc.requestor.ae_title, originator, message_id)
-            return NO_SUCH_RETRIEVAL
-        return sink.deliver(instance_from_event(event))
+        calling, address = str(event.assoc.requestor.ae_title), event.assoc.requestor.address
+        with self._lock:
+            admission = self._admitted.get(event.assoc)
+        if admission is None:  # cannot happen: EVT_REQUESTED admits or rejects every association
+            log_refusal(calling, address, uid, "association was not admitted")
+            return NOT_EXPECTED
+        decision = self.router.admit_store(admission.peers, originator, message_id, uid)
+        if decision.sink is not None:
+            status = decision.sink.deliver(instance_from_event(event))
+            if status != SUCCESS:
+                log_refusal(calling, address, uid, "the retrieval waiting for it was abandoned")
+            return status
+        if decision.status is not None:
+            log_refusal(calling, address, uid, decision.reason)
+            return decision.status
+        if self.on_unrouted is not None:
+            status = self.on_unrouted(instance_from_event(event), originator, message_id,
+                                      admission.peers, calling, address)
+            if status != SUCCESS:
+                log_refusal(calling, address, uid,
+                            f"{decision.reason}, and it cannot be relayed to another worker")
+            return status
+        log_refusal(calling, address, uid, decision.reason)
+        return NOT_EXPECTED

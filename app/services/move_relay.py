@@ -5,6 +5,11 @@ association may land on a worker that did not ask for the instances. That worker
 such instance under the C-MOVE's (Move Originator AE Title, Message ID); the requesting worker
 relays them into its retrieval. Message IDs are reserved in the shared cache so that they are
 unique among all workers using the same AE title (PS3.7 9.1.1.1).
+
+Only instances from an association the Storage SCP admitted (a configured C-MOVE PACS, see
+``app.dimse.move_admission``) are published, labelled with the PACS names it was admitted as;
+the requesting worker applies the same C-STORE admission (that PACS's C-MOVE, an expected
+instance, no duplicate) before relaying one into its retrieval.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from contextlib import asynccontextmanager
 from app.cache.backend import CacheBackend
 from app.cache.memory import MemoryBackend
 from app.cache.resilient import ResilientBackend
+from app.dimse.move_admission import MoveRouter, log_refusal
 from app.dimse.received import ReceivedInstance
-from app.dimse.storescp import MoveRouter
 
 log = logging.getLogger(__name__)
 CANNOT_UNDERSTAND = 0xC000
@@ -28,14 +33,17 @@ OUT_OF_RESOURCES = 0xA700
 _SEP = b"\x00"
 
 
-def _encode(item: ReceivedInstance) -> bytes:
-    head = f"{item.sop_class_uid}\x00{item.sop_instance_uid}\x00{item.transfer_syntax}\x00"
+def _encode(item: ReceivedInstance, peers: frozenset[str], calling: str, address: str) -> bytes:
+    head = "\x00".join((item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax,
+                        ",".join(sorted(peers)), calling, address, ""))
     return head.encode() + item.data
 
 
-def _decode(blob: bytes) -> ReceivedInstance:
-    cls, sop, ts, data = blob.split(_SEP, 3)
-    return ReceivedInstance(data, cls.decode(), sop.decode(), ts.decode())
+def _decode(blob: bytes) -> tuple[ReceivedInstance, frozenset[str], str, str]:
+    cls, sop, ts, peers, calling, address, data = blob.split(_SEP, 6)
+    return (ReceivedInstance(data, cls.decode(), sop.decode(), ts.decode()),
+            frozenset(p for p in peers.decode().split(",") if p), calling.decode(),
+            address.decode())
 
 
 class MoveRelay:
@@ -67,15 +75,18 @@ class MoveRelay:
 
     # -- the worker that received an instance nobody here asked for ----------------------------
 
-    def forward(self, item: ReceivedInstance, originator: str | None,
-                message_id: int | None) -> int:
-        """Publish an unrouted instance (called in a Storage SCP thread); the C-STORE status."""
-        if not self.shared or self._loop is None or not originator or message_id is None:
-            log.warning("C-STORE of %s matches no C-MOVE in this process and cannot be relayed",
-                        item.sop_instance_uid)
-            return OUT_OF_RESOURCES if self._backend is not None else CANNOT_UNDERSTAND
+    def forward(self, item: ReceivedInstance, originator: str | None, message_id: int | None,
+                peers: frozenset[str], calling: str, address: str) -> int:
+        """Publish an unrouted instance from an association admitted as ``peers`` (called in a
+        Storage SCP thread); the C-STORE status (the Storage SCP logs refusals)."""
+        relaying = self._backend is not None and not isinstance(self._backend, MemoryBackend)
+        if not peers or not relaying or self._loop is None or not originator or message_id is None:
+            return CANNOT_UNDERSTAND  # nobody else can want it
+        if not self.shared:
+            return OUT_OF_RESOURCES  # the shared cache is down now: a transient refusal
         future = asyncio.run_coroutine_threadsafe(
-            self._publish(item, originator, int(message_id)), self._loop)
+            self._publish(_encode(item, peers, calling, address), item.sop_instance_uid,
+                          originator, int(message_id)), self._loop)
         try:
             future.result(timeout=30)
         except Exception:
@@ -83,11 +94,11 @@ class MoveRelay:
             return OUT_OF_RESOURCES
         return 0x0000
 
-    async def _publish(self, item: ReceivedInstance, originator: str, message_id: int) -> None:
+    async def _publish(self, blob: bytes, sop: str, originator: str, message_id: int) -> None:
         assert self._backend is not None
         key = self._key(originator, message_id)
-        await self._backend.set(f"{key}:{item.sop_instance_uid}", _encode(item), self._ttl)
-        await self._backend.append_event(key, item.sop_instance_uid, self._ttl)
+        await self._backend.set(f"{key}:{sop}", blob, self._ttl)
+        await self._backend.append_event(key, sop, self._ttl)
 
     # -- the worker whose C-MOVE it is ---------------------------------------------------------
 
@@ -114,11 +125,17 @@ class MoveRelay:
             for sop in events:
                 position += 1
                 blob = await self._backend.get(f"{key}:{sop}")
-                sink = self._router.sink(originator, message_id)
-                if blob is None or sink is None:
+                if blob is None:
                     continue
-                await asyncio.to_thread(sink.deliver, _decode(blob))
                 await self._backend.delete(f"{key}:{sop}")
+                item, peers, calling, address = _decode(blob)
+                decision = self._router.admit_store(peers, originator, message_id,
+                                                    item.sop_instance_uid)
+                if decision.sink is None:
+                    log_refusal(calling, address, item.sop_instance_uid,
+                                f"relayed by another worker: {decision.reason}")
+                    continue
+                await asyncio.to_thread(decision.sink.deliver, item)
 
     @asynccontextmanager
     async def running(self, originator: str, message_id: int | None) -> AsyncIterator[None]:

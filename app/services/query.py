@@ -91,26 +91,33 @@ class QueryService:
     # -- public -----------------------------------------------------------------------------
 
     async def search(self, query: SearchQuery, base_url: str) -> SearchResult:
-        """Answer ``query``; results carry RetrieveURL under ``base_url``."""
+        """Answer ``query``; results carry RetrieveURL under ``base_url``.
+
+        The cache holds results without RetrieveURL: each answer, cached or not, gets it built
+        from its own UIDs and this request's (validated) base URL, so a cached answer is the
+        same for every client except for that base URL."""
         digest = GatewayCache.query_digest([repr(query)]) if self._cache is not None else ""
         if self._cache is not None:
-            hit = await self._cache.get_query(digest, base_url)
+            hit = await self._cache.get_query(digest)
             if hit is not None:
-                return SearchResult([json_to_dataset(obj) for obj in hit["results"]],
-                                    bool(hit["more"]), list(hit["warnings"]))
+                return SearchResult(
+                    [with_retrieve_url(json_to_dataset(obj), query, base_url)
+                     for obj in hit["results"]],
+                    bool(hit["more"]), list(hit["warnings"]))
         notes: set[str] = set()
         token = _search_notes.set(notes)
         try:
-            result = await self._search(query, base_url, notes)
+            result = await self._search(query, notes)
         finally:
             _search_notes.reset(token)
         if self._cache is not None:
             await self._cache.put_query(digest, {
                 "results": [dataset_to_json(ds) for ds in result.datasets],
-                "more": result.more, "warnings": result.warnings}, base_url)
+                "more": result.more, "warnings": result.warnings})
+        result.datasets = [with_retrieve_url(ds, query, base_url) for ds in result.datasets]
         return result
 
-    async def _search(self, query: SearchQuery, base_url: str, notes: set[str]) -> SearchResult:
+    async def _search(self, query: SearchQuery, notes: set[str]) -> SearchResult:
         plan = _Plan.of(query)
         relational = False
         if plan.needs_staging and not plan.lower_keys:
@@ -130,7 +137,7 @@ class QueryService:
                     break
                 page.append(ds)
         await self._complete_counts(page, query.level)
-        return SearchResult([self._finish(ds, query, base_url) for ds in page], more,
+        return SearchResult([self._finish(ds, query) for ds in page], more,
                             sorted(notes))
 
     # -- result streams ---------------------------------------------------------------------
@@ -320,28 +327,30 @@ class QueryService:
 
     # -- finishing --------------------------------------------------------------------------
 
-    def _finish(self, ds: Dataset, query: SearchQuery, base_url: str) -> Dataset:
-        """Drop DIMSE bookkeeping, add RetrieveURL (PS3.18 10.6.3.3)."""
+    def _finish(self, ds: Dataset, query: SearchQuery) -> Dataset:
+        """Drop DIMSE bookkeeping, fill in the UIDs the query implies (PS3.18 10.6.3.3)."""
         for tag in DROPPED_FROM_RESULTS:
             if tag in ds:
                 del ds[tag]
-        study = str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value) if UNIQUE_KEY[
-            QueryLevel.STUDY] in ds else query.study_uid
-        if study and UNIQUE_KEY[QueryLevel.STUDY] not in ds and query.study_uid:
+        if UNIQUE_KEY[QueryLevel.STUDY] not in ds and query.study_uid:
             ds.StudyInstanceUID = query.study_uid
-        series = (str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds and ds.SeriesInstanceUID
-                  else query.series_uid)
-        if query.level == QueryLevel.STUDY and study:
-            ds.RetrieveURL = study_url(base_url, study)
-        elif query.level == QueryLevel.SERIES and study and series:
-            if "SeriesInstanceUID" not in ds:
-                ds.SeriesInstanceUID = series
-            ds.RetrieveURL = series_url(base_url, study, series)
-        elif query.level == QueryLevel.IMAGE and study and series and "SOPInstanceUID" in ds:
-            if "SeriesInstanceUID" not in ds:
-                ds.SeriesInstanceUID = series
-            ds.RetrieveURL = instance_url(base_url, study, series, str(ds.SOPInstanceUID))
+        if query.level != QueryLevel.STUDY and query.series_uid and (
+                "SeriesInstanceUID" not in ds or not ds.SeriesInstanceUID):
+            ds.SeriesInstanceUID = query.series_uid
         return ds
+
+
+def with_retrieve_url(ds: Dataset, query: SearchQuery, base_url: str) -> Dataset:
+    """Set RetrieveURL (0008,1190) of a result from its UIDs under ``base_url``."""
+    study = str(ds.StudyInstanceUID) if ds.get("StudyInstanceUID") else None
+    series = str(ds.SeriesInstanceUID) if ds.get("SeriesInstanceUID") else None
+    if query.level == QueryLevel.STUDY and study:
+        ds.RetrieveURL = study_url(base_url, study)
+    elif query.level == QueryLevel.SERIES and study and series:
+        ds.RetrieveURL = series_url(base_url, study, series)
+    elif query.level == QueryLevel.IMAGE and study and series and "SOPInstanceUID" in ds:
+        ds.RetrieveURL = instance_url(base_url, study, series, str(ds.SOPInstanceUID))
+    return ds
 
 
 def _unique_tags(depth: int) -> set[int]:

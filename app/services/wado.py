@@ -35,7 +35,7 @@ from app.dicomweb.pixels import (
 )
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NOT_ON_THE_WIRE, is_lossy
-from app.dicomweb.urls import instance_url
+from app.dicomweb.urls import fill_base_url, instance_url, new_base_token
 from app.dimse.received import ReceivedInstance
 from app.dimse.status import nothing_found
 from app.errors import (
@@ -424,11 +424,17 @@ class WadoService:
                         yield raw
                     return
         async for series_uid, item in self._source(ref):
-            url = instance_url(base_url, ref.study_uid, series_uid, item.sop_instance_uid)
+            if cache is None:
+                url = instance_url(base_url, ref.study_uid, series_uid, item.sop_instance_uid)
+                yield await asyncio.to_thread(metadata_json, item.data, url)
+                continue
+            # Cached under a token, never under this client's URL (which the next client
+            # must not see); the token is replaced by each reader's own base URL.
+            token = new_base_token()
+            url = instance_url(token, ref.study_uid, series_uid, item.sop_instance_uid)
             raw = await asyncio.to_thread(metadata_json, item.data, url)
-            if cache is not None:
-                await cache.put_metadata_raw(series_uid, item.sop_instance_uid, raw, base_url)
-            yield raw
+            await cache.put_metadata(series_uid, item.sop_instance_uid, raw, token)
+            yield fill_base_url(raw, token, base_url)
 
     async def metadata_datasets(self, ref: Ref, base_url: str) -> AsyncIterator[MetadataItem]:
         """Each instance's dataset with its instance URL (for the XML representation)."""

@@ -27,8 +27,8 @@ from app.dimse.engine.operations import Progress
 from app.dimse.engine.pool import AssociationPool
 from app.dimse.engine.stream import OperationStream, Sink
 from app.dimse.find import FindOutcome
+from app.dimse.move_admission import MoveRouter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.storescp import MoveRouter
 from app.errors import (
     GatewayError,
     UpstreamError,
@@ -227,7 +227,7 @@ class AsyncPeerClient:
             move_sink = router.register(
                 self._local_ae_title, msg_id,
                 _ThreadSink(sink, asyncio.get_running_loop()),  # type: ignore[arg-type]
-                expected_uids)
+                expected_uids, peer=self.peer.name)
             try:
                 async def body(assoc: Association, progress: Progress
                                ) -> operations.FinalResponse:

@@ -1,12 +1,13 @@
 """The public base URL behind proxies: configured URL, RFC 7239 Forwarded, X-Forwarded-*,
-and untrusted mode."""
+untrusted mode; host validation and allowed_hosts."""
 
 from __future__ import annotations
 
 import pytest
 from starlette.requests import Request
 
-from app.api.baseurl import origin_of
+from app.api.baseurl import host_allowed, origin_of, parse_authority
+from app.errors import BadRequest
 
 
 def request(
@@ -36,9 +37,11 @@ def origin(
     *,
     trust: bool = True,
     public: str | None = None,
+    allowed: tuple[str, ...] = (),
     **kw: str,
 ) -> str:
-    return origin_of(request(headers, **kw), public_base_url=public, trust_forwarded=trust)
+    return origin_of(request(headers, **kw), public_base_url=public, trust_forwarded=trust,
+                     allowed_hosts=allowed)
 
 
 def test_plain_request_uses_host_header() -> None:
@@ -143,13 +146,70 @@ def test_x_forwarded_headers(headers: dict[str, str], expected: str) -> None:
         {"X-Forwarded-Host": "evil.example/path?x="},
         {"X-Forwarded-Host": "user@evil.example"},
         {"X-Forwarded-Host": "evil example"},
-        {"Forwarded": "proto=ftp;host=evil.example/x"},
+        {"X-Forwarded-Host": "evil.example\\"},
+        {"Forwarded": "proto=ftp;host=evil.example"},
+        {"Forwarded": "host=evil.example/x"},
+        {"Forwarded": 'host="a\\"b"'},
         {"X-Forwarded-Port": "abc", "X-Forwarded-Host": "gw.internal:8000"},
+        {"X-Forwarded-Port": "70000"},
         {"X-Forwarded-Prefix": "/a b"},
+        {"X-Forwarded-Prefix": "/a/../b"},
+        {"X-Forwarded-Prefix": "/a%zz"},
     ],
 )
-def test_malformed_forwarded_values_are_ignored(headers: dict[str, str]) -> None:
-    assert origin(headers) == "http://gw.internal:8000"
+def test_malformed_forwarded_values_are_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(BadRequest):
+        origin(headers)
+
+
+@pytest.mark.parametrize("host", ["attacker.example\\", 'x"y', "a b", "a/b", "a@b", "a:", "a:x",
+                                  "a:65536", "[::1", "[zz::1]", "[v1.x]", "a,b", "%41.example",
+                                  "\u00e9.example", "a\tb"])
+def test_malformed_host_header_is_refused(host: str) -> None:
+    with pytest.raises(BadRequest):
+        origin(host=host)
+
+
+@pytest.mark.parametrize(("host", "normalised"), [
+    ("GW.Example.org", "gw.example.org"), ("gw.example.org:8443", "gw.example.org:8443"),
+    ("10.0.0.1:80", "10.0.0.1:80"), ("[2001:DB8::1]:8080", "[2001:db8::1]:8080"),
+    ("localhost", "localhost"), ("my_host~1", "my_host~1")])
+def test_valid_hosts(host: str, normalised: str) -> None:
+    assert parse_authority(host, "Host") == normalised
+    assert origin(host=host) == f"http://{normalised}"
+
+
+@pytest.mark.parametrize(("authority", "allowed", "expected"), [
+    ("gw.example.org", (), True),
+    ("gw.example.org", ("gw.example.org",), True),
+    ("gw.example.org:8443", ("gw.example.org",), True),
+    ("gw.example.org:8443", ("gw.example.org:443",), False),
+    ("a.gw.example.org", ("*.example.org",), True),
+    ("example.org", ("*.example.org",), False),
+    ("badexample.org", ("*.example.org",), False),
+    ("anything:1", ("*",), True),
+    ("[::1]:8080", ("[::1]",), True),
+    ("[::1]:8080", ("[::1]:8081",), False),
+    ("evil.example", ("gw.example.org", "*.example.org"), False),
+])
+def test_host_allowed(authority: str, allowed: tuple[str, ...], expected: bool) -> None:
+    assert host_allowed(authority, allowed) is expected
+
+
+def test_allowed_hosts_apply_to_the_forwarded_host_and_with_a_public_base_url() -> None:
+    allowed = ("gw.example.org",)
+    assert origin({"X-Forwarded-Host": "gw.example.org"}, allowed=allowed,
+                  host="internal:8000") == "http://gw.example.org"
+    with pytest.raises(BadRequest):
+        origin({"X-Forwarded-Host": "evil.example"}, allowed=allowed)
+    with pytest.raises(BadRequest):
+        origin(host="evil.example", allowed=allowed, public="https://gw.example.org")
+    assert origin(host="gw.example.org", allowed=allowed,
+                  public="https://pub.example/dw") == "https://pub.example/dw"
+
+
+def test_request_without_host_uses_the_server_address() -> None:
+    assert origin(host="") == "http://10.0.0.5:8000"
 
 
 def test_untrusted_mode_ignores_every_forwarded_header() -> None:

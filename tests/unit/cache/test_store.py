@@ -11,7 +11,8 @@ from redis.crc import key_slot
 
 from app.cache.backend import CacheBackend
 from app.cache.memory import MemoryBackend
-from app.cache.store import BASE_PLACEHOLDER, CachedInstance, GatewayCache, Keys, SeriesIndex
+from app.cache.store import CachedInstance, GatewayCache, Keys, SeriesIndex
+from app.dicomweb.urls import new_base_token
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -113,22 +114,35 @@ async def test_lru_eviction_of_an_instance_breaks_completeness() -> None:
     assert await cache.complete_series(SERIES) is None
 
 
-async def test_metadata_is_stored_with_a_base_url_placeholder(backend: CacheBackend) -> None:
+async def test_metadata_is_stored_under_a_token_and_served_with_each_base_url(
+        backend: CacheBackend) -> None:
     cache = _cache(backend)
-    first = "http://gw-a.example/dicomweb"
-    raw = json.dumps({"00081190": {"vr": "UR", "Value": [f"{first}/studies/{STUDY}"]}}).encode()
-    await cache.put_metadata_raw(SERIES, "1.1", raw, first)
-    stored = await backend.get(cache.keys.metadata(SERIES, "1.1"))
-    assert stored is not None
-    assert first.encode() not in stored and BASE_PLACEHOLDER.encode() in stored
+    token = new_base_token()
+    raw = json.dumps({"00081190": {"vr": "UR", "Value": [f"{token}/studies/{STUDY}"]},
+                      "00100010": {"vr": "PN", "Value": [{"Alphabetic": "urn:dwg:base-url"}]},
+                      "7FE00010": {"vr": "OB", "BulkDataURI": f"{token}/bulkdata/7FE00010"}},
+                     separators=(",", ":")).encode()
+    await cache.put_metadata(SERIES, "1.1", raw, token)
     other = "https://public.example:8443/prefix"
     (got, missing) = await cache.get_metadata(SERIES, ["1.1", "1.2"], other)
     assert missing is None
     assert got is not None
-    assert json.loads(got)["00081190"]["Value"] == [f"{other}/studies/{STUDY}"]
-    await cache.put_metadata(SERIES, "1.2", {"x": f"{first}/y"}, first)
-    (_, second) = await cache.get_metadata(SERIES, ["1.1", "1.2"], other)
-    assert second is not None and json.loads(second) == {"x": f"{other}/y"}
+    obj = json.loads(got)
+    assert obj["00081190"]["Value"] == [f"{other}/studies/{STUDY}"]
+    assert obj["7FE00010"]["BulkDataURI"] == f"{other}/bulkdata/7FE00010"
+    assert obj["00100010"]["Value"] == [{"Alphabetic": "urn:dwg:base-url"}]  # data untouched
+    # whatever a base URL holds, it goes in JSON-escaped: the answer stays valid JSON
+    (odd,) = await cache.get_metadata(SERIES, ["1.1"], 'http://x"y\\z')
+    assert odd is not None
+    assert json.loads(odd)["00081190"]["Value"] == [f'http://x"y\\z/studies/{STUDY}']
+    (again,) = await cache.get_metadata(SERIES, ["1.1"], other)
+    assert again == got
+
+
+async def test_metadata_of_an_older_format_is_a_miss(backend: CacheBackend) -> None:
+    cache = _cache(backend)
+    await backend.set(cache.keys.metadata(SERIES, "1.1"), b'{"x":"urn:dwg:base-url/y"}')
+    assert await cache.get_metadata(SERIES, ["1.1"], "http://a") == [None]
 
 
 async def test_query_results(backend: CacheBackend) -> None:
@@ -136,20 +150,18 @@ async def test_query_results(backend: CacheBackend) -> None:
     digest = GatewayCache.query_digest(["SearchQuery(level=STUDY)"])
     assert digest == GatewayCache.query_digest(["SearchQuery(level=STUDY)"])
     assert digest != GatewayCache.query_digest(["SearchQuery(level=SERIES)"])
-    payload = {"results": [{"00081190": {"vr": "UR", "Value": ["http://a/dicomweb/studies/1"]}}],
+    payload = {"results": [{"0020000D": {"vr": "UI", "Value": ["1.2"]}}],
                "more": False, "warnings": []}
-    assert await cache.get_query(digest, "http://a/dicomweb") is None
-    await cache.put_query(digest, payload, "http://a/dicomweb")
-    hit = await cache.get_query(digest, "http://b/dw")
-    assert hit is not None
-    assert hit["results"][0]["00081190"]["Value"] == ["http://b/dw/studies/1"]
+    assert await cache.get_query(digest) is None
+    await cache.put_query(digest, payload)
+    assert await cache.get_query(digest) == payload
 
 
 async def test_query_cache_off_with_zero_ttl(backend: CacheBackend) -> None:
     cache = _cache(backend, query_ttl=0)
     digest = GatewayCache.query_digest(["q"])
-    await cache.put_query(digest, {"results": [], "more": False, "warnings": []}, "http://a")
-    assert await cache.get_query(digest, "http://a") is None
+    await cache.put_query(digest, {"results": [], "more": False, "warnings": []})
+    assert await cache.get_query(digest) is None
     assert await backend.exists([cache.keys.query(digest)]) == 0
 
 
@@ -157,7 +169,7 @@ async def test_evict_study_and_series(backend: CacheBackend) -> None:
     cache = _cache(backend)
     await _fill(cache, SERIES, ["1.2.3.4.1", "1.2.3.4.2"])
     await _fill(cache, OTHER_SERIES, ["1.2.3.5.1"])
-    await cache.put_metadata_raw(SERIES, "1.2.3.4.1", b"{}", "http://a")
+    await cache.put_metadata(SERIES, "1.2.3.4.1", b"{}", new_base_token())
     other_study = SeriesIndex("7.7", "7.7.1", True, (("7.7.1.1", CT_IMAGE, EXPLICIT_LE),))
     await cache.put_instance("7.7.1", _instance("7.7.1.1"))
     await cache.put_series_index(other_study)
