@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backend = build_backend(settings, lambda: metrics.inc("cache_errors_total"))
         relay = MoveRelay(backend)
         dimse = DimseClients(settings, on_unrouted=relay.forward)
+        await dimse.start()
         relay.attach(dimse.router, asyncio.get_running_loop())
         services = Services(settings, dimse, metrics, backend, relay)
         await services.cache_health()  # an unreachable Redis is reported from the start

@@ -14,6 +14,7 @@ from app.dimse.association import make_ae
 from app.dimse.bridge import ThreadStream
 from app.dimse.echo import c_echo
 from app.dimse.engine.client import AsyncPeerClient
+from app.dimse.engine.storescp import AsyncStorageSCP
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
@@ -135,15 +136,24 @@ class DimseClients:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimse")
         self._settings = settings
         self.router = MoveRouter()
-        self.storage_scp: StorageSCP | None = None
-        if settings.storage_scp_wanted:
-            self.storage_scp = StorageSCP(settings.ae_title, self.router,
-                                          settings.storage_scp_host, settings.storage_scp_port,
-                                          admission=MoveAdmission(move_sources(settings.pacs)),
-                                          reuse_port=settings.storage_scp_reuse_port,
-                                          on_unrouted=on_unrouted)
-            self.storage_scp.start()
         self.engine = settings.dimse_engine
+        self.storage_scp: StorageSCP | AsyncStorageSCP | None = None
+        if settings.storage_scp_wanted:
+            admission = MoveAdmission(move_sources(settings.pacs))
+            if self.engine == "asyncio":
+                self.storage_scp = AsyncStorageSCP(
+                    settings.ae_title, self.router, settings.storage_scp_host,
+                    settings.storage_scp_port, admission=admission,
+                    reuse_port=settings.storage_scp_reuse_port, on_unrouted=on_unrouted,
+                    max_receive=settings.dimse_max_pdu_receive,
+                    use_quickack=settings.dimse_tcp_quickack)
+            else:
+                self.storage_scp = StorageSCP(settings.ae_title, self.router,
+                                              settings.storage_scp_host,
+                                              settings.storage_scp_port, admission=admission,
+                                              reuse_port=settings.storage_scp_reuse_port,
+                                              on_unrouted=on_unrouted)
+                self.storage_scp.start()
         self._clients: dict[str, Client] = {
             p.name: self._client(settings, p) for p in settings.pacs
         }
@@ -164,15 +174,23 @@ class DimseClients:
         """The named peer's client, or the default peer's; LookupError if unknown."""
         return self._clients[self._settings.peer(name).name]
 
+    async def start(self) -> None:
+        """Start what runs on the event loop (the asyncio engine's storage SCP)."""
+        if isinstance(self.storage_scp, AsyncStorageSCP):
+            await self.storage_scp.start()
+
     async def aclose(self) -> None:
         """Release pooled associations, then stop the storage SCP and the worker pool."""
         for client in self._clients.values():
             if isinstance(client, AsyncPeerClient):
                 await client.close()
+        if isinstance(self.storage_scp, AsyncStorageSCP):
+            await self.storage_scp.stop()
+            self.storage_scp = None
         self.close()
 
     def close(self) -> None:
         """Stop the storage SCP and the worker pool (stragglers' associations abort)."""
-        if self.storage_scp is not None:
+        if isinstance(self.storage_scp, StorageSCP):
             self.storage_scp.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)

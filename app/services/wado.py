@@ -23,6 +23,7 @@ from app.cache.singleflight import FillContext, FillEvent, SingleFlight
 from app.cache.store import CachedInstance, GatewayCache, SeriesIndex
 from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
 from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
+from app.dicomweb.integrity import Malformed, walk_part10
 from app.dicomweb.pixels import (
     Frame,
     FrameOutOfRange,
@@ -49,6 +50,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.metrics import Metrics
+from app.services.fresh import FreshInstances
 from app.services.retrieve import Ref, RetrieveService, describe
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,15 @@ def error_from_event(event: FillEvent) -> GatewayError:
 
 
 def verify_instance(item: ReceivedInstance) -> bool:
-    """A received instance parses and is the instance its C-STORE said it was."""
+    """A received instance is complete and well-formed and is the instance its C-STORE said it
+    was: walked element by element where the syntax allows (microseconds), else parsed."""
+    try:
+        walked = walk_part10(item.data, item.transfer_syntax)
+    except Malformed as exc:
+        log.warning("instance %s is malformed: %s", item.sop_instance_uid, exc)
+        return False
+    if walked is not None:
+        return walked == item.sop_instance_uid
     try:
         ds = dcmread(io.BytesIO(item.data), stop_before_pixels=True)
     except Exception:
@@ -141,6 +151,8 @@ class WadoService:
         self.retrieval = retrieval
         # Instances a fill could not cache (over the size cap), for followers in this process.
         self._handoff: dict[tuple[str, str], ReceivedInstance] = {}
+        # Instances a fill of this process just cached: its local readers take them from here.
+        self._fresh = FreshInstances()
 
     # -- the source of instances -------------------------------------------------------------
 
@@ -249,8 +261,12 @@ class WadoService:
                 task.cancel()
 
     async def _instance_after_fill(self, ref: SeriesRef, sop: str) -> ReceivedInstance:
-        """An instance a fill announced; fetched on its own if the cache could not keep it."""
+        """An instance a fill announced: handed over directly when the fill ran in this
+        process, else read from the cache; fetched on its own if the cache could not keep it."""
         assert self._cache is not None
+        fresh = self._fresh.get(ref.series_uid, sop)
+        if fresh is not None:
+            return fresh
         item = await self._cache.get_instance(ref.series_uid, sop)
         if item is not None:
             return _received(item)
@@ -270,6 +286,10 @@ class WadoService:
     async def _cached_instance(self, ref: InstanceRef) -> ReceivedInstance:
         cache, flights = self._cache, self._flights
         assert cache is not None and flights is not None
+        fresh = self._fresh.get(ref.series_uid, ref.sop_instance_uid)
+        if fresh is not None:
+            self._metrics.inc("cache_hits_total", kind="instance")
+            return fresh
         item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
         if item is not None:
             self._metrics.inc("cache_hits_total", kind="instance")
@@ -332,6 +352,7 @@ class WadoService:
                                         item.transfer_syntax, item.data)
                 if await cache.put_instance(ref.series_uid, cached):
                     written.append(item.sop_instance_uid)
+                    self._fresh.put(ref.series_uid, item)
                 else:  # too big to cache: hand it to this process's followers directly
                     handed.append((ref.series_uid, item.sop_instance_uid))
                     self._handoff[handed[-1]] = item
@@ -345,6 +366,7 @@ class WadoService:
             await ctx.publish(FillEvent("done"))
         except GatewayError as exc:
             if written:  # a failed retrieval leaves no partial entry behind
+                self._fresh.forget(ref.series_uid, written)
                 await cache.backend.delete(
                     *[cache.keys.instance(ref.series_uid, s) for s in written])
             await ctx.publish(FillEvent("failed", http_status=exc.http_status,

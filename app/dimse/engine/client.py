@@ -5,6 +5,7 @@ pynetdicom engine's PeerClient, on pooled associations and without threads on th
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -45,6 +46,7 @@ QUERY_SYNTAXES = (str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian))
 RELATIONAL = b"\x01"  # PS3.4 C.5.1.1: relational queries supported
 SETTLE_GRACE_S = 5.0
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 class _ThreadSink:
@@ -103,7 +105,9 @@ class AsyncPeerClient:
                     f"{self._where} rejected the association permanently ({detail})") from None
             raise UpstreamUnavailable(f"{self._where} rejected the association ({detail})"
                                       ) from None
-        except (OSError, TimeoutError, AssociationError):
+        except (OSError, TimeoutError, AssociationError) as exc:
+            log.warning("%s: association request failed: %s", self._where,
+                        exc or type(exc).__name__)
             raise UpstreamUnavailable(
                 f"{self._where} is unreachable or did not answer the association request"
             ) from None
