@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from types import TracebackType
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -285,12 +286,12 @@ class Connection:
             result.transfer_syntax = [cx.transfer_syntax[0]]
             results.append(result)
             if not refused:
-                self.contexts[str(cx.abstract_syntax)] = int(cx.context_id)
+                self.contexts[str(cx.abstract_syntax)] = int(cx.context_id or 0)
         length = MaximumLengthNotification()
         length.maximum_length_received = max_pdu
         implementation = ImplementationClassUIDNotification()
         implementation.implementation_class_uid = UID(IMPLEMENTATION_UID)
-        user_info: list[object] = [length, implementation]
+        user_info: list[Any] = [length, implementation]
         for item in request.user_information:
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation):
                 role = SCP_SCU_RoleSelectionNegotiation()
@@ -391,6 +392,7 @@ class FakePeer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections: list[Connection] = []
+        self._arrived = asyncio.Event()
         self.port = 0
 
     async def __aenter__(self) -> FakePeer:
@@ -422,6 +424,7 @@ class FakePeer:
         conn = Connection(reader, writer)
         script = self._scripts[min(len(self.connections), len(self._scripts) - 1)]
         self.connections.append(conn)
+        self._arrived.set()
         try:
             try:
                 await script(conn)
@@ -443,6 +446,7 @@ class FakePeer:
         """The ``index``-th connection once its handler has finished (bounded wait)."""
         async with asyncio.timeout(timeout):
             while len(self.connections) <= index:
-                await asyncio.sleep(0.01)  # noqa: ASYNC110 - polling a list, bounded
+                self._arrived.clear()
+                await self._arrived.wait()
             await self.connections[index].done.wait()
         return self.connections[index]

@@ -137,6 +137,11 @@ class PduReader(asyncio.BufferedProtocol):
         if self._start == self._end:
             self._start = self._end = 0
 
+    def stop(self) -> None:
+        """Parse nothing more: the owner has ended the association (a violation it found, an
+        abort, a close), so PDUs still in the buffer must not be reported (or logged) again."""
+        self._failed = True
+
     def pause_writing(self) -> None:
         """Pass write flow control on to the owner."""
         self._owner.pause_writing()
