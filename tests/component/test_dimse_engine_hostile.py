@@ -22,6 +22,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
+from app.demo.pacs import DemoPacs
 from app.dimse.engine import stream as engine_stream
 from app.dimse.engine.client import FIND_MODEL, MOVE_MODEL, AsyncPeerClient
 from app.dimse.received import ReceivedInstance
@@ -42,7 +43,7 @@ STORAGE = [(CT_IMAGE, (str(ImplicitVRLittleEndian),))]
 STUDY_UID = "1.2.826.0.1.3680043.9.7433.1.1"
 ENGINE_LOGGER = "app.dimse.engine"
 PROVIDER = 2  # A-ABORT source: service provider (PS3.8 Table 9-26)
-UNRECOGNIZED_PDU, UNEXPECTED_PARAMETER, INVALID_VALUE = 1, 5, 6
+UNRECOGNIZED_PDU, UNEXPECTED_PDU, UNEXPECTED_PARAMETER, INVALID_VALUE = 1, 2, 5, 6
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -220,7 +221,7 @@ MALFORMED: dict[str, tuple[Callable[[int], bytes], str, int]] = {
     "A-ABORT of 0 bytes": (
         lambda cx: fp.pdu(fp.ABORT, b""), "0x07 of 0 bytes", INVALID_VALUE),
     "A-RELEASE-RP in an established association": (
-        lambda cx: fp.release_rp(), "unexpected RELEASE_RP PDU in state STA6", 2),
+        lambda cx: fp.release_rp(), "unexpected RELEASE_RP PDU in state STA6", UNEXPECTED_PDU),
     "endless command fragments": (
         lambda cx: b"".join(fp.p_data(fp.pdv(cx, b"\x00" * 16000, command=True, last=False))
                             for _ in range(8)),
@@ -334,6 +335,28 @@ async def test_oversized_associate_ac_is_refused(caplog: pytest.LogCaptureFixtur
         conn = await fake.connection(0)
     assert conn.aborts == [(PROVIDER, INVALID_VALUE)]
     assert violation_logged(caplog, f"0x02 of {(1 << 20) + 1} bytes exceeds the limit")
+
+
+@pytest.mark.parametrize(("answer", "logged"), [
+    (fp.p_data(fp.pdv(1, FIND_RSP_PENDING, command=True, last=True)),
+     "P-DATA-TF outside an established association"),
+    (fp.release_rq(), "unexpected RELEASE_RQ PDU in state STA5"),
+    (fp.pdu(fp.ASSOCIATE_RQ, b"\x00" * 68), "unexpected ASSOCIATE_RQ PDU in state STA5"),
+])
+async def test_wrong_pdu_instead_of_the_associate_answer(
+        answer: bytes, logged: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Anything but A-ASSOCIATE-AC/-RJ/A-ABORT in Sta5 is AA-8: A-ABORT, UpstreamUnavailable."""
+    async def script(conn: Connection) -> None:
+        await conn.expect(fp.ASSOCIATE_RQ)
+        await conn.send(answer)
+
+    async with fake_pacs(script) as (fake, client):
+        with stopwatch() as elapsed, pytest.raises(UpstreamUnavailable):
+            await client.echo()
+        assert elapsed() < PROMPT_S
+        conn = await fake.connection(0)
+    assert conn.aborts == [(PROVIDER, UNEXPECTED_PDU)]
+    assert violation_logged(caplog, logged)
 
 
 async def test_undecodable_associate_ac_is_aborted(caplog: pytest.LogCaptureFixture) -> None:
@@ -858,6 +881,52 @@ async def test_no_leaks_after_1000_aborted_retrievals() -> None:
         assert all(not c.error for c in fake.connections)
         assert all(c.aborts for c in fake.connections), "each abandoned C-GET was aborted"
         await client.close()
+
+
+DEMO_RETRIEVALS = 20  # a real SCP costs ~0.1 s per association: the 1,000 run above uses the fake
+
+
+async def test_aborted_retrievals_against_the_demo_pacs_leave_nothing_behind(
+        sample_pacs: DemoPacs, samples: list[Dataset]) -> None:
+    """The same abandoned C-GET against a real SCP (pynetdicom's, in process): it sees every
+    association end, and the gateway side keeps no task, socket or lease."""
+    first = samples[0]
+    series = [ds for ds in samples if ds.SeriesInstanceUID == first.SeriesInstanceUID]
+    assert len(series) > 1, "the retrieval must be abandoned before its end"
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = first.StudyInstanceUID
+    query.SeriesInstanceUID = first.SeriesInstanceUID
+    storage = [(str(first.SOPClassUID), (str(ImplicitVRLittleEndian), "1.2.840.10008.1.2.1"))]
+    server = sample_pacs._server  # the pynetdicom server, to see its associations end
+    assert server is not None
+    client = make_client(sample_pacs.port)
+    client.peer = client.peer.model_copy(update={"ae_title": sample_pacs.ae_title})
+
+    async def aborted_retrieval() -> None:
+        async with client.get(query, storage) as stream:
+            async for item in stream:
+                assert item.sop_instance_uid in {ds.SOPInstanceUID for ds in series}
+                break
+        await stream.wait_closed(5)
+
+    async def quiet() -> None:
+        async with asyncio.timeout(10):
+            while server.active_associations or engine_stream._RUNNING:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        gc.collect()
+
+    await aborted_retrieval()
+    await quiet()
+    tasks, sockets = len(asyncio.all_tasks()), _open_sockets()
+    for _ in range(DEMO_RETRIEVALS):
+        await aborted_retrieval()
+    await quiet()
+    assert client.pool.opened == DEMO_RETRIEVALS + 1 and client.pool.reused == 0
+    assert client.pool.leased_count == 0 and client.pool.idle_count == 0
+    assert len(asyncio.all_tasks()) == tasks
+    assert _open_sockets() <= sockets + 2
+    await client.close()
 
 
 async def _settle(fake: FakePeer) -> None:
