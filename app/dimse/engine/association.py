@@ -548,6 +548,9 @@ class Association:
 
     def _close_transport(self) -> None:
         self._stop_artim()
+        # Closing is final: the rest of the current read (e.g. P-DATA after a violation found
+        # in message_received) would otherwise be parsed in Sta1 and reported as a second one.
+        self.reader.stop()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 

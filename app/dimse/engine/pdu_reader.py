@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.dimse.engine.commands import CommandSet
+from app.dimse.engine.commands import MAX_COMMAND_SET, CommandSet
 from app.dimse.engine.pdu import (
     HEADER,
     HEADER_LENGTH,
@@ -30,6 +30,8 @@ from app.dimse.engine.transport import quickack
 MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ/AC/RJ: even 128 contexts stay far below this
 MAX_DATA_SET = 2 << 30  # one data set may be a large multi-frame object, but not unbounded
 _INITIAL_BUFFER = 256 * 1024
+_FIXED_LENGTH = frozenset((PduType.RELEASE_RQ, PduType.RELEASE_RP, PduType.ABORT))
+_FIXED_LENGTH_BODY = 4
 _MIN_FREE = 64 * 1024
 
 
@@ -86,6 +88,7 @@ class PduReader(asyncio.BufferedProtocol):
         # Reassembly of the message in progress.
         self._context_id: int | None = None
         self._command_parts: list[bytes | bytearray] = []
+        self._command_size = 0
         self._command: CommandSet | None = None
         self._data_parts: list[bytes | bytearray] = []
         self._data_size = 0
@@ -106,9 +109,12 @@ class PduReader(asyncio.BufferedProtocol):
         if self._use_quickack and self._sock is not None:
             quickack(self._sock)
         free = len(self._buf) - self._end
-        wanted = max(_MIN_FREE, self._need - (self._end - self._start))
+        pending = self._end - self._start
+        # Room for the rest of the PDU, but never trust its declared length for an allocation:
+        # at most as much again as has actually arrived (geometric growth, amortised copies),
+        # or a peer could make us allocate up to the PDU limit with a 6-byte header.
+        wanted = max(_MIN_FREE, min(self._need - pending, max(pending, _INITIAL_BUFFER)))
         if free < wanted:
-            pending = self._end - self._start
             size = len(self._buf)
             while size - pending < wanted:
                 size *= 2
@@ -130,6 +136,11 @@ class PduReader(asyncio.BufferedProtocol):
             self._owner.violation(exc)
         if self._start == self._end:
             self._start = self._end = 0
+
+    def stop(self) -> None:
+        """Parse nothing more: the owner has ended the association (a violation it found, an
+        abort, a close), so PDUs still in the buffer must not be reported (or logged) again."""
+        self._failed = True
 
     def pause_writing(self) -> None:
         """Pass write flow control on to the owner."""
@@ -156,6 +167,12 @@ class PduReader(asyncio.BufferedProtocol):
                 raise ProtocolViolation(
                     f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}",
                     AbortReason.INVALID_PDU_PARAMETER_VALUE)
+            if pdu_type in _FIXED_LENGTH and length != _FIXED_LENGTH_BODY:
+                # A-RELEASE-RQ/-RP and A-ABORT have exactly 4 bytes after the header (PS3.8
+                # 9.3.6-9.3.8); a shorter one must not be read as a release or an abort.
+                raise ProtocolViolation(
+                    f"PDU type 0x{pdu_type:02X} of {length} bytes, where the length is fixed at "
+                    f"{_FIXED_LENGTH_BODY}", AbortReason.INVALID_PDU_PARAMETER_VALUE)
             total = HEADER_LENGTH + length
             if self._end - self._start < total:
                 self._need = total
@@ -178,8 +195,8 @@ class PduReader(asyncio.BufferedProtocol):
     def _limit(self, pdu_type: int) -> int:
         if pdu_type == PduType.P_DATA_TF:
             return self._max_pdata
-        if pdu_type in (PduType.RELEASE_RQ, PduType.RELEASE_RP, PduType.ABORT):
-            return 4
+        if pdu_type in _FIXED_LENGTH:
+            return _FIXED_LENGTH_BODY
         return MAX_CONTROL_PDU
 
     def _pdvs(self, offset: int, end: int) -> None:
@@ -205,10 +222,17 @@ class PduReader(asyncio.BufferedProtocol):
             if self._command is not None:
                 raise ProtocolViolation("a command fragment where a data set was expected",
                                         AbortReason.UNEXPECTED_PDU_PARAMETER)
+            # Bounded as the fragments arrive: a peer that never sets the last bit must not
+            # make us hold its command fragments until the DIMSE timeout.
+            self._command_size += len(fragment)
+            if self._command_size > MAX_COMMAND_SET:
+                raise ProtocolViolation(
+                    f"command set fragments exceed {MAX_COMMAND_SET} bytes")
             self._command_parts.append(fragment)
             if mch & MCH_LAST:
                 raw = b"".join(self._command_parts)
                 self._command_parts = []
+                self._command_size = 0
                 command = CommandSet.decode(raw)
                 if command.has_data_set:
                     self._command = command
