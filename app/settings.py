@@ -72,6 +72,7 @@ class PacsPeer(BaseModel):
     connect_timeout: PositiveSeconds = 5.0
     acse_timeout: PositiveSeconds = 10.0
     dimse_timeout: PositiveSeconds = 60.0
+    network_idle_timeout: PositiveSeconds = 15.0
     overall_timeout: PositiveSeconds = 300.0
     relational_queries: Literal["auto", "never"] = "auto"
     query_character_set: str = "ISO_IR 192"

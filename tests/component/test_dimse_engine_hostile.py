@@ -488,6 +488,72 @@ async def test_peer_goes_silent_mid_dataset_during_get() -> None:
     assert conn.received_types[-1] == fp.ABORT
 
 
+async def test_network_idle_timeout_ends_a_stalled_get_sooner() -> None:
+    """Once instances flow, ``network_idle_timeout`` of silence (shorter than the DIMSE
+    timeout) ends the C-GET: a stopped PACS is noticed quickly (issue #10, item 6)."""
+    idle = 0.5
+
+    async def script(conn: Connection) -> None:
+        await _store_then(conn, lambda c, _: c.sleep(DIMSE_S + 5))
+
+    received: list[ReceivedInstance] = []
+    async with fake_pacs(script, network_idle_timeout=idle) as (fake, client):
+        with stopwatch() as elapsed, pytest.raises(UpstreamTimeout):
+            await get_all(client, received)
+        assert idle - 0.1 <= elapsed() < idle + 1
+        conn = await fake.connection(0, timeout=DIMSE_S + 8)
+    assert len(received) == 1
+    assert conn.received_types[-1] == fp.ABORT
+
+
+async def test_the_first_response_may_take_the_whole_dimse_timeout() -> None:
+    """Before the first response only the DIMSE timeout applies: a PACS that takes longer
+    than the idle timeout to start (e.g. fetching from an archive) is still served."""
+    async def script(conn: Connection) -> None:
+        request = await expect_request(conn, fp.C_GET_RQ)
+        await conn.sleep(1.0)
+        cx = conn.contexts[CT_IMAGE]
+        uid, data = instance(1)
+        await conn.send_message(cx, fp.store_rq(1, CT_IMAGE, uid), data)
+        stored = await conn.read_message()
+        assert stored.us(fp.STATUS) == 0
+        await conn.respond(request, fp.C_GET_RSP, 0x0000)
+
+    received: list[ReceivedInstance] = []
+    async with fake_pacs(script, network_idle_timeout=0.3) as (_, client):
+        await get_all(client, received)
+    assert len(received) == 1
+
+
+async def test_a_slow_but_steady_data_set_does_not_time_out() -> None:
+    """Silence, not the time a message takes, is what times out: a data set whose PDUs
+    arrive over longer than the DIMSE timeout, but never with a long gap, is received."""
+    pdus = 6
+    gap = DIMSE_S / 3  # total > DIMSE_S, every gap well below it
+
+    async def script(conn: Connection) -> None:
+        request = await expect_request(conn, fp.C_GET_RQ)
+        cx = conn.contexts[CT_IMAGE]
+        uid, data = instance(1, padding=6 * 1000)
+        await conn.send_message(cx, fp.store_rq(1, CT_IMAGE, uid), b"", data_pdus=0)
+        piece = -(-len(data) // pdus)
+        for n in range(pdus):
+            chunk = data[n * piece:(n + 1) * piece]
+            await conn.send(fp.p_data(fp.pdv(cx, chunk, command=False, last=n == pdus - 1)))
+            if n < pdus - 1:
+                await conn.sleep(gap)
+        stored = await conn.read_message()
+        assert stored.us(fp.STATUS) == 0
+        await conn.respond(request, fp.C_GET_RSP, 0x0000)
+
+    received: list[ReceivedInstance] = []
+    async with fake_pacs(script, network_idle_timeout=DIMSE_S) as (_, client):
+        with stopwatch() as elapsed:
+            await get_all(client, received)
+        assert elapsed() > DIMSE_S
+    assert len(received) == 1
+
+
 async def test_peer_closes_mid_dataset_during_get() -> None:
     """Mid data set the peer closes the connection: UpstreamError at once."""
     async def script(conn: Connection) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -459,20 +460,27 @@ class Association:
             await self._drained.wait()
 
     async def receive(self, timeout: float | None) -> Message:
-        """The next message; DimseTimeout after ``timeout`` seconds of silence, or the error
-        that ended the association."""
+        """The next message; DimseTimeout once nothing at all has arrived for ``timeout``
+        seconds (a large data set arriving slowly but steadily does not time out), or the
+        error that ended the association."""
+        started = time.monotonic()
         while not self._inbox:
             if self._failure is not None:
                 raise self._failure
             if self._transport is None:
                 raise AssociationAborted(f"{self.label}: closed")
+            wait = None
+            if timeout is not None:
+                silent_since = max(started, self.reader.last_read)
+                wait = silent_since + timeout - time.monotonic()
+                if wait <= 0:
+                    raise DimseTimeout(f"{self.label}: nothing received for {timeout:g} s")
             self._waiter = self._loop.create_future()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(wait):
                     await self._waiter
             except TimeoutError:
-                raise DimseTimeout(
-                    f"{self.label}: no DIMSE message within {timeout:g} s") from None
+                continue  # bytes may have arrived meanwhile: the loop measures again
             finally:
                 self._waiter = None
         message = self._inbox.popleft()

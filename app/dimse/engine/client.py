@@ -106,7 +106,7 @@ class AsyncPeerClient:
             raise UpstreamUnavailable(f"{self._where} rejected the association ({detail})"
                                       ) from None
         except (OSError, TimeoutError, AssociationError) as exc:
-            log.warning("%s: association request failed: %s", self._where,
+            log.info("%s: association request failed: %s", self._where,
                         exc or type(exc).__name__)
             raise UpstreamUnavailable(
                 f"{self._where} is unreachable or did not answer the association request"
@@ -127,9 +127,9 @@ class AsyncPeerClient:
 
         try:
             return await self.pool.run(request, body, watch)
-        except DimseTimeout:
-            raise UpstreamTimeout(f"PACS {self.peer.name} sent no {operation} response within "
-                                  f"{self.peer.dimse_timeout:g} s") from None
+        except DimseTimeout as exc:
+            raise UpstreamTimeout(f"PACS {self.peer.name} stopped answering the {operation} "
+                                  f"({str(exc).rsplit(': ', 1)[-1]})") from None
         except AssociationAborted:
             raise UpstreamError(f"PACS {self.peer.name} aborted the {operation} association"
                                 ) from None
@@ -209,7 +209,7 @@ class AsyncPeerClient:
                 return await operations.c_get(
                     assoc, progress, sink, identifier, model=GET_MODEL,
                     message_id=next_message_id(), timeout=self.peer.dimse_timeout,
-                    peer_name=self.peer.name)
+                    peer_name=self.peer.name, idle_timeout=self.peer.network_idle_timeout)
             return await self._run(request, "C-GET", body, stream)  # type: ignore[arg-type]
 
         stream: OperationStream[ReceivedInstance, RetrieveOutcome] = OperationStream(

@@ -139,17 +139,20 @@ def _final(command: CommandSet, message: Message, cx: AcceptedContext) -> FinalR
 
 async def c_get(assoc: Association, progress: Progress, sink: Sink[ReceivedInstance],
                 identifier: Dataset, *, model: str, message_id: int, timeout: float,
-                peer_name: str) -> RetrieveOutcome:
+                peer_name: str, idle_timeout: float | None = None) -> RetrieveOutcome:
     """One C-GET: each C-STORE sub-operation is emitted as it completes and answered once the
-    consumer's queue has room (so a slow consumer slows the PACS)."""
+    consumer's queue has room (so a slow consumer slows the PACS). The first response may take
+    ``timeout``; once data flows, ``idle_timeout`` of silence (if shorter) ends it: a PACS that
+    stopped mid-retrieval is noticed quickly while a slow start is still allowed."""
     cx = require_context(assoc, model, peer_name, "Study Root Query/Retrieve GET")
     ident = encode_identifier(identifier, cx)
     await assoc.send(cx.context_id, commands.c_get_rq(message_id, model, ident), ident)
     received = 0
     completed = failed = warning = 0
     source_ae = assoc.called_ae
+    flowing = timeout if idle_timeout is None else min(timeout, idle_timeout)
     while True:
-        message = await assoc.receive(timeout)
+        message = await assoc.receive(flowing if progress.responded else timeout)
         progress.responded = True
         command = message.command
         if command.command_field == Command.C_STORE_RQ:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,6 +86,7 @@ class PduReader(asyncio.BufferedProtocol):
         self._end = 0
         self._need = 0
         self._failed = False
+        self.last_read = 0.0  # time.monotonic() of the last read: silence is measured from it
         # Reassembly of the message in progress.
         self._context_id: int | None = None
         self._command_parts: list[bytes | bytearray] = []
@@ -125,6 +127,7 @@ class PduReader(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         """Parse every complete PDU now in the buffer."""
+        self.last_read = time.monotonic()
         self._end += nbytes
         if self._failed:
             self._start = self._end = 0
