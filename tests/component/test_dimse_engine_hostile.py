@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1003,3 +1004,50 @@ async def _settle(fake: FakePeer) -> None:
     for _ in range(3):
         await asyncio.sleep(0)
     gc.collect()
+
+
+# -- socket policy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_quickack_is_armed_after_every_write_and_read(
+    enabled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUICKACK must be set on the real socket after each write (Linux enters delayed-ACK mode
+    when we send) and each read; before this was checked, asyncio's TransportSocket wrapper
+    was mistaken for "no socket" and it was never set (45 ms per exchange with a Nagle PACS).
+    The setting turns it off. NODELAY is set on the connection either way."""
+    from app.dimse.engine import pdu_reader
+
+    armed: list[object] = []
+    real = pdu_reader.quickack
+
+    def counting(sock: object) -> None:
+        armed.append(sock)
+        real(sock)
+
+    monkeypatch.setattr(pdu_reader, "quickack", counting)
+
+    async def script(conn: Connection) -> None:
+        await _answer_finds(conn, 2, finds=1)
+
+    async with FakePeer(script) as fake:
+        peer = PacsPeer(name="fake", ae_title="FAKE_PACS", host="127.0.0.1", port=fake.port,
+                        connect_timeout=CONNECT_S, acse_timeout=ACSE_S, dimse_timeout=DIMSE_S,
+                        overall_timeout=OVERALL_S)
+        client = AsyncPeerClient(GATEWAY_AE, peer, router=MoveRouter(),
+                                 max_receive=MAX_RECEIVE, use_quickack=enabled)
+        try:
+            assert len(await find_all(client)) == 2
+            idle = [a for entries in client.pool._idle.values() for a, _ in entries]
+            sock = idle[0].reader._sock
+            assert sock is not None
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            await client.close()
+    if not enabled:
+        assert armed == []
+        return
+    # A-ASSOCIATE-RQ and C-FIND-RQ written; A-ASSOCIATE-AC and three responses read.
+    assert len(armed) >= 2 + 2
+    assert all(s is sock for s in armed)

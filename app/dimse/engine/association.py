@@ -543,6 +543,7 @@ class Association:
         if self._transport is None or self._transport.is_closing():
             return
         self._transport.write(data)
+        self.reader.arm_quickack()
         if self._transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
             self._drained.clear()
 

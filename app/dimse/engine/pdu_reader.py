@@ -9,10 +9,9 @@ which the owner answers with an A-ABORT.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.dimse.engine.commands import MAX_COMMAND_SET, CommandSet
 from app.dimse.engine.pdu import (
@@ -80,7 +79,7 @@ class PduReader(asyncio.BufferedProtocol):
         self._owner = owner
         self._max_pdata = max_pdata_length if max_pdata_length > 0 else MAX_DATA_SET
         self._use_quickack = use_quickack
-        self._sock: socket.socket | None = None
+        self._sock: Any = None  # asyncio's TransportSocket or uvloop's, not a socket.socket
         self._buf = bytearray(_INITIAL_BUFFER)
         self._start = 0
         self._end = 0
@@ -99,17 +98,22 @@ class PduReader(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the socket for QUICKACK and hand the transport to the owner."""
         sock = transport.get_extra_info("socket")
-        self._sock = sock if isinstance(sock, socket.socket) else None
+        self._sock = sock if hasattr(sock, "setsockopt") else None
         self._owner.connection_made(transport)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Report the end of the connection."""
         self._owner.connection_lost(exc)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Free space at the end of the buffer; QUICKACK is set again before each read."""
+    def arm_quickack(self) -> None:
+        """Ask Linux to ACK the next incoming segment at once. Linux enters delayed-ACK
+        ("pingpong") mode when we send soon after receiving, and leaves QUICKACK after use, so
+        this is called after every write and every read; too late once the segment is there."""
         if self._use_quickack and self._sock is not None:
             quickack(self._sock)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Free space at the end of the buffer."""
         free = len(self._buf) - self._end
         pending = self._end - self._start
         # Room for the rest of the PDU, but never trust its declared length for an allocation:
@@ -128,6 +132,7 @@ class PduReader(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         """Parse every complete PDU now in the buffer."""
         self.last_read = time.monotonic()
+        self.arm_quickack()
         self._end += nbytes
         if self._failed:
             self._start = self._end = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -13,7 +14,7 @@ TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
-def apply_policy(sock: socket.socket) -> None:
+def apply_policy(sock: Any) -> None:
     """TCP_NODELAY and a large SO_RCVBUF on a freshly connected or accepted socket."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -22,7 +23,7 @@ def apply_policy(sock: socket.socket) -> None:
         log.debug("could not apply the socket policy", exc_info=True)
 
 
-def quickack(sock: socket.socket) -> None:
+def quickack(sock: Any) -> None:
     """Ask for an immediate ACK of what arrives next (Linux clears this after each use)."""
     if TCP_QUICKACK is None:
         return
