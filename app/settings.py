@@ -63,6 +63,7 @@ class PacsPeer(BaseModel):
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
+    max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
 
 
 class Settings(BaseSettings):
