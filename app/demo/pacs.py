@@ -85,7 +85,7 @@ def _accept_relational(event: Event) -> dict[UID, bytes]:
              StudyRootQueryRetrieveInformationModelFind}
     return {
         UID(uid): b"\x01"
-        for uid, info in event.app_info.items()
+        for uid, info in getattr(event, "app_info", {}).items()
         if UID(uid) in finds and info[:1] == b"\x01"
     }
 
