@@ -79,6 +79,7 @@ class PacsPeer(BaseModel):
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
+    max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
     association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0
     move_source_hosts: list[str] = Field(default_factory=list)
 

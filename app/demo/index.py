@@ -158,6 +158,17 @@ _COMPUTED: Mapping[BaseTag, Level] = {
     _INSTANCE_AVAILABILITY: Level.PATIENT,
 }
 
+# What DCMTK dcmqrscp leaves empty (the "omit_counts" behaviour).
+_OMITTED_COUNTS = frozenset(
+    Tag(k)
+    for k in (
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
+        "NumberOfSeriesRelatedInstances",
+    )
+)
+
 
 def _text(ds: Dataset, tag: BaseTag) -> str:
     elem = ds.get(tag)
@@ -226,9 +237,21 @@ class QueryEntity:
 class QueryIndex:
     """A snapshot of the PACS's instances, organised for hierarchical C-FIND/C-GET/C-MOVE."""
 
-    def __init__(self, instances: Iterable[Dataset], *, retrieve_ae_title: str = "") -> None:
+    def __init__(
+        self,
+        instances: Iterable[Dataset],
+        *,
+        retrieve_ae_title: str = "",
+        omit_counts: bool = False,
+        strict_unique_keys: bool = False,
+    ) -> None:
+        """``omit_counts``: leave NumberOf*Related* and ModalitiesInStudy empty, as DCMTK
+        dcmqrscp does; ``strict_unique_keys``: refuse a UID list in the unique key of a level
+        above the query level (baseline hierarchical query, PS3.4 C.4.1.2.1)."""
         self._instances = sorted(instances, key=_instance_order)
         self._retrieve_ae_title = retrieve_ae_title
+        self._omit_counts = omit_counts
+        self._strict_unique_keys = strict_unique_keys
         self._patients = _group(self._instances, _PATIENT_ID)
         self._studies = _group(self._instances, _STUDY_UID)
         self._series = _group(self._instances, _SERIES_UID)
@@ -241,6 +264,8 @@ class QueryIndex:
         if tag == _INSTANCE_AVAILABILITY:
             return DataElement(tag, "CS", "ONLINE")
         level = _COMPUTED[tag]
+        if self._omit_counts and tag in _OMITTED_COUNTS:
+            return None
         owner = {Level.PATIENT: _PATIENT_ID, Level.STUDY: _STUDY_UID}.get(level, _SERIES_UID)
         key = (tag, _text(first, owner))
         if key not in self._cache:
@@ -281,10 +306,18 @@ class QueryIndex:
 
         Lazy, so a C-FIND SCP can send the first match (and notice a C-CANCEL) early.
         """
+        if self._strict_unique_keys:
+            for upper in (lvl for lvl in Level if lvl < level):
+                unique = identifier.get(_UNIQUE_KEYS[upper])
+                if unique is not None and unique.VM > 1:
+                    raise IdentifierError(
+                        f"a list of {unique.keyword} values above the query level"
+                    )
         keys = [
             elem
             for elem in identifier
             if elem.tag not in _NOT_MATCHED
+            and not (self._omit_counts and elem.tag in _OMITTED_COUNTS)  # unsupported: ignored
             and level_of(elem.tag) <= level
             and not is_universal(elem)
         ]

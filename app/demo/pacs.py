@@ -78,6 +78,18 @@ def _set_tcp_nodelay(event: Event) -> None:
             pass
 
 
+def _accept_relational(event: Event) -> dict[UID, bytes]:
+    """EVT_SOP_EXTENDED handler: agree to relational queries for the FIND models that asked
+    (PS3.4 C.5.1.1: byte 0 of the service class application information is 1)."""
+    finds = {PatientRootQueryRetrieveInformationModelFind,
+             StudyRootQueryRetrieveInformationModelFind}
+    return {
+        UID(uid): b"\x01"
+        for uid, info in getattr(event, "app_info", {}).items()
+        if UID(uid) in finds and info[:1] == b"\x01"
+    }
+
+
 # Command Field values (PS3.7 E.1)
 _C_STORE_RQ = 0x0001
 _C_GET_RQ = 0x0010
@@ -171,9 +183,18 @@ class DemoPacs:
         ae_title: str = "DEMO_PACS",
         move_destinations: Mapping[str, tuple[str, int]] | None = None,
         response_delay: float = 0.0,
+        omit_counts: bool = False,
+        strict_unique_keys: bool = False,
+        relational_queries: bool = False,
     ) -> None:
         """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
-        C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests."""
+        C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests.
+        ``omit_counts`` leaves NumberOf*Related* and ModalitiesInStudy empty (like dcmqrscp);
+        ``strict_unique_keys`` answers A900 to a UID list above the query level;
+        ``relational_queries`` agrees to relational queries when asked (PS3.4 C.5.1.1)."""
+        self._relational_queries = relational_queries
+        self._omit_counts = omit_counts
+        self._strict_unique_keys = strict_unique_keys
         self._ae_title = ae_title
         self.response_delay = max(0.0, response_delay)
         self._lock = threading.Lock()
@@ -207,7 +228,9 @@ class DemoPacs:
             self._destinations[ae_title] = (host, port)
 
     def _index(self) -> QueryIndex:
-        return QueryIndex(self.datasets(), retrieve_ae_title=self._ae_title)
+        return QueryIndex(self.datasets(), retrieve_ae_title=self._ae_title,
+                          omit_counts=self._omit_counts,
+                          strict_unique_keys=self._strict_unique_keys)
 
     # -- counters -----------------------------------------------------------------------------
 
@@ -270,6 +293,8 @@ class DemoPacs:
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
         ]
+        if self._relational_queries:
+            handlers.append((evt.EVT_SOP_EXTENDED, _accept_relational))
         server = self._application_entity().start_server(
             (host, port), block=False, evt_handlers=handlers
         )

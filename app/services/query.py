@@ -10,7 +10,6 @@ A request never holds one association while waiting for another, so it cannot de
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -22,13 +21,17 @@ from pydicom.dataset import Dataset
 from app.cache.store import GatewayCache
 from app.dicomweb.attributes import (
     ALL_RETURN_KEYS,
-    COMPUTED_SERIES_KEYS,
-    COMPUTED_STUDY_KEYS,
     DROPPED_FROM_RESULTS,
     REQUIRED_RETURN_KEYS,
     UNIQUE_KEY,
     QueryLevel,
     level_of,
+)
+from app.dicomweb.counts import (
+    MODALITIES_IN_STUDY,
+    STUDY_RELATED_SERIES,
+    has_value,
+    wanted_keys,
 )
 from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
@@ -37,12 +40,10 @@ from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
+from app.services.counts import CountsComputer, SeriesMemo
 
 log = logging.getLogger(__name__)
 LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
-MODALITIES_IN_STUDY = 0x00080061
-MODALITY = 0x00080060
-SERIES_INSTANCES = 0x00201209
 
 
 CAPPED_WARNING = (
@@ -51,6 +52,8 @@ CAPPED_WARNING = (
 UNSUPPORTED_KEYS_WARNING = "The PACS did not support some optional return keys."
 # Warnings noticed while the C-FINDs of one search run (each search runs in its own task context).
 _search_notes: ContextVar[set[str]] = ContextVar("search_notes")
+# Series rows fetched to compute counts during one search, by StudyInstanceUID.
+_search_series: ContextVar[SeriesMemo] = ContextVar("search_series")
 
 
 def _note(text: str) -> None:
@@ -75,11 +78,6 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _has_value(ds: Dataset, tag: int) -> bool:
-    element = ds.get(tag)
-    return element is not None and element.value not in (None, "", b"") and element.VM > 0
-
-
 class QueryService:
     """Runs searches against one PACS through its DIMSE client."""
 
@@ -87,6 +85,7 @@ class QueryService:
         self._client = client
         self._peer = client.peer
         self._cache = cache
+        self._counts = CountsComputer(client, _note_outcome)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -106,9 +105,11 @@ class QueryService:
                     bool(hit["more"]), list(hit["warnings"]))
         notes: set[str] = set()
         token = _search_notes.set(notes)
+        series_token = _search_series.set({})
         try:
             result = await self._search(query, notes)
         finally:
+            _search_series.reset(series_token)
             _search_notes.reset(token)
         if self._cache is not None:
             await self._cache.put_query(digest, {
@@ -136,7 +137,8 @@ class QueryService:
                     more = True
                     break
                 page.append(ds)
-        await self._complete_counts(page, query.level)
+        await self._complete_counts(page, query.level,
+                                    wanted_keys(query.level, plan.return_keys[query.level]))
         return SearchResult([self._finish(ds, query) for ds in page], more,
                             sorted(notes))
 
@@ -265,65 +267,26 @@ class QueryService:
         self, ds: Dataset, plan: _Plan, keys: Sequence[MatchKey], level: QueryLevel
     ) -> bool:
         """Re-check ``keys`` on the returned values; compute a missing ModalitiesInStudy first
-        when it is being matched."""
+        when it is being matched (with the series count, from the same C-FIND)."""
         if level == QueryLevel.STUDY and any(
             k.path.tag == MODALITIES_IN_STUDY and not k.is_universal for k in keys
-        ) and not _has_value(ds, MODALITIES_IN_STUDY):
-            await self._complete_counts([ds], QueryLevel.STUDY)
+        ) and not has_value(ds, MODALITIES_IN_STUDY):
+            await self._complete_counts([ds], QueryLevel.STUDY,
+                                        frozenset({MODALITIES_IN_STUDY, STUDY_RELATED_SERIES}))
         if not all(can_match(k, ds) for k in keys):
             return False
         return all(combined_range_matches(d, t, ds) for d, t in plan.combined if d in keys)
 
     # -- computed attributes ----------------------------------------------------------------
 
-    async def _complete_counts(self, results: Sequence[Dataset], level: QueryLevel) -> None:
-        """Fill ModalitiesInStudy and NumberOf*Related* where the PACS left them out."""
-        if not self._peer.compute_missing_counts or level == QueryLevel.IMAGE:
+    async def _complete_counts(self, results: Sequence[Dataset], level: QueryLevel,
+                               wanted: frozenset[int]) -> None:
+        """Fill the ``wanted`` ModalitiesInStudy and NumberOf*Related* values the PACS left out,
+        for all ``results`` at once (app.services.counts)."""
+        if not self._peer.compute_missing_counts or level == QueryLevel.IMAGE or not wanted:
             return
-        wanted = COMPUTED_STUDY_KEYS if level == QueryLevel.STUDY else COMPUTED_SERIES_KEYS
-        todo = [ds for ds in results if not all(_has_value(ds, t) for t in wanted)]
-        if todo:
-            await asyncio.gather(*(self._compute_one(ds, level) for ds in todo))
-
-    async def _compute_one(self, ds: Dataset, level: QueryLevel) -> None:
-        if level == QueryLevel.SERIES:
-            if not _has_value(ds, SERIES_INSTANCES):
-                uids = {UNIQUE_KEY[QueryLevel.STUDY]: str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value
-                        if UNIQUE_KEY[QueryLevel.STUDY] in ds else ""),
-                        UNIQUE_KEY[QueryLevel.SERIES]: str(ds.SeriesInstanceUID)}
-                count = await self._count(QueryLevel.IMAGE, uids)
-                ds.NumberOfSeriesRelatedInstances = count
-            return
-        study_uid = str(ds.get(UNIQUE_KEY[QueryLevel.STUDY]).value)
-        series = await self._collect(
-            build_identifier(
-                QueryLevel.SERIES,
-                unique_keys={UNIQUE_KEY[QueryLevel.STUDY]: study_uid},
-                return_keys=[UNIQUE_KEY[QueryLevel.SERIES], MODALITY, SERIES_INSTANCES],
-            ),
-            QueryLevel.SERIES,
-        )
-        modalities = sorted({str(s.Modality) for s in series if _has_value(s, MODALITY)})
-        total = 0
-        for s in series:
-            if _has_value(s, SERIES_INSTANCES):
-                total += int(s.NumberOfSeriesRelatedInstances)
-            else:
-                total += await self._count(
-                    QueryLevel.IMAGE,
-                    {UNIQUE_KEY[QueryLevel.STUDY]: study_uid,
-                     UNIQUE_KEY[QueryLevel.SERIES]: str(s.SeriesInstanceUID)},
-                )
-        if not _has_value(ds, MODALITIES_IN_STUDY):
-            ds.ModalitiesInStudy = modalities
-        if not _has_value(ds, 0x00201206):
-            ds.NumberOfStudyRelatedSeries = len(series)
-        if not _has_value(ds, 0x00201208):
-            ds.NumberOfStudyRelatedInstances = total
-
-    async def _count(self, level: QueryLevel, uids: dict[int, str]) -> int:
-        ident = build_identifier(level, unique_keys=uids, return_keys=[UNIQUE_KEY[level]])
-        return len(await self._collect(ident, level))
+        memo = _search_series.get(None)
+        await self._counts.complete(results, level, wanted, {} if memo is None else memo)
 
     # -- finishing --------------------------------------------------------------------------
 

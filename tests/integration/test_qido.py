@@ -3,6 +3,7 @@ assertions against both, expectations derived from the sample data the peers wer
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ import pytest
 from pydicom import Dataset
 
 from app.dicomweb.multipart import parse_multipart
-from tests.peers import PacsEndpoint
+from tests.peers import DcmqrscpServer, PacsEndpoint
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
 
 
@@ -341,3 +342,43 @@ def test_pacs_that_caps_its_answers_gives_a_warning(tmp_path, sample_datasets) -
                        for w in response.headers.get_list("warning"))
     finally:
         server.stop()
+
+
+def test_batched_counts_equal_per_study_counts_on_dcmqrscp(
+    dcmqrscp: DcmqrscpServer, sample_datasets: list[Dataset]
+) -> None:
+    """dcmqrscp leaves the counts empty: computed with UID lists (in chunks of 3, so a page
+    takes several) they equal those computed one study and one series at a time, and the
+    loaded data."""
+    requests: list[tuple[str, dict[str, str]]] = [
+        ("/studies", {}),
+        ("/studies", {"limit": "101", "offset": "0", "fuzzymatching": "false",
+                      "includefield": "00081030,00080060"}),
+        ("/studies", {"limit": "3", "offset": "2"}),
+        ("/studies", {"ModalitiesInStudy": "MR"}),
+        ("/series", {}),
+        *[(f"/studies/{uid}/series", {}) for uid in sorted(_studies(sample_datasets))],
+    ]
+    answers: dict[int, list[list[dict]]] = {}
+    for batch in (1, 3, 64):
+        peer = peer_settings("dcmqrscp", dcmqrscp.ae_title, dcmqrscp.host, dcmqrscp.port,
+                             max_uids_per_query=batch)
+        with GatewayServer(gateway_settings(peer, cache_backend="none")) as server:
+            with server.client() as http:
+                # RetrieveURLs name the gateway's port: compare them relative to it.
+                answers[batch] = [
+                    json.loads(http.get(path, params=params).text.replace(server.url, ""))
+                    for path, params in requests
+                ]
+    assert answers[3] == answers[1]
+    assert answers[64] == answers[1]
+    by_study = _studies(sample_datasets)
+    for result in answers[64][0]:
+        instances = by_study[str(_value(result, "0020000D"))]
+        assert _value(result, "00201208") == len(instances)
+        assert _value(result, "00201206") == len({str(d.SeriesInstanceUID) for d in instances})
+    series = [r for answer in answers[64][5:] for r in answer]
+    per_series = Counter(str(d.SeriesInstanceUID) for d in sample_datasets)
+    assert len(series) == len(per_series)
+    for result in series:
+        assert _value(result, "00201209") == per_series[str(_value(result, "0020000E"))]

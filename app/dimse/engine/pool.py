@@ -55,6 +55,8 @@ class AssociationPool:
             idle = self._idle.get(request)
             while idle:
                 assoc, expiry = idle.pop()
+                if not idle:
+                    del self._idle[request]
                 expiry.cancel()
                 if assoc.is_established:
                     self.reused += 1
@@ -108,6 +110,9 @@ class AssociationPool:
         while self._leased + self.idle_count > self._limit and self._idle:
             request = next(iter(self._idle))
             entries = self._idle[request]
+            if not entries:  # pragma: no cover - emptied lists are removed where emptied
+                del self._idle[request]
+                continue
             assoc, expiry = entries.pop(0)
             if not entries:
                 del self._idle[request]
