@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     qido_default_limit: Annotated[int, Field(ge=1)] = 1000
     qido_max_limit: Annotated[int, Field(ge=1)] = 10_000
     require_accept_header: bool = False
+    max_frames_per_request: Annotated[int, Field(ge=1)] = 256
     cache_backend: Literal["memory", "redis", "none"] = "memory"
     redis_url: str | None = None
     redis_cluster: bool = False

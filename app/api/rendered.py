@@ -283,7 +283,7 @@ async def retrieve_rendered_frames(request: Request, services: ServicesDep, stud
                                    frames: FrameList) -> Response:
     """One frame as one image; several frames as multipart/related, one image per frame."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames)
+    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
     name = peer_name(request, services)
     media_type = choose_rendered_type(request, services)
     params, warnings = rendering_parameters(request, media_type)
@@ -348,7 +348,7 @@ async def retrieve_frame_thumbnail(request: Request, services: ServicesDep, stud
                                    frames: FrameList) -> Response:
     """One small image of the first listed frame."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames)
+    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
     name = peer_name(request, services)
     media_type = choose_rendered_type(request, services)
     params, _ = rendering_parameters(request, media_type, thumbnail=True)

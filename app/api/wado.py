@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Annotated
 
@@ -30,7 +30,6 @@ from app.dicomweb.mediatypes import (
     DICOM,
     DICOM_XML,
     METADATA_OFFERS,
-    OCTET_STREAM,
     Negotiated,
     Offer,
     frame_offers,
@@ -45,6 +44,7 @@ from app.dicomweb.multipart import (
     part_header,
     part_trailer,
 )
+from app.dicomweb.pixels import Frame
 from app.dicomweb.refs import InstanceRef, instance_ref, series_ref, study_ref
 from app.dicomweb.transfer_syntax import (
     ALL_KNOWN,
@@ -301,32 +301,50 @@ async def retrieve_instance_metadata(request: Request, services: ServicesDep, st
 
 # -- frames and bulk data ------------------------------------------------------------------------
 
-_FRAME_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*$")
+_FRAME_LIST = re.compile(r"^\s*[0-9]+\s*(,\s*[0-9]+\s*)*$")
+_MAX_FRAME_DIGITS = 9  # no instance has a billion frames; keeps int() far from its limits
 
 
-def parse_frame_list(text: str) -> list[int]:
-    """1-based frame numbers from ``1,3,5``; 400 for anything else (PS3.18 10.4.1.1.3)."""
+def parse_frame_list(text: str, max_frames: int) -> list[int]:
+    """1-based frame numbers from ``1,3,5`` (PS3.18 10.4.1.1.3): 400 for anything else, for a
+    number listed twice, and for more than ``max_frames`` numbers (each listed frame is a part
+    of the response: without these limits a short URL asks for any amount of data)."""
     if not _FRAME_LIST.match(text):
-        raise BadRequest(f"frame list {text!r} is not a comma-separated list of frame numbers")
-    numbers = [int(n) for n in text.split(",")]
+        raise BadRequest(f"frame list {text[:100]!r} is not a comma-separated list of frame "
+                         "numbers")
+    items = [n.strip() for n in text.split(",")]
+    if len(items) > max_frames:
+        raise BadRequest(f"frame list names {len(items)} frames; at most {max_frames} may be "
+                         "asked for at once (max_frames_per_request)")
+    if any(len(n.lstrip("0")) > _MAX_FRAME_DIGITS for n in items):
+        raise BadRequest("frame list: a frame number is out of range")
+    numbers = [int(n.lstrip("0") or "0") for n in items]
     if any(n < 1 for n in numbers):
-        raise BadRequest(f"frame list {text!r}: frame numbers start at 1")
+        raise BadRequest(f"frame list {text[:100]!r}: frame numbers start at 1")
+    if len(set(numbers)) != len(numbers):
+        twice = next(n for n in numbers if numbers.count(n) > 1)
+        raise BadRequest(f"frame list: frame {twice} is listed more than once")
     return numbers
-
-
-def _octet_parts(parts: list[tuple[bytes, str, str | None]], boundary: str) -> bytes:
-    """Encode (data, content type, content location) parts as one multipart body."""
-    out = bytearray()
-    for data, content_type, location in parts:
-        out += part_header(content_type, content_location=location, content_length=len(data),
-                           boundary=boundary)
-        out += data + part_trailer()
-    out += closing_delimiter(boundary)
-    return bytes(out)
 
 
 def _part_type(media_type: str, transfer_syntax: str) -> str:
     return f"{media_type}; transfer-syntax={transfer_syntax}"
+
+
+def _frame_stream(first: Frame, rest: AsyncIterator[Frame], location: Callable[[Frame], str],
+                  what: str, headers: dict[str, str]) -> StreamingResponse:
+    """Frames (or bulk data values) as multipart/related, one part sent as each is made."""
+    boundary = new_boundary()
+
+    def render(item: object) -> list[bytes]:
+        assert isinstance(item, Frame)
+        header = part_header(_part_type(item.media_type, item.transfer_syntax),
+                             content_location=location(item), content_length=len(item.data),
+                             boundary=boundary)
+        return [header, item.data, part_trailer()]
+
+    return _stream(first, rest, render, closing_delimiter(boundary),
+                   multipart_content_type(first.media_type, boundary), what, headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
@@ -335,7 +353,7 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
                           series: SeriesUID, instance: InstanceUID, frames: FrameList) -> Response:
     """Pixel data of the listed frames, one part per frame (PS3.18 10.4.1.1.3)."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames)
+    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
     name = peer_name(request, services)
     chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
     wanted = _pixel_syntax(chosen)
@@ -343,14 +361,12 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
     if unchanged is not None:
         return unchanged
     base = service_base_url(request, services)
-    found = await services.retrieve(name).frames(ref, numbers, wanted)
+    parts = services.retrieve(name).frames(ref, numbers, wanted)
+    first = await _peek(parts)
+    assert isinstance(first, Frame)
     location = instance_url(base, study, series, instance) + "/frames/"
-    boundary = new_boundary()
-    body = _octet_parts([(f.data, _part_type(f.media_type, f.transfer_syntax),
-                          f"{location}{f.number}") for f in found], boundary)
-    part_type = found[0].media_type if found else OCTET_STREAM
-    return Response(body, media_type=multipart_content_type(part_type, boundary),
-                    headers=headers)
+    return _frame_stream(first, parts, lambda f: f"{location}{f.number}", f"frames of {ref}",
+                         headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
@@ -365,11 +381,8 @@ async def retrieve_bulkdata(request: Request, services: ServicesDep, study: Stud
     headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    values = await services.retrieve(name).bulkdata(ref, reference, wanted)
+    values = services.retrieve(name).bulkdata(ref, reference, wanted)
+    first = await _peek(values)
+    assert isinstance(first, Frame)
     location = str(request.url.remove_query_params("accept"))
-    boundary = new_boundary()
-    body = _octet_parts([(v.data, _part_type(v.media_type, v.transfer_syntax), location)
-                         for v in values], boundary)
-    part_type = values[0].media_type if values else OCTET_STREAM
-    return Response(body, media_type=multipart_content_type(part_type, boundary),
-                    headers=headers)
+    return _frame_stream(first, values, lambda _: location, f"bulk data of {ref}", headers)

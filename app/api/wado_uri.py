@@ -83,11 +83,14 @@ def _positive(request: Request, name: str, limit: int | None = None) -> int | No
     text = _param(request, name)
     if text is None:
         return None
-    if not text.strip().isdigit() or int(text) < 1:
-        raise BadRequest(f"{name} {text!r} is not a positive integer")
-    if limit is not None and int(text) > limit:
+    digits = text.strip().lstrip("0")
+    if not (text.strip().isascii() and text.strip().isdigit()) or not digits:
+        raise BadRequest(f"{name} {text[:20]!r} is not a positive integer")
+    if len(digits) > 9:  # far beyond any frame count or image side; int() stays cheap
+        raise BadRequest(f"{name} is too large")
+    if limit is not None and int(digits) > limit:
         raise BadRequest(f"{name} must be at most {limit}")
-    return int(text)
+    return int(digits)
 
 
 def _float(request: Request, name: str) -> float | None:

@@ -28,6 +28,7 @@ from app.dicomweb.pixels import (
     Frame,
     FrameOutOfRange,
     TranscodeError,
+    dataset_transfer_syntax,
     frame_count,
     get_frames,
     read_part10,
@@ -35,7 +36,12 @@ from app.dicomweb.pixels import (
     transcode_part10,
 )
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
-from app.dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, NOT_ON_THE_WIRE, is_lossy
+from app.dicomweb.transfer_syntax import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    NOT_ON_THE_WIRE,
+    is_lossy,
+    is_video,
+)
 from app.dicomweb.urls import fill_base_url, instance_url, new_base_token
 from app.dimse.received import ReceivedInstance
 from app.dimse.status import nothing_found
@@ -480,26 +486,64 @@ class WadoService:
         raise NotFound(f"{describe(ref)} was not among what the PACS sent")
 
     async def frames(self, ref: InstanceRef, numbers: list[int], wanted: str | None
-                     ) -> list[Frame]:
-        """The listed 1-based frames of an instance, in ``wanted`` (None or ``*``: as stored)."""
+                     ) -> AsyncIterator[Frame]:
+        """The listed 1-based frames of an instance, in ``wanted`` (None or ``*``: as stored),
+        one at a time: each is sliced (or transcoded) only when the one before has been taken,
+        so a response holds one frame besides the instance. Every number is checked against
+        the instance (NotFound) before the first frame."""
         item = await self._single(ref)
-        return await asyncio.to_thread(_frames_of, item.data, numbers, wanted)
+        ds = await asyncio.to_thread(_pixel_dataset, item.data, numbers)
+        async for frame in _each_frame(ds, numbers, wanted):
+            yield frame
 
     async def bulkdata(self, ref: InstanceRef, reference: str, wanted: str | None
-                       ) -> list[Frame]:
-        """The value a BulkDataURI names: pixel data as frames, anything else as one part."""
+                       ) -> AsyncIterator[Frame]:
+        """The value a BulkDataURI names: pixel data as frames (one at a time), anything else
+        as one part."""
         try:
             path, tag = decode_bulkdata_path(reference)
         except ValueError as exc:
             raise BadRequest(f"bulk data reference {reference!r} is malformed: {exc}") from None
         item = await self._single(ref)
-        return await asyncio.to_thread(_bulk_of, item.data, path, tag, wanted)
+        ds = await asyncio.to_thread(read_part10, item.data)
+        if not path and tag == PIXEL_DATA:
+            numbers = list(range(1, frame_count(ds) + 1))
+            _check_frames(ds, numbers)
+            async for frame in _each_frame(ds, numbers, wanted):
+                yield frame
+            return
+        for value in await asyncio.to_thread(_bulk_of, ds, path, tag):
+            yield value
 
 
-def _frames_of(data: bytes, numbers: list[int], wanted: str | None) -> list[Frame]:
-    ds = read_part10(data)
+def _check_frames(ds: Dataset, numbers: list[int]) -> None:
+    """NotFound unless the dataset has pixel data holding every frame in ``numbers``."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise NotFound("the instance has no pixel data, hence no frames")
+    total = frame_count(ds)
+    beyond = [n for n in numbers if not 1 <= n <= total]
+    if beyond:
+        raise NotFound(f"frame {beyond[0]} is out of range: the instance has {total}")
+
+
+def _pixel_dataset(data: bytes, numbers: list[int]) -> Dataset:
+    """The instance parsed, once its frames ``numbers`` are known to exist (CPU: a thread)."""
+    ds = read_part10(data)
+    _check_frames(ds, numbers)
+    return ds
+
+
+async def _each_frame(ds: Dataset, numbers: list[int], wanted: str | None
+                      ) -> AsyncIterator[Frame]:
+    """Frames of ``ds`` one by one, each computed in a worker thread when asked for."""
+    if is_video(dataset_transfer_syntax(ds)):  # one stream, however many frames are named
+        numbers = numbers[:1]
+    for number in numbers:
+        (frame,) = await asyncio.to_thread(_frames_of, ds, [number], wanted)
+        yield frame
+
+
+def _frames_of(ds: Dataset, numbers: list[int], wanted: str | None) -> list[Frame]:
     try:
         return get_frames(ds, numbers, transfer_syntax=None if wanted == AS_STORED else wanted)
     except FrameOutOfRange as exc:
@@ -508,11 +552,7 @@ def _frames_of(data: bytes, numbers: list[int], wanted: str | None) -> list[Fram
         raise NotAcceptable(str(exc)) from None
 
 
-def _bulk_of(data: bytes, path: tuple[tuple[int, int], ...], tag: int, wanted: str | None
-             ) -> list[Frame]:
-    ds = read_part10(data)
-    if not path and tag == PIXEL_DATA:
-        return _frames_of(data, list(range(1, frame_count(ds) + 1)), wanted)
+def _bulk_of(ds: Dataset, path: tuple[tuple[int, int], ...], tag: int) -> list[Frame]:
     try:
         value = bulk_value(ds, path, tag)
     except (KeyError, IndexError) as exc:
@@ -521,4 +561,3 @@ def _bulk_of(data: bytes, path: tuple[tuple[int, int], ...], tag: int, wanted: s
         return [Frame(i + 1, v, OCTET_STREAM, str(ds.file_meta.TransferSyntaxUID))
                 for i, v in enumerate(value)]
     return [Frame(1, value, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)]
-
