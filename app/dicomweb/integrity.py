@@ -32,10 +32,13 @@ class _NotWalkable(Exception):
 
 
 class _Walker:
-    def __init__(self, data: bytes, explicit: bool) -> None:
+    def __init__(self, data: bytes, explicit: bool, wanted: int = SOP_INSTANCE_UID,
+                 stop_after_wanted: bool = False) -> None:
         self.data = data
         self.explicit = explicit
-        self.sop_instance_uid: str | None = None
+        self.wanted = wanted
+        self.stop_after_wanted = stop_after_wanted
+        self.value: str | None = None
 
     def dataset(self, offset: int, end: int, depth: int, *, in_item: bool) -> int:
         """Walk elements from ``offset``; returns the offset after the data set (after the
@@ -73,9 +76,12 @@ class _Walker:
                 continue
             if length > end - offset:
                 raise Malformed(f"element ({group:04X},{element:04X}) runs past the end")
-            if tag == SOP_INSTANCE_UID and depth == 0:
-                self.sop_instance_uid = data[offset:offset + length].decode(
-                    "ascii", "replace").rstrip("\x00 ")
+            if depth == 0 and tag >= self.wanted and self.stop_after_wanted:
+                if tag == self.wanted:
+                    self.value = _text(data, offset, length)
+                return offset + length
+            if tag == self.wanted and depth == 0:
+                self.value = _text(data, offset, length)
             elif vr == b"SQ":
                 self.items(offset, offset + length, depth + 1)
             offset += length
@@ -133,11 +139,11 @@ class _Walker:
             offset += length
 
 
-def walk_part10(data: bytes, transfer_syntax: str) -> str | None:
-    """The SOP Instance UID of a complete, well-formed Part-10 instance; Malformed otherwise;
-    None when the syntax cannot be walked here (use pydicom)."""
-    if transfer_syntax in NOT_WALKABLE:
-        return None
+def _text(data: bytes, offset: int, length: int) -> str:
+    return data[offset:offset + length].decode("ascii", "replace").rstrip("\x00 ")
+
+
+def _dataset_start(data: bytes) -> int:
     if len(data) < 144 or data[128:132] != b"DICM":
         raise Malformed("no Part-10 preamble")
     if data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
@@ -146,11 +152,31 @@ def walk_part10(data: bytes, transfer_syntax: str) -> str | None:
     start = 144 + meta_length
     if start > len(data):
         raise Malformed("File Meta Information runs past the end")
-    walker = _Walker(data, explicit=transfer_syntax != IMPLICIT_LE)
+    return start
+
+
+def _walk(data: bytes, transfer_syntax: str, wanted: int, stop: bool) -> str | None:
+    if transfer_syntax in NOT_WALKABLE:
+        return None
+    start = _dataset_start(data)
+    walker = _Walker(data, transfer_syntax != IMPLICIT_LE, wanted, stop)
     try:
         walker.dataset(start, len(data), 0, in_item=False)
     except _NotWalkable:
         return None
     except (struct.error, IndexError) as exc:  # pragma: no cover - bounds are checked above
         raise Malformed(str(exc)) from None
-    return walker.sop_instance_uid
+    return walker.value
+
+
+def walk_part10(data: bytes, transfer_syntax: str) -> str | None:
+    """The SOP Instance UID of a complete, well-formed Part-10 instance; Malformed otherwise;
+    None when the syntax cannot be walked here (use pydicom)."""
+    return _walk(data, transfer_syntax, SOP_INSTANCE_UID, stop=False)
+
+
+def top_level_text(data: bytes, transfer_syntax: str, tag: int) -> str | None:
+    """A top-level text value (e.g. SeriesInstanceUID) read by walking only the elements
+    before it: microseconds, no pydicom. None if absent or the syntax cannot be walked here;
+    Malformed if the bytes up to it are."""
+    return _walk(data, transfer_syntax, tag, stop=True)

@@ -23,7 +23,7 @@ from app.cache.singleflight import FillContext, FillEvent, SingleFlight
 from app.cache.store import CachedInstance, GatewayCache, SeriesIndex
 from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
 from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
-from app.dicomweb.integrity import Malformed, walk_part10
+from app.dicomweb.integrity import Malformed, top_level_text, walk_part10
 from app.dicomweb.pixels import (
     Frame,
     FrameOutOfRange,
@@ -65,6 +65,7 @@ PIXEL_DATA = 0x7FE00010
 OCTET_STREAM = "application/octet-stream"
 HANDOFF_GRACE_S = 10.0
 READ_AHEAD = 4
+SERIES_INSTANCE_UID = 0x0020000E
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +116,16 @@ def verify_instance(item: ReceivedInstance) -> bool:
     return str(ds.get("SOPInstanceUID", "")) == item.sop_instance_uid
 
 
-def series_uid_of(data: bytes) -> str:
-    """The SeriesInstanceUID of Part-10 bytes, reading the header only."""
+def series_uid_of(item: ReceivedInstance) -> str:
+    """The SeriesInstanceUID of a received instance: walked to in microseconds where the syntax
+    allows, else read with pydicom (header only)."""
+    try:
+        walked = top_level_text(item.data, item.transfer_syntax, SERIES_INSTANCE_UID)
+    except Malformed:
+        walked = None
+    if walked:
+        return walked
+    data = item.data
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True,
                      specific_tags=["SeriesInstanceUID"])
@@ -169,7 +178,7 @@ class WadoService:
             async for item in self._retrieval.received(ref, series_of):
                 series = series_of.get(item.sop_instance_uid) or (
                     ref.series_uid if isinstance(ref, (SeriesRef, InstanceRef))
-                    else await asyncio.to_thread(series_uid_of, item.data))
+                    else series_uid_of(item))
                 yield series, item
             return
         if isinstance(ref, InstanceRef):

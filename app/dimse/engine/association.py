@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -29,6 +29,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
+from app.dimse.engine.commands import AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, Command
+from app.dimse.engine.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from app.dimse.engine.part10 import part10_header
 from app.dimse.engine.pdu import (
     RELEASE_RP_PDU,
     RELEASE_RQ_PDU,
@@ -39,14 +42,12 @@ from app.dimse.engine.pdu import (
     abort_pdu,
     p_data_pdus,
 )
-from app.dimse.engine.pdu_reader import Message, PduReader
+from app.dimse.engine.pdu_reader import CommandSet, Message, PduReader
 from app.dimse.engine.transport import apply_policy
 
 log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT = UID("1.2.840.10008.3.1.1.1")
-IMPLEMENTATION_CLASS_UID = generate_uid(entropy_srcs=["dicomweb-gateway asyncio DIMSE engine"])
-IMPLEMENTATION_VERSION = "DWG_ASYNC_1"
 _WRITE_HIGH_WATER = 1 << 20
 _INBOX_HIGH_WATER = 4
 
@@ -354,6 +355,19 @@ class Association:
     def violation(self, error: ProtocolViolation) -> None:
         """AA-8 for a malformed byte stream."""
         self._violation(error)
+
+    def data_prefix(self, command: CommandSet, context_id: int) -> bytes | None:
+        """A C-STORE's data set is received straight into its Part-10 form: the header is
+        known from the command set and the presentation context before the data arrives."""
+        if command.command_field != Command.C_STORE_RQ:
+            return None
+        cx = self.contexts.get(context_id)
+        uid = command.text(AFFECTED_SOP_INSTANCE)
+        if cx is None or not uid:
+            return None  # refused when the message is complete
+        sop_class = command.text(AFFECTED_SOP_CLASS) or cx.abstract_syntax
+        source = self.calling_ae if self._evaluator is not None else self.called_ae
+        return part10_header(sop_class, uid, cx.transfer_syntax, source)
 
     # -- actions (PS3.8 Table 9-7..9-9) ---------------------------------------------------------
     def _ae3_ae4_response(self, pdu: bytes) -> None:

@@ -54,6 +54,16 @@ def decode_identifier(data: bytes, cx: AcceptedContext) -> Dataset:
     return decode(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
 
 
+def as_part10(message: Message, sop_class: str, sop_uid: str, transfer_syntax: str,
+              source_ae: str) -> bytes:
+    """A C-STORE's instance as Part-10 bytes: as received when the reader framed it already
+    (the usual case), else framed now."""
+    assert message.data is not None
+    if message.data_offset:
+        return message.data
+    return part10(message.data, sop_class, sop_uid, transfer_syntax, source_ae)
+
+
 def require_context(assoc: Association, model: str, peer_name: str, what: str) -> AcceptedContext:
     """The accepted context for ``model`` or UpstreamNotSupported naming the service."""
     cx = assoc.context_for(model)
@@ -164,9 +174,8 @@ async def c_get(assoc: Association, progress: Progress, sink: Sink[ReceivedInsta
                 status = 0xC000  # cannot understand: no data set or no instance UID
             else:
                 instance = ReceivedInstance(
-                    part10(message.data, sop_class, sop_uid, store_cx.transfer_syntax,
-                           source_ae),
-                    sop_class, sop_uid, store_cx.transfer_syntax)
+                    as_part10(message, sop_class, sop_uid, store_cx.transfer_syntax,
+                              source_ae), sop_class, sop_uid, store_cx.transfer_syntax)
                 try:
                     await sink.emit(instance)
                     received += 1

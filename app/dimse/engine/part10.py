@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from app.dimse.engine.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from app.dimse.engine.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _SHORT = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (explicit VR little endian)
@@ -41,10 +41,16 @@ def _template(sop_class: str, transfer_syntax: str, source_ae: str) -> tuple[byt
     return before, after, len(before) + len(after)
 
 
-def part10(data: bytes, sop_class: str, sop_instance: str, transfer_syntax: str,
-           source_ae: str = "") -> bytes:
-    """``data`` (a data set in ``transfer_syntax``) as a Part-10 byte stream."""
+def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str,
+                  source_ae: str = "") -> bytes:
+    """Preamble, "DICM" and File Meta Information for an instance in ``transfer_syntax``."""
     before, after, length = _template(sop_class, transfer_syntax, source_ae)
     instance = _element(0x0003, b"UI", _ui(sop_instance))
     group_length = _UL.pack(0x0002, 0x0000, b"UL", 4, length + len(instance))
-    return b"".join((_PREAMBLE, group_length, before, instance, after, data))
+    return b"".join((_PREAMBLE, group_length, before, instance, after))
+
+
+def part10(data: bytes, sop_class: str, sop_instance: str, transfer_syntax: str,
+           source_ae: str = "") -> bytes:
+    """``data`` (a data set in ``transfer_syntax``) as a Part-10 byte stream."""
+    return part10_header(sop_class, sop_instance, transfer_syntax, source_ae) + data

@@ -42,6 +42,7 @@ class Message:
     context_id: int
     command: CommandSet
     data: bytes | None
+    data_offset: int = 0  # bytes before the data set in ``data`` (a Part-10 header), if any
 
 
 class PduOwner(Protocol):
@@ -64,6 +65,10 @@ class PduOwner(Protocol):
 
     def violation(self, error: ProtocolViolation) -> None:
         """The byte stream is invalid: abort."""
+
+    def data_prefix(self, command: CommandSet, context_id: int) -> bytes | None:
+        """Bytes to put before the data set that follows ``command`` (a C-STORE's Part-10
+        header), so that the one join per data set yields the instance as it will be sent."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         """The TCP connection is up."""
@@ -93,6 +98,7 @@ class PduReader(asyncio.BufferedProtocol):
         self._command: CommandSet | None = None
         self._data_parts: list[bytes | bytearray] = []
         self._data_size = 0
+        self._prefix_size = 0
 
     # asyncio protocol interface -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,6 +250,11 @@ class PduReader(asyncio.BufferedProtocol):
                 command = CommandSet.decode(raw)
                 if command.has_data_set:
                     self._command = command
+                    assert self._context_id is not None
+                    prefix = self._owner.data_prefix(command, self._context_id)
+                    if prefix:
+                        self._data_parts.append(prefix)
+                        self._prefix_size = len(prefix)
                 else:
                     self._deliver(command, None)
             return
@@ -258,12 +269,13 @@ class PduReader(asyncio.BufferedProtocol):
             data = self._data_parts[0] if len(self._data_parts) == 1 else b"".join(
                 self._data_parts)
             command, self._command = self._command, None
+            offset, self._prefix_size = self._prefix_size, 0
             self._data_parts = []
             self._data_size = 0
-            self._deliver(command, bytes(data) if isinstance(data, bytearray) else data)
+            self._deliver(command, bytes(data) if isinstance(data, bytearray) else data, offset)
 
-    def _deliver(self, command: CommandSet, data: bytes | None) -> None:
+    def _deliver(self, command: CommandSet, data: bytes | None, offset: int = 0) -> None:
         context_id = self._context_id
         self._context_id = None
         assert context_id is not None
-        self._owner.message_received(Message(context_id, command, data))
+        self._owner.message_received(Message(context_id, command, data, offset))

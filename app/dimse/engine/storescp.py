@@ -28,7 +28,7 @@ from app.dimse.engine.association import (
     user_information,
 )
 from app.dimse.engine.commands import Command
-from app.dimse.engine.part10 import part10
+from app.dimse.engine.operations import as_part10
 from app.dimse.engine.pdu_reader import Message
 from app.dimse.move_admission import (
     NOT_EXPECTED,
@@ -206,7 +206,7 @@ class AsyncStorageSCP:
             log_refusal(calling, address, uid, decision.reason)
             return decision.status
         instance = ReceivedInstance(
-            part10(message.data, sop_class, uid, cx.transfer_syntax, calling),
+            as_part10(message, sop_class, uid, cx.transfer_syntax, calling),
             sop_class, uid, cx.transfer_syntax)
         if decision.sink is not None:
             status = await asyncio.to_thread(decision.sink.deliver, instance)

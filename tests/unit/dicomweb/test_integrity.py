@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from app.demo.samples import generate_sample_studies
-from app.dicomweb.integrity import Malformed, walk_part10
+from app.dicomweb.integrity import Malformed, top_level_text, walk_part10
 
 
 def part10(ds: Dataset, syntax: str) -> bytes:
@@ -111,3 +111,17 @@ def test_trailing_garbage_and_missing_preamble_are_malformed() -> None:
 
 def test_big_endian_is_left_to_pydicom() -> None:
     assert walk_part10(b"", ExplicitVRBigEndian) is None
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_top_level_text_stops_at_the_wanted_element(syntax: str) -> None:
+    ds = nested(True)
+    ds.SeriesInstanceUID = "1.2.3.4.5.6.8"
+    data = part10(ds, syntax)
+    assert top_level_text(data, syntax, 0x0020000E) == "1.2.3.4.5.6.8"
+    assert top_level_text(data, syntax, 0x00080018) == "1.2.3.4.5.6.7"
+    assert top_level_text(data, syntax, 0x0020000D) is None  # absent: passed without a value
+    # Only what comes before the element must be whole: a cut after it does not matter.
+    cut = data.index(b"1.2.3.4.5.6.8") + 20
+    assert top_level_text(data[:cut], syntax, 0x0020000E) == "1.2.3.4.5.6.8"
+    assert top_level_text(b"", ExplicitVRBigEndian, 0x0020000E) is None

@@ -24,6 +24,7 @@ class Owner:
         self.pdus: list[tuple[PduType, bytes]] = []
         self.messages: list[Message] = []
         self.violations: list[ProtocolViolation] = []
+        self.prefix: bytes | None = None
 
     def pdu_received(self, pdu_type: PduType, pdu: bytes) -> None:
         """Record a control PDU."""
@@ -49,6 +50,10 @@ class Owner:
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         """Unused."""
+
+    def data_prefix(self, command: object, context_id: int) -> bytes | None:
+        """A fixed prefix before every data set, to check the reader puts it in front."""
+        return self.prefix
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Unused."""
@@ -94,6 +99,19 @@ def test_messages_do_not_depend_on_how_the_bytes_were_split(piece: int | None) -
     assert [m.command.status for m in owner.messages] == [0xFF00, 0x0000]
     assert owner.messages[0].data == data and owner.messages[1].data is None
     assert [t for t, _ in owner.pdus] == [PduType.RELEASE_RQ]
+
+
+@pytest.mark.parametrize("piece", [None, 1, 7])
+def test_the_owners_prefix_is_joined_in_front_of_the_data_set(piece: int | None) -> None:
+    """A C-STORE's Part-10 header goes in front of its data set in the one join, and the
+    message says where the data set starts."""
+    data = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY " * 3
+    target, owner = reader()
+    owner.prefix = b"PREAMBLE+META"
+    feed(target, find_response(1, 0xFF00, data) + find_response(1, 0x0000, None), piece)
+    first, second = owner.messages
+    assert first.data == b"PREAMBLE+META" + data and first.data_offset == len(owner.prefix)
+    assert second.data is None and second.data_offset == 0
 
 
 @pytest.mark.parametrize("pdu_type", [fp.RELEASE_RQ, fp.RELEASE_RP, fp.ABORT])
