@@ -58,6 +58,9 @@ BROWSER_CONNECTIONS = 6
 TIMELINE_REQUESTS = 16
 WARM_TOLERANCE = 1.0
 COLD_TOLERANCE = 2.0
+# Issue #8: cold first image <= 1.2x Orthanc for the 300-slice CT, <= 1.5x for 1,000 slices.
+COLD_FIRST_IMAGE_TOLERANCE = ((1000, 1.5), (0, 1.2))
+ENGINES = ("asyncio", "pynetdicom")
 
 GATEWAY = "gateway"
 GATEWAY_CORS = "gateway-cors"
@@ -265,17 +268,25 @@ def server_frame_rate(root: str, paths: Sequence[str],
 # -- servers -------------------------------------------------------------------------------------
 
 
+def cold_first_image_tolerance(slices: int) -> float:
+    """The issue #8 limit of the cold first image, gateway / Orthanc, for a series this long."""
+    return next(limit for floor, limit in COLD_FIRST_IMAGE_TOLERANCE if slices >= floor)
+
+
 class ViewerGateway(GatewayProcess):
-    """The gateway as its own process with the default in-process cache and, optionally, CORS
-    allowing the viewer's origin (the realistic two-origin deployment)."""
+    """The gateway as its own process with the default in-process cache, the chosen DIMSE
+    engine (``DWG_DIMSE_ENGINE``) and, optionally, CORS allowing the viewer's origin (the
+    realistic two-origin deployment)."""
 
     def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *, source: Path,
-                 cors_origin: str | None) -> None:
+                 cors_origin: str | None, engine: str = "asyncio") -> None:
         self.cors_origin = cors_origin
+        self.engine = engine
         super().__init__(workdir, peers, source=source, cache="memory")
 
     def env(self) -> dict[str, str]:
         env = super().env()
+        env["DWG_DIMSE_ENGINE"] = self.engine
         if self.cors_origin:
             env["DWG_CORS_ALLOW_ORIGINS"] = json.dumps([self.cors_origin])
         return env
@@ -340,7 +351,8 @@ class Bench:
         peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
                            self.orthanc.dicom_port)
         with ViewerGateway(self.workdir, [peer], source=self.app_source,
-                           cors_origin=self.viewer.url if cors else None) as gw:
+                           cors_origin=self.viewer.url if cors else None,
+                           engine=self.args.engine) as gw:
             self._load(target, "cold", round_no, gw.dicomweb(), disable_web_security=not cors)
             for _ in range(self.args.warm):
                 self._load(target, "warm", round_no, gw.dicomweb(),
@@ -363,7 +375,8 @@ class Bench:
         restart_orthanc(self.orthanc, nodelay=False)
         peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
                            self.orthanc.dicom_port)
-        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None) as gw:
+        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None,
+                           engine=self.args.engine) as gw:
             for phase in ("cold", "warm"):
                 out = out_dir / f"gateway-{phase}.txt"
                 spy_process = subprocess.Popen(
@@ -389,7 +402,8 @@ class Bench:
         paths = frame_paths(self.args.slices)
         peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
                            self.orthanc.dicom_port)
-        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None) as gw:
+        with ViewerGateway(self.workdir, [peer], source=self.app_source, cors_origin=None,
+                           engine=self.args.engine) as gw:
             server_frame_rate(gw.dicomweb(), paths)  # fills the cache; not reported
             server_frame_rate(self.orthanc.dicomweb_url, paths)
             for _ in range(rounds):
@@ -423,7 +437,11 @@ class Bench:
                 else:
                     self.gateway_round(round_no, cors=target == GATEWAY_CORS)
         log("server-only frame rate (no browser)")
-        self.server_rates()
+        try:
+            self.server_rates()
+        except (RuntimeError, httpx.HTTPError) as exc:  # keep the loads; report the failure
+            self.results.errors.append(f"server-only frame rate: {exc}")
+            log(f"!! server-only frame rate failed: {exc}")
         if self.args.profile:
             log("profiling the gateway (extra loads, not reported)")
             self.profile(self.args.profile)
@@ -511,11 +529,13 @@ def render(results: Results) -> str:
         f"pydicom {m.get('pydicom')}, uvicorn {m.get('uvicorn')}; Orthanc {m.get('orthanc')} "
         f"(DICOMweb plugin {m.get('orthanc_dicomweb')}); OHIF @ohif/app 3.13.2 (data source as "
         "shipped), Debian Chromium headless via playwright-core",
-        f"- Gateway: `python -m app.cli serve` as its own process, default in-process cache "
+        f"- Gateway: `python -m app.cli serve` as its own process, DIMSE engine "
+        f"`{a.get('engine', 'asyncio')}` (`DWG_DIMSE_ENGINE`), default in-process cache "
         f"(`DWG_CACHE_BACKEND=memory`), C-GET from the same Orthanc; sources of `app/` copied at "
         f"the start of the run (digest {results.app_digest}).",
         f"- Command: `python -m benchmarks.ohif_load --slices {a['slices']} --repeat "
-        f"{a['repeat']} --warm {a['warm']}{' --cors' if a.get('cors') else ''}`",
+        f"{a['repeat']} --warm {a['warm']} --engine {a.get('engine', 'asyncio')}"
+        f"{' --cors' if a.get('cors') else ''}`",
         f"- Study: one CT series of {a['slices']} slices 512x512x16-bit (Explicit VR Little "
         "Endian). Medians over the rounds; every load in a fresh Chromium with a fresh profile "
         "and the HTTP cache disabled; Chromium runs with `--disable-web-security` for the "
@@ -528,7 +548,8 @@ def render(results: Results) -> str:
     rows = [
         ("Warm: first image no slower than Orthanc", "warm", "first_image_ms", WARM_TOLERANCE),
         ("Warm: whole series no slower than Orthanc", "warm", "all_loaded_ms", WARM_TOLERANCE),
-        ("Cold: first image within 2x Orthanc", "cold", "first_image_ms", COLD_TOLERANCE),
+        (f"Cold: first image within {cold_first_image_tolerance(a['slices']):g}x Orthanc "
+         "(issue #8)", "cold", "first_image_ms", cold_first_image_tolerance(a["slices"])),
         ("Cold: whole series within 2x Orthanc", "cold", "all_loaded_ms", COLD_TOLERANCE),
     ]
     for title, phase, key, limit in rows:
@@ -640,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
     parser.add_argument("--warm", type=int, default=1, help="warm loads per round")
+    parser.add_argument("--engine", choices=ENGINES, default="asyncio",
+                        help="the gateway's DIMSE engine (DWG_DIMSE_ENGINE)")
     parser.add_argument("--cors", action="store_true",
                         help="also the gateway with real CORS (no --disable-web-security)")
     parser.add_argument("--output", type=Path, default=DOC_PATH)
