@@ -303,3 +303,33 @@ class MoveRouter:
     def __len__(self) -> int:
         with self._lock:
             return len(self._by_key)
+
+
+#: Called with an admitted instance no local C-MOVE wants: (instance, Move Originator AE Title,
+#: Move Originator Message ID, admitted PACS names, calling AE title, address) -> C-STORE status.
+Unrouted = Callable[["ReceivedInstance", str | None, int | None, frozenset[str], str, str], int]
+
+
+def store_admitted(router: MoveRouter, on_unrouted: Unrouted | None, admission: Admission,
+                   calling: str, address: str, uid: str, originator: str | None,
+                   move_id: int | None, instance: Callable[[], ReceivedInstance]) -> int:
+    """The C-STORE status of one sub-operation on an admitted association, after handing the
+    instance to its C-MOVE (or to another worker); every refusal is logged. Blocks while the
+    retrieval's consumer is behind: call it from a Storage SCP thread, never the event loop."""
+    decision = router.admit_store(admission.peers, originator, move_id, uid)
+    if decision.status is not None:
+        log_refusal(calling, address, uid, decision.reason)
+        return decision.status
+    if decision.sink is not None:
+        status = decision.sink.deliver(instance())
+        if status != SUCCESS:
+            log_refusal(calling, address, uid, "the retrieval waiting for it was abandoned")
+        return status
+    if on_unrouted is not None:
+        status = on_unrouted(instance(), originator, move_id, admission.peers, calling, address)
+        if status != SUCCESS:
+            log_refusal(calling, address, uid,
+                        f"{decision.reason}, and it cannot be relayed to another worker")
+        return status
+    log_refusal(calling, address, uid, decision.reason)
+    return NOT_EXPECTED

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.association import Association
@@ -24,14 +23,15 @@ from app.dicomweb.transfer_syntax import ALL_KNOWN, storage_scp_preference
 from app.dimse.association import set_nodelay
 from app.dimse.move_admission import (
     NOT_EXPECTED,
-    SUCCESS,
     Admission,
     MoveAdmission,
     MoveRouter,
     MoveSink,
+    Unrouted,
     log_refusal,
+    store_admitted,
 )
-from app.dimse.received import ReceivedInstance, instance_from_event
+from app.dimse.received import instance_from_event
 
 log = logging.getLogger(__name__)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
@@ -50,10 +50,6 @@ class ReusePortServer(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
-
-#: Called with an admitted instance no local C-MOVE wants: (instance, Move Originator AE Title,
-#: Move Originator Message ID, admitted PACS names, calling AE title, address) -> C-STORE status.
-Unrouted = Callable[[ReceivedInstance, str | None, int | None, frozenset[str], str, str], int]
 
 
 class StorageSCP:
@@ -141,21 +137,5 @@ class StorageSCP:
         if admission is None:  # cannot happen: EVT_REQUESTED admits or rejects every association
             log_refusal(calling, address, uid, "association was not admitted")
             return NOT_EXPECTED
-        decision = self.router.admit_store(admission.peers, originator, message_id, uid)
-        if decision.sink is not None:
-            status = decision.sink.deliver(instance_from_event(event))
-            if status != SUCCESS:
-                log_refusal(calling, address, uid, "the retrieval waiting for it was abandoned")
-            return status
-        if decision.status is not None:
-            log_refusal(calling, address, uid, decision.reason)
-            return decision.status
-        if self.on_unrouted is not None:
-            status = self.on_unrouted(instance_from_event(event), originator, message_id,
-                                      admission.peers, calling, address)
-            if status != SUCCESS:
-                log_refusal(calling, address, uid,
-                            f"{decision.reason}, and it cannot be relayed to another worker")
-            return status
-        log_refusal(calling, address, uid, decision.reason)
-        return NOT_EXPECTED
+        return store_admitted(self.router, self.on_unrouted, admission, calling, address, uid,
+                              originator, message_id, lambda: instance_from_event(event))

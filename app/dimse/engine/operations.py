@@ -135,6 +135,31 @@ async def c_find(assoc: Association, progress: Progress, sink: Sink[Dataset], id
         return FindOutcome(code, cancel_sent, matches, unsupported_keys, relational, capped)
 
 
+@dataclass
+class SubOperations:
+    """A retrieval's sub-operation counters, as the latest response that carried them says
+    (PS3.4 C.4.2.1.6-9, C.4.3.1.3)."""
+
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    def update(self, command: CommandSet) -> int:
+        """Take the counters of a C-GET/C-MOVE response; its status."""
+        self.completed = command.us(commands.COMPLETED, 0) or self.completed
+        self.failed = command.us(commands.FAILED, 0) or self.failed
+        self.warning = command.us(commands.WARNING, 0) or self.warning
+        return int(command.status or 0)
+
+    def final(self, command: CommandSet, message: Message, cx: AcceptedContext
+              ) -> FinalResponse:
+        """The final response, counters falling back to the last ones seen."""
+        final = _final(command, message, cx)
+        return FinalResponse(final.status, final.completed or self.completed,
+                             final.failed or self.failed, final.warning or self.warning,
+                             final.failed_uids)
+
+
 def _final(command: CommandSet, message: Message, cx: AcceptedContext) -> FinalResponse:
     failed_uids: tuple[str, ...] = ()
     if message.data:
@@ -158,7 +183,7 @@ async def c_get(assoc: Association, progress: Progress, sink: Sink[ReceivedInsta
     ident = encode_identifier(identifier, cx)
     await assoc.send(cx.context_id, commands.c_get_rq(message_id, model, ident), ident)
     received = 0
-    completed = failed = warning = 0
+    counters = SubOperations()
     source_ae = assoc.called_ae
     flowing = timeout if idle_timeout is None else min(timeout, idle_timeout)
     while True:
@@ -185,17 +210,12 @@ async def c_get(assoc: Association, progress: Progress, sink: Sink[ReceivedInsta
                 command.us(commands.MESSAGE_ID, 0) or 0, sop_class, sop_uid, status))
             continue
         command = _response_to(message, message_id, Command.C_GET_RSP, assoc, "C-GET")
-        code = int(command.status or 0)
-        completed = command.us(commands.COMPLETED, 0) or completed
-        failed = command.us(commands.FAILED, 0) or failed
-        warning = command.us(commands.WARNING, 0) or warning
-        if category(code) is Category.PENDING:
+        if category(counters.update(command)) is Category.PENDING:
             continue
         progress.finished = True
-        final = _final(command, message, cx)
-        return RetrieveOutcome(final.status, final.completed or completed,
-                               final.failed or failed, final.warning or warning, received,
-                               final.failed_uids)
+        final = counters.final(command, message, cx)
+        return RetrieveOutcome(final.status, final.completed, final.failed, final.warning,
+                               received, final.failed_uids)
 
 
 async def c_move(assoc: Association, progress: Progress, identifier: Dataset, destination: str,
@@ -206,19 +226,12 @@ async def c_move(assoc: Association, progress: Progress, identifier: Dataset, de
     ident = encode_identifier(identifier, cx)
     await assoc.send(cx.context_id,
                      commands.c_move_rq(message_id, model, destination, ident), ident)
-    completed = failed = warning = 0
+    counters = SubOperations()
     while True:
         message = await assoc.receive(timeout)
         progress.responded = True
         command = _response_to(message, message_id, Command.C_MOVE_RSP, assoc, "C-MOVE")
-        code = int(command.status or 0)
-        completed = command.us(commands.COMPLETED, 0) or completed
-        failed = command.us(commands.FAILED, 0) or failed
-        warning = command.us(commands.WARNING, 0) or warning
-        if category(code) is Category.PENDING:
+        if category(counters.update(command)) is Category.PENDING:
             continue
         progress.finished = True
-        final = _final(command, message, cx)
-        return FinalResponse(final.status, final.completed or completed,
-                             final.failed or failed, final.warning or warning,
-                             final.failed_uids)
+        return counters.final(command, message, cx)

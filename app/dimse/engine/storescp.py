@@ -31,15 +31,14 @@ from app.dimse.engine.commands import Command
 from app.dimse.engine.operations import as_part10
 from app.dimse.engine.pdu_reader import Message
 from app.dimse.move_admission import (
-    NOT_EXPECTED,
-    SUCCESS,
     Admission,
     MoveAdmission,
     MoveRouter,
+    Unrouted,
     log_refusal,
+    store_admitted,
 )
 from app.dimse.received import ReceivedInstance
-from app.dimse.storescp import Unrouted
 
 log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"
@@ -201,24 +200,8 @@ class AsyncStorageSCP:
             return 0xC000
         originator = command.text(commands.MOVE_ORIGINATOR_AE) or None
         move_id = command.us(commands.MOVE_ORIGINATOR_ID)
-        decision = self.router.admit_store(admission.peers, originator, move_id, uid)
-        if decision.status is not None:
-            log_refusal(calling, address, uid, decision.reason)
-            return decision.status
-        instance = ReceivedInstance(
-            as_part10(message, sop_class, uid, cx.transfer_syntax, calling),
-            sop_class, uid, cx.transfer_syntax)
-        if decision.sink is not None:
-            status = await asyncio.to_thread(decision.sink.deliver, instance)
-            if status != SUCCESS:
-                log_refusal(calling, address, uid, "the retrieval waiting for it was abandoned")
-            return status
-        if self.on_unrouted is not None:
-            status = await asyncio.to_thread(self.on_unrouted, instance, originator, move_id,
-                                             admission.peers, calling, address)
-            if status != SUCCESS:
-                log_refusal(calling, address, uid,
-                            f"{decision.reason}, and it cannot be relayed to another worker")
-            return status
-        log_refusal(calling, address, uid, decision.reason)
-        return NOT_EXPECTED
+        return await asyncio.to_thread(
+            store_admitted, self.router, self.on_unrouted, admission, calling, address, uid,
+            originator, move_id,
+            lambda: ReceivedInstance(as_part10(message, sop_class, uid, cx.transfer_syntax,
+                                               calling), sop_class, uid, cx.transfer_syntax))
