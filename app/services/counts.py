@@ -32,7 +32,7 @@ from app.dicomweb.counts import (
     series_row,
     study_counts,
 )
-from app.dimse.client import PeerClient
+from app.dimse.client import Client
 from app.dimse.find import FindOutcome
 from app.dimse.status import Category, category
 from app.errors import GatewayError
@@ -48,7 +48,7 @@ SeriesMemo = dict[str, list[SeriesRow]]
 class CountsComputer:
     """Computes missing counts for one PACS; remembers whether it refuses UID lists."""
 
-    def __init__(self, client: PeerClient, note: Callable[[FindOutcome], None]) -> None:
+    def __init__(self, client: Client, note: Callable[[FindOutcome], None]) -> None:
         self._client = client
         self._peer = client.peer
         self._note = note

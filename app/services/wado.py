@@ -202,15 +202,15 @@ class WadoService:
         index = await cache.complete_series(ref.series_uid)
         if index is not None:
             self._metrics.inc("cache_hits_total", kind="series")
-            complete = True
+            all_read = True
             async for sop, item in self._read_ahead(ref.series_uid,
                                                     [i[0] for i in index.instances]):
                 if item is None:
-                    complete = False  # evicted meanwhile: the rest comes from a fill
+                    all_read = False  # evicted meanwhile: the rest comes from a fill
                     break
                 sent.add(sop)
                 yield _received(item)
-            if complete:
+            if all_read:
                 return
         self._metrics.inc("cache_misses_total", kind="series")
 
