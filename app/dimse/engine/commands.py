@@ -135,32 +135,35 @@ def c_echo_rq(message_id: int, sop_class: str) -> bytes:
     return _encode_message(dimse_messages.C_ECHO_RQ(), primitive)
 
 
-def c_find_rq(message_id: int, sop_class: str, identifier: bytes) -> bytes:
-    """C-FIND-RQ (PS3.7 9.3.2.1), medium priority."""
-    primitive = dimse_primitives.C_FIND()
+MEDIUM_PRIORITY = 0x0002
+
+
+def _request(primitive: Any, message: dimse_messages.DIMSEMessage, message_id: int,
+             sop_class: str, identifier: bytes) -> bytes:
+    """A query/retrieve request with an identifier, medium priority."""
     primitive.MessageID = message_id
     primitive.AffectedSOPClassUID = sop_class
-    primitive.Priority = 0x0002
-    return _encode_message(dimse_messages.C_FIND_RQ(), _with_identifier(primitive, identifier))
+    primitive.Priority = MEDIUM_PRIORITY
+    return _encode_message(message, _with_identifier(primitive, identifier))
+
+
+def c_find_rq(message_id: int, sop_class: str, identifier: bytes) -> bytes:
+    """C-FIND-RQ (PS3.7 9.3.2.1)."""
+    return _request(dimse_primitives.C_FIND(), dimse_messages.C_FIND_RQ(), message_id,
+                    sop_class, identifier)
 
 
 def c_get_rq(message_id: int, sop_class: str, identifier: bytes) -> bytes:
-    """C-GET-RQ (PS3.7 9.3.3.1), medium priority."""
-    primitive = dimse_primitives.C_GET()
-    primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = sop_class
-    primitive.Priority = 0x0002
-    return _encode_message(dimse_messages.C_GET_RQ(), _with_identifier(primitive, identifier))
+    """C-GET-RQ (PS3.7 9.3.3.1)."""
+    return _request(dimse_primitives.C_GET(), dimse_messages.C_GET_RQ(), message_id,
+                    sop_class, identifier)
 
 
 def c_move_rq(message_id: int, sop_class: str, destination: str, identifier: bytes) -> bytes:
-    """C-MOVE-RQ (PS3.7 9.3.4.1), medium priority."""
+    """C-MOVE-RQ (PS3.7 9.3.4.1) to ``destination``."""
     primitive = dimse_primitives.C_MOVE()
-    primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = sop_class
-    primitive.Priority = 0x0002
     primitive.MoveDestination = destination
-    return _encode_message(dimse_messages.C_MOVE_RQ(), _with_identifier(primitive, identifier))
+    return _request(primitive, dimse_messages.C_MOVE_RQ(), message_id, sop_class, identifier)
 
 
 def c_cancel_rq(message_id: int) -> bytes:
