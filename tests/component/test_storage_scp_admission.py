@@ -21,7 +21,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, build_context
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 
 from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
@@ -123,7 +125,9 @@ def send(address: str, port: int, calling_ae: str, datasets: list[Dataset],
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
     assoc = ae.associate(address, port, ae_title=GATEWAY_AE)
     if not assoc.is_established:
-        return Attempt(assoc.is_rejected, [])
+        # pynetdicom's requestor now and then ends without reading the A-ASSOCIATE-RJ it was
+        # sent; the raw request below reads the SCP's answer itself, deterministically.
+        return Attempt(assoc.is_rejected or raw_answer(address, port, calling_ae) == 0x03, [])
     statuses = []
     try:
         for ds in datasets:
@@ -135,6 +139,27 @@ def send(address: str, port: int, calling_ae: str, datasets: list[Dataset],
     finally:
         assoc.release()
     return Attempt(False, statuses)
+
+
+def raw_answer(address: str, port: int, calling_ae: str) -> int:
+    """The PDU type the Storage SCP answers an A-ASSOCIATE-RQ from ``calling_ae`` with (0x02
+    accepted, 0x03 rejected), over a plain socket."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling_ae
+    primitive.called_ae_title = GATEWAY_AE
+    context = build_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    with socket.create_connection((address, port), timeout=10) as sock:
+        sock.sendall(A_ASSOCIATE_RQ(primitive).encode())
+        header = sock.recv(1)
+        if header and header[0] == 0x02:
+            sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-ABORT
+        return header[0] if header else 0
 
 
 def instances(response: httpx.Response) -> dict[str, Dataset]:
@@ -189,6 +214,8 @@ async def test_forged_instances_during_and_after_a_c_move_are_refused(
 
         evil = await asyncio.to_thread(send, "127.0.0.1", gw.port, "EVIL", copies)
         assert evil.rejected and not evil.statuses
+        assert await asyncio.to_thread(raw_answer, "127.0.0.1", gw.port, "EVIL") == 0x03
+        assert await asyncio.to_thread(raw_answer, "127.0.0.1", gw.port, PACS_AE) == 0x02
         # the PACS's own AE title from its (loopback) address: admitted, each C-STORE refused
         bare = await asyncio.to_thread(send, "127.0.0.1", gw.port, PACS_AE, copies)
         assert bare.statuses == [DUPLICATE] * len(copies)
