@@ -87,12 +87,11 @@ class Services:
             return
         peer = self.settings.peer(name).name
         wado = self._wado[peer]
-        retrieval = wado.retrieval
 
         async def one(study: str) -> None:
             async with self._prefetch_slots:
                 try:
-                    series = await retrieval.series_uids(study)
+                    series = await wado.study_series(study)
                     if series:
                         await wado.warm(SeriesRef(study, series[0]))
                 except GatewayError as exc:
