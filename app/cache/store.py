@@ -8,7 +8,8 @@
 - a study's series list (from a complete SERIES-level C-FIND) and a series' summary (instance
   count and SOP classes, kept once a retrieval delivered exactly that), so that a warm study
   costs no C-FIND; both go with the series index when it is evicted;
-- QIDO-RS results without RetrieveURL (built per request from the UIDs), for a short TTL.
+- QIDO-RS results without RetrieveURL (built per request from the UIDs), for a short TTL, and
+  those of a coalesced search briefly, for the identical searches that waited for it.
 
 Keys of one series share the Redis Cluster hash tag ``{series UID}``. A series is served from the
 cache only when its index says complete AND every instance is still present: an evicted instance
@@ -59,6 +60,17 @@ class SeriesIndex:
         obj = json.loads(raw)
         return cls(obj["study"], obj["series"], bool(obj["complete"]),
                    tuple(tuple(i) for i in obj["instances"]))  # type: ignore[misc]
+
+
+def _encode_query(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _decode_query(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    result: dict[str, Any] = json.loads(raw)
+    return result
 
 
 class Keys:
@@ -230,21 +242,31 @@ class GatewayCache:
     def query_digest(parts: Iterable[str]) -> str:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
+    @property
+    def query_ttl(self) -> float:
+        """Seconds a search's results are reused for an identical search (0: not at all)."""
+        return self._query_ttl
+
     async def put_query(self, digest: str, payload: dict[str, Any]) -> None:
         """Store a search's results (no RetrieveURL in them: it depends on the client)."""
         if self._query_ttl <= 0:
             return
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        await self.backend.set(self.keys.query(digest), text.encode(), self._query_ttl)
+        await self.backend.set(self.keys.query(digest), _encode_query(payload), self._query_ttl)
 
     async def get_query(self, digest: str) -> dict[str, Any] | None:
         if self._query_ttl <= 0:
             return None
-        raw = await self.backend.get(self.keys.query(digest))
-        if raw is None:
-            return None
-        result: dict[str, Any] = json.loads(raw)
-        return result
+        return _decode_query(await self.backend.get(self.keys.query(digest)))
+
+    async def put_query_flight(self, digest: str, payload: dict[str, Any], ttl: float) -> bool:
+        """Store the results of a coalesced search for the requests that waited for it (read
+        only by them, whatever ``qido_cache_ttl`` is); False when the backend declined."""
+        return await self.backend.set(self.keys.query_flight(digest), _encode_query(payload),
+                                      ttl)
+
+    async def get_query_flight(self, digest: str) -> dict[str, Any] | None:
+        """The results of the latest coalesced run of a search, or None."""
+        return _decode_query(await self.backend.get(self.keys.query_flight(digest)))
 
     # management ----------------------------------------------------------------------------
 

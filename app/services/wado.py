@@ -50,12 +50,9 @@ from app.errors import (
     GatewayError,
     NotAcceptable,
     NotFound,
-    UpstreamError,
-    UpstreamNotSupported,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.metrics import Metrics
+from app.services.fill_errors import error_from_event
 from app.services.fresh import FreshInstances
 from app.services.retrieve import Ref, RetrieveService, Summary, describe
 
@@ -85,18 +82,6 @@ class MetadataItem:
 
     dataset: Dataset
     instance_url: str
-
-
-_ERRORS: dict[int, type[GatewayError]] = {
-    400: BadRequest, 404: NotFound, 406: NotAcceptable, 501: UpstreamNotSupported,
-    503: UpstreamUnavailable, 504: UpstreamTimeout,
-}
-
-
-def error_from_event(event: FillEvent) -> GatewayError:
-    """Rebuild the error a fill reported (possibly in another process)."""
-    kind = _ERRORS.get(event.http_status, UpstreamError)
-    return kind(event.message or "retrieval failed", dimse_status=event.dimse_status)
 
 
 def verify_instance(item: ReceivedInstance) -> bool:
