@@ -361,8 +361,8 @@ class WadoService:
         try:
             known = None
             if by_get:
-                cached = await cache.get_summary(ref.series_uid)
-                known = Summary(*cached) if cached is not None else None
+                stored = await cache.get_summary(ref.series_uid)
+                known = Summary(*stored) if stored is not None else None
             async for item in self._retrieval.received(ref, report=report, known=known):
                 if not verify_instance(item):
                     log.warning("instance %s from PACS %s failed verification; not cached",
@@ -465,9 +465,9 @@ class WadoService:
             if not series_list:
                 raise nothing_found(describe(ref))
             for series_uid in series_list:
-                async for raw in self.metadata_json(SeriesRef(ref.study_uid, series_uid),
-                                                    base_url):
-                    yield raw
+                async for part in self.metadata_json(SeriesRef(ref.study_uid, series_uid),
+                                                     base_url):
+                    yield part
             return
         if cache is not None and isinstance(ref, SeriesRef):
             index = await cache.complete_series(ref.series_uid)
