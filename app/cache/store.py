@@ -5,7 +5,11 @@
   stands for the base URL, stored with that token; each reader puts its own, validated, base
   URL in its place, JSON-escaped: the text is never searched for a client's URL);
 - a per-series index (which instances exist, whether the series is complete);
-- QIDO-RS results without RetrieveURL (built per request from the UIDs), for a short TTL.
+- a study's series list (from a complete SERIES-level C-FIND) and a series' summary (instance
+  count and SOP classes, kept once a retrieval delivered exactly that), so that a warm study
+  costs no C-FIND; both go with the series index when it is evicted;
+- QIDO-RS results without RetrieveURL (built per request from the UIDs), for a short TTL, and
+  those of a coalesced search briefly, for the identical searches that waited for it.
 
 Keys of one series share the Redis Cluster hash tag ``{series UID}``. A series is served from the
 cache only when its index says complete AND every instance is still present: an evicted instance
@@ -58,6 +62,17 @@ class SeriesIndex:
                    tuple(tuple(i) for i in obj["instances"]))  # type: ignore[misc]
 
 
+def _encode_query(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _decode_query(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
 class Keys:
     """Key names for one PACS; series keys carry the ``{series}`` hash tag."""
 
@@ -78,6 +93,15 @@ class Keys:
         races when several series of a study are filled at once)."""
         return f"{self._p}st:{{{study}}}:{series}"
 
+    def study_series_list(self, study: str) -> str:
+        """The series a complete C-FIND listed for ``study`` (hash tag ``{study}``)."""
+        return f"{self._p}sl:{{{study}}}"
+
+    def summary(self, series: str) -> str:
+        """A series' instance count and SOP classes (under the series' hash tag, so evicting
+        the series removes it)."""
+        return f"{self._p}sum:{{{series}}}"
+
     def study_series_pattern(self, study: str) -> str:
         return f"{self._p}st:{{{study}}}:*"
 
@@ -92,6 +116,16 @@ class Keys:
 
     def query(self, digest: str) -> str:
         return f"{self._p}q2:{digest}"  # q2: results without RetrieveURL
+
+    def query_flight(self, digest: str) -> str:
+        """The result of the latest coalesced run of a search (kept briefly for its followers)."""
+        return f"{self._p}qf:{{{digest}}}"
+
+    def query_lock(self, digest: str) -> str:
+        return f"{self._p}qlock:{{{digest}}}"
+
+    def query_events(self, digest: str, token: str) -> str:
+        return f"{self._p}qev:{{{digest}}}:{token}"
 
     def all_pattern(self) -> str:
         return f"{self._p}*"
@@ -173,37 +207,86 @@ class GatewayCache:
             return None
         return index
 
+    # study series lists and series summaries ------------------------------------------------
+
+    async def put_study_series(self, study: str, series: list[str]) -> None:
+        """Remember the series a complete C-FIND listed for ``study``."""
+        await self.backend.set(self.keys.study_series_list(study),
+                               json.dumps(series).encode(), self._ttl)
+
+    async def get_study_series(self, study: str) -> list[str] | None:
+        """The cached series list of ``study``, or None."""
+        raw = await self.backend.get(self.keys.study_series_list(study))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return [str(v) for v in value] if isinstance(value, list) else None
+
+    async def put_summary(self, series: str, count: int, classes: Iterable[str]) -> None:
+        """Remember a series' instance count and SOP classes."""
+        await self.backend.set(self.keys.summary(series),
+                               json.dumps({"count": count, "classes": list(classes)}).encode(),
+                               self._ttl)
+
+    async def get_summary(self, series: str) -> tuple[int, tuple[str, ...]] | None:
+        """A series' cached (instance count, SOP classes), or None."""
+        raw = await self.backend.get(self.keys.summary(series))
+        if raw is None:
+            return None
+        obj = json.loads(raw)
+        return int(obj["count"]), tuple(str(c) for c in obj["classes"])
+
     # query results -------------------------------------------------------------------------
 
     @staticmethod
     def query_digest(parts: Iterable[str]) -> str:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
+    @property
+    def query_ttl(self) -> float:
+        """Seconds a search's results are reused for an identical search (0: not at all)."""
+        return self._query_ttl
+
     async def put_query(self, digest: str, payload: dict[str, Any]) -> None:
         """Store a search's results (no RetrieveURL in them: it depends on the client)."""
         if self._query_ttl <= 0:
             return
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        await self.backend.set(self.keys.query(digest), text.encode(), self._query_ttl)
+        await self.backend.set(self.keys.query(digest), _encode_query(payload), self._query_ttl)
 
     async def get_query(self, digest: str) -> dict[str, Any] | None:
         if self._query_ttl <= 0:
             return None
-        raw = await self.backend.get(self.keys.query(digest))
-        if raw is None:
-            return None
-        result: dict[str, Any] = json.loads(raw)
-        return result
+        return _decode_query(await self.backend.get(self.keys.query(digest)))
+
+    async def put_query_flight(self, digest: str, payload: dict[str, Any], ttl: float) -> bool:
+        """Store the results of a coalesced search for the requests that waited for it (read
+        only by them, whatever ``qido_cache_ttl`` is); False when the backend declined."""
+        return await self.backend.set(self.keys.query_flight(digest), _encode_query(payload),
+                                      ttl)
+
+    async def get_query_flight(self, digest: str) -> dict[str, Any] | None:
+        """The results of the latest coalesced run of a search, or None."""
+        return _decode_query(await self.backend.get(self.keys.query_flight(digest)))
 
     # management ----------------------------------------------------------------------------
 
     async def evict_series(self, series: str) -> int:
-        return await self.backend.delete_matching(self.keys.series_pattern(series))
+        """Remove a series' entries, and the series list of its study (when its index says
+        which study): the list is invalidated together with the series index."""
+        index = await self.get_series_index(series)
+        removed = await self.backend.delete_matching(self.keys.series_pattern(series))
+        if index is not None:
+            removed += await self.backend.delete(self.keys.study_series_list(index.study_uid))
+        return removed
 
     async def evict_study(self, study: str) -> int:
+        """Remove every cached series of a study (those marked, and those its series list
+        names) and the list itself."""
         markers = await self.backend.keys(self.keys.study_series_pattern(study))
+        series = {marker.rsplit(":", 1)[1] for marker in markers}
+        series.update(await self.get_study_series(study) or ())
         removed = 0
-        for marker in markers:
-            removed += await self.evict_series(marker.rsplit(":", 1)[1])
-        removed += await self.backend.delete(*markers)
+        for uid in sorted(series):
+            removed += await self.backend.delete_matching(self.keys.series_pattern(uid))
+        removed += await self.backend.delete(*markers, self.keys.study_series_list(study))
         return removed

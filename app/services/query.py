@@ -6,6 +6,10 @@ accepts relational queries (PS3.4 C.4.1.3.2), and otherwise by staged hierarchic
 -> series -> image), merging upper-level attributes into the results (PS3.18 10.6.3.3).
 ``limit``/``offset`` are emulated: matches past the page cancel the C-FIND (C-CANCEL, then drain).
 A request never holds one association while waiting for another, so it cannot deadlock the pool.
+
+Identical concurrent searches (same PACS, same normalised query) are coalesced: one runs its
+C-FINDs (counts included) under a single-flight lock, in this process or any other sharing the
+cache, and the others wait for its result (kept briefly even when ``qido_cache_ttl`` is 0).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 
+from app.cache.singleflight import FillContext, FillEvent, SingleFlight
 from app.cache.store import GatewayCache
 from app.dicomweb.attributes import (
     ALL_RETURN_KEYS,
@@ -40,10 +46,15 @@ from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
+from app.errors import GatewayError
+from app.metrics import Metrics
 from app.services.counts import CountsComputer, SeriesMemo
+from app.services.fill_errors import error_from_event, failure_event
 
 log = logging.getLogger(__name__)
 LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
+SHARED_RESULT_TTL = 60.0
+"""Seconds a coalesced search's result is kept for the identical searches that waited for it."""
 
 
 CAPPED_WARNING = (
@@ -81,10 +92,13 @@ class SearchResult:
 class QueryService:
     """Runs searches against one PACS through its DIMSE client."""
 
-    def __init__(self, client: Client, cache: GatewayCache | None = None) -> None:
+    def __init__(self, client: Client, cache: GatewayCache | None = None,
+                 flights: SingleFlight | None = None, metrics: Metrics | None = None) -> None:
         self._client = client
         self._peer = client.peer
         self._cache = cache
+        self._flights = flights
+        self._metrics = metrics if metrics is not None else Metrics()
         self._counts = CountsComputer(client, _note_outcome)
 
     # -- public -----------------------------------------------------------------------------
@@ -99,24 +113,84 @@ class QueryService:
         if self._cache is not None:
             hit = await self._cache.get_query(digest)
             if hit is not None:
-                return SearchResult(
-                    [with_retrieve_url(json_to_dataset(obj), query, base_url)
-                     for obj in hit["results"]],
-                    bool(hit["more"]), list(hit["warnings"]))
+                self._counted("cache")
+                return _from_payload(hit, query, base_url)
+        if self._cache is not None and self._flights is not None:
+            shared = await self._coalesced(query, digest)
+            if isinstance(shared, SearchResult):
+                result = shared
+            elif shared is not None:
+                self._counted("shared")
+                return _from_payload(shared, query, base_url)
+            else:
+                log.info("the result of a coalesced search on %s is gone; searching again",
+                         self._peer.name)
+                result = await self._run(query)
+                await self._cache.put_query(digest, _payload(result))
+        else:
+            result = await self._run(query)
+            if self._cache is not None:
+                await self._cache.put_query(digest, _payload(result))
+        self._counted("pacs")
+        result.datasets = [with_retrieve_url(ds, query, base_url) for ds in result.datasets]
+        return result
+
+    def _counted(self, source: str) -> None:
+        self._metrics.inc("qido_searches_total", peer=self._peer.name, source=source)
+
+    async def _run(self, query: SearchQuery) -> SearchResult:
+        """The C-FINDs of one search, with its own warnings and count memo."""
         notes: set[str] = set()
         token = _search_notes.set(notes)
         series_token = _search_series.set({})
         try:
-            result = await self._search(query, notes)
+            return await self._search(query, notes)
         finally:
             _search_series.reset(series_token)
             _search_notes.reset(token)
-        if self._cache is not None:
-            await self._cache.put_query(digest, {
-                "results": [dataset_to_json(ds) for ds in result.datasets],
-                "more": result.more, "warnings": result.warnings})
-        result.datasets = [with_retrieve_url(ds, query, base_url) for ds in result.datasets]
-        return result
+
+    async def _coalesced(self, query: SearchQuery,
+                         digest: str) -> SearchResult | dict[str, Any] | None:
+        """Run ``query`` once for every identical concurrent search (any process sharing the
+        cache): the SearchResult when this request's own fill ran it, the stored result
+        (without RetrieveURL) when another request's did, None when that result is gone."""
+        cache, flights = self._cache, self._flights
+        assert cache is not None and flights is not None
+        own: list[SearchResult | GatewayError] = []
+
+        async def fill(ctx: FillContext) -> None:
+            try:
+                result = await self._run(query)
+            except GatewayError as exc:
+                own.append(exc)
+                await ctx.publish(failure_event(exc))
+                return
+            own.append(result)
+            payload = _payload(result)
+            await cache.put_query(digest, payload)
+            if not await cache.put_query_flight(digest, payload, SHARED_RESULT_TTL):
+                log.warning("a search's result on %s is too large to share", self._peer.name)
+            await ctx.publish(FillEvent("done"))
+
+        async def complete() -> bool:  # already answered by the query cache
+            return cache.query_ttl > 0 and await cache.get_query(digest) is not None
+
+        async for event in flights.follow(cache.keys.query_lock(digest),
+                                          lambda token: cache.keys.query_events(digest, token),
+                                          fill, complete):
+            if event.kind == "failed":
+                if own and isinstance(own[0], GatewayError):
+                    raise own[0]
+                raise error_from_event(event)
+            if event.kind == "done":
+                break
+        if own and isinstance(own[0], SearchResult):
+            return own[0]
+        if cache.query_ttl > 0:
+            hit = await cache.get_query(digest)
+            if hit is not None:
+                return hit
+        return await cache.get_query_flight(digest)
 
     async def _search(self, query: SearchQuery, notes: set[str]) -> SearchResult:
         plan = _Plan.of(query)
@@ -301,6 +375,19 @@ class QueryService:
                 "SeriesInstanceUID" not in ds or not ds.SeriesInstanceUID):
             ds.SeriesInstanceUID = query.series_uid
         return ds
+
+
+def _payload(result: SearchResult) -> dict[str, Any]:
+    """A result as stored: DICOM JSON without RetrieveURL, whether more remain, warnings."""
+    return {"results": [dataset_to_json(ds) for ds in result.datasets],
+            "more": result.more, "warnings": result.warnings}
+
+
+def _from_payload(payload: dict[str, Any], query: SearchQuery, base_url: str) -> SearchResult:
+    """A stored result with RetrieveURL under this request's ``base_url``."""
+    return SearchResult([with_retrieve_url(json_to_dataset(obj), query, base_url)
+                         for obj in payload["results"]],
+                        bool(payload["more"]), list(payload["warnings"]))
 
 
 def with_retrieve_url(ds: Dataset, query: SearchQuery, base_url: str) -> Dataset:

@@ -23,6 +23,7 @@ from app.settings import PacsPeer, Settings
 
 log = logging.getLogger(__name__)
 PREFETCH_MAX_STUDIES = 10
+SEARCH_EVENT_TTL = 60.0
 
 
 class Services:
@@ -40,12 +41,17 @@ class Services:
             settings, lambda: metrics.inc("cache_errors_total"))
         self.flights = (SingleFlight(self.backend, lock_ttl=settings.cache_lock_ttl)
                         if self.backend is not None else None)
+        # Coalesced searches: their event logs only say done or failed, kept for a minute.
+        self.search_flights = (SingleFlight(self.backend, lock_ttl=settings.cache_lock_ttl,
+                                            event_ttl=SEARCH_EVENT_TTL)
+                               if self.backend is not None else None)
         self.caches = {
             p.name: GatewayCache(self.backend, p.name, ttl=settings.cache_ttl,
                                  query_ttl=settings.qido_cache_ttl)
             for p in settings.pacs
         } if self.backend is not None else {}
-        self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name))
+        self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name),
+                                            self.search_flights, metrics)
                        for p in settings.pacs}
         self._wado = {
             p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
@@ -87,12 +93,11 @@ class Services:
             return
         peer = self.settings.peer(name).name
         wado = self._wado[peer]
-        retrieval = wado.retrieval
 
         async def one(study: str) -> None:
             async with self._prefetch_slots:
                 try:
-                    series = await retrieval.series_uids(study)
+                    series = await wado.study_series(study)
                     if series:
                         await wado.warm(SeriesRef(study, series[0]))
                 except GatewayError as exc:
@@ -121,6 +126,8 @@ class Services:
             task.cancel()
         if self.flights is not None:
             await self.flights.close()
+        if self.search_flights is not None:
+            await self.search_flights.close()
         if self.backend is not None:
             await self.backend.close()
         await self._dimse.aclose()

@@ -174,10 +174,28 @@ class RetrieveService:
 
     async def series_uids(self, study_uid: str) -> list[str]:
         """The series of a study according to the PACS (one SERIES-level C-FIND)."""
+        return (await self.list_series(study_uid))[0]
+
+    async def list_series(self, study_uid: str) -> tuple[list[str], bool]:
+        """The series of a study (one SERIES-level C-FIND) and whether that answer is complete:
+        the C-FIND ended with Success or Warning (not capped by the PACS) and every match
+        carried its SeriesInstanceUID. Only a complete list may be cached."""
         ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: study_uid},
                                  return_keys=[SERIES_UID])
-        return [str(ds.SeriesInstanceUID) async for ds in self._find(ident)
-                if ds.get("SeriesInstanceUID")]
+        uids: list[str] = []
+        complete = True
+        async with self._client.find(ident) as stream:
+            async for ds in stream:
+                uid = ds.get(SERIES_UID)
+                if uid is None or not uid.value:
+                    complete = False
+                    continue
+                uids.append(str(uid.value))
+            outcome = stream.result
+        if outcome.capped or outcome.cancelled or category(outcome.status) not in (
+                Category.SUCCESS, Category.WARNING):
+            complete = False
+        return list(dict.fromkeys(uids)), complete
 
     async def _find(self, ident: Dataset) -> AsyncIterator[Dataset]:
         async with self._client.find(ident) as stream:
@@ -215,7 +233,7 @@ class RetrieveService:
 
     async def received(
         self, ref: Ref, series_of: dict[str, str] | None = None,
-        report: dict[str, int] | None = None,
+        report: dict[str, int] | None = None, known: Summary | None = None,
     ) -> AsyncIterator[ReceivedInstance]:
         """Instances under ``ref`` as the PACS sends them; raises NotFound before the first one
         if the PACS has nothing, and an upstream error if it fails before sending anything.
@@ -225,11 +243,12 @@ class RetrieveService:
         C-GET of a series or study starts after one C-FIND at that level (count and classes)
         when the PACS answers it, so the first instance is not delayed by listing every
         instance; the IMAGE-level inventory is used otherwise, and always for C-MOVE (whose
-        sub-operations may need routing by UID)."""
+        sub-operations may need routing by UID). ``known`` is a summary the caller already has
+        (from the cache): then that C-FIND is not sent."""
         move = self._peer.retrieve_method == "move"
         summary = None
         if not move and isinstance(ref, (SeriesRef, StudyRef)):
-            summary = await self.summary(ref)
+            summary = known if known is not None else await self.summary(ref)
         items: list[InventoryItem] | None = None
         if summary is None:
             items = await self.inventory(ref)

@@ -50,14 +50,11 @@ from app.errors import (
     GatewayError,
     NotAcceptable,
     NotFound,
-    UpstreamError,
-    UpstreamNotSupported,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from app.metrics import Metrics
+from app.services.fill_errors import error_from_event
 from app.services.fresh import FreshInstances
-from app.services.retrieve import Ref, RetrieveService, describe
+from app.services.retrieve import Ref, RetrieveService, Summary, describe
 
 log = logging.getLogger(__name__)
 AS_STORED = "*"
@@ -85,18 +82,6 @@ class MetadataItem:
 
     dataset: Dataset
     instance_url: str
-
-
-_ERRORS: dict[int, type[GatewayError]] = {
-    400: BadRequest, 404: NotFound, 406: NotAcceptable, 501: UpstreamNotSupported,
-    503: UpstreamUnavailable, 504: UpstreamTimeout,
-}
-
-
-def error_from_event(event: FillEvent) -> GatewayError:
-    """Rebuild the error a fill reported (possibly in another process)."""
-    kind = _ERRORS.get(event.http_status, UpstreamError)
-    return kind(event.message or "retrieval failed", dimse_status=event.dimse_status)
 
 
 def verify_instance(item: ReceivedInstance) -> bool:
@@ -188,12 +173,27 @@ class WadoService:
             async for item in self._cached_series(ref):
                 yield ref.series_uid, item
             return
-        series_list = await self._retrieval.series_uids(ref.study_uid)
+        series_list = await self.study_series(ref.study_uid)
         if not series_list:
             raise nothing_found(describe(ref))
         for series_uid in series_list:
             async for item in self._cached_series(SeriesRef(ref.study_uid, series_uid)):
                 yield series_uid, item
+
+    async def study_series(self, study_uid: str) -> list[str]:
+        """The series of a study: from the cache when a complete C-FIND listed them before,
+        else from the PACS (one SERIES-level C-FIND), cached when that answer was complete."""
+        cache = self._cache
+        if cache is not None:
+            cached = await cache.get_study_series(study_uid)
+            if cached:
+                self._metrics.inc("cache_hits_total", kind="study_series")
+                return cached
+            self._metrics.inc("cache_misses_total", kind="study_series")
+        uids, complete = await self._retrieval.list_series(study_uid)
+        if cache is not None and complete and uids:
+            await cache.put_study_series(study_uid, uids)
+        return uids
 
     async def _cached_series(self, ref: SeriesRef) -> AsyncIterator[ReceivedInstance]:
         cache, flights = self._cache, self._flights
@@ -357,8 +357,13 @@ class WadoService:
         items: list[tuple[str, str, str]] = []
         report: dict[str, int] = {}
         loop = asyncio.get_running_loop()
+        by_get = isinstance(ref, SeriesRef) and self._peer.retrieve_method != "move"
         try:
-            async for item in self._retrieval.received(ref, report=report):
+            known = None
+            if by_get:
+                stored = await cache.get_summary(ref.series_uid)
+                known = Summary(*stored) if stored is not None else None
+            async for item in self._retrieval.received(ref, report=report, known=known):
                 if not verify_instance(item):
                     log.warning("instance %s from PACS %s failed verification; not cached",
                                 item.sop_instance_uid, self._peer.name)
@@ -378,6 +383,11 @@ class WadoService:
                             and not report.get("failed"))
                 await cache.put_series_index(
                     SeriesIndex(ref.study_uid, ref.series_uid, complete, tuple(items)))
+                if by_get and complete:  # what arrived, verified: the next fill needs no C-FIND
+                    await cache.put_summary(ref.series_uid, len(items),
+                                            sorted({i[1] for i in items}))
+                elif by_get:  # a summary that did not match what the PACS sent is dropped
+                    await cache.backend.delete(cache.keys.summary(ref.series_uid))
             await ctx.publish(FillEvent("done"))
         except GatewayError as exc:
             if written:  # a failed retrieval leaves no partial entry behind
@@ -447,8 +457,18 @@ class WadoService:
         """Each instance's DICOM JSON object (bytes), from the metadata cache when present.
 
         A series request retrieves the whole series once and fills the cache, so the frame
-        requests a viewer sends next are served without PACS traffic."""
+        requests a viewer sends next are served without PACS traffic. A study's metadata is
+        its series' metadata, one series after the other, each from the cache when it can."""
         cache = self._cache
+        if cache is not None and self._flights is not None and isinstance(ref, StudyRef):
+            series_list = await self.study_series(ref.study_uid)
+            if not series_list:
+                raise nothing_found(describe(ref))
+            for series_uid in series_list:
+                async for part in self.metadata_json(SeriesRef(ref.study_uid, series_uid),
+                                                     base_url):
+                    yield part
+            return
         if cache is not None and isinstance(ref, SeriesRef):
             index = await cache.complete_series(ref.series_uid)
             if index is not None:

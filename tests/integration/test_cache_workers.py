@@ -7,18 +7,22 @@ chooses which worker accepts a connection, so there only the total is asserted.
 Counting: retrievals are counted where they arrive, at DemoPacs SCPs served from this test
 process (operation_counts are exact and global; the gateways are separate processes talking
 DIMSE to them over TCP); each process's /metrics must add up to the same single retrieval.
-Real Orthanc behind the same gateways is checked with C-MOVE, where the relay matters most."""
+Real Orthanc behind the same gateways is checked with C-MOVE, where the relay matters most.
+Identical concurrent searches sent to both processes share one C-FIND sequence (computed counts
+included), whichever process runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from pydicom import Dataset, dcmread
+from pynetdicom.events import Event
 
 from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
@@ -200,3 +204,119 @@ def test_two_replicas_one_c_move_from_orthanc(replicas: list[GatewayProcess],
     texts = _run(replicas, "orthanc", series)
     assert sum(_counter(t, 'dimse_retrievals_total{operation="C-MOVE",peer="orthanc"}')
                for t in texts) == 1
+
+
+# -- search coalescing across processes ---------------------------------------------------------
+
+SEARCH = {"limit": "101", "offset": "0", "fuzzymatching": "false",
+          "includefield": "00081030,00080060"}
+SEARCHES = 10
+
+
+class GatedPacs(DemoPacs):
+    """A countless DemoPacs refusing UID lists (counts cost a C-FIND per study and series)
+    whose C-FINDs wait while ``gate`` is set and not yet opened."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, omit_counts=True, strict_unique_keys=True, **kwargs)
+        self.gate: threading.Event | None = None
+        self.arrived = 0
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        self.arrived += 1
+        gate = self.gate
+        if gate is not None:
+            gate.wait(30)
+        yield from super()._on_find(event)
+
+
+@pytest.fixture(scope="module")
+def gated_pacs(sample_datasets: list[Dataset]) -> Iterator[GatedPacs]:
+    server = GatedPacs(sample_datasets, ae_title="WORKERS_QIDO")
+    server.start("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def search_replicas(tmp_path_factory: pytest.TempPathFactory, gated_pacs: GatedPacs,
+                    redis_url: str) -> Iterator[list[GatewayProcess]]:
+    """Two single-worker gateway processes in front of the gated PACS, sharing Redis, with the
+    query cache off (only coalescing can share a search)."""
+    import redis as redis_client
+
+    redis_client.Redis.from_url(redis_url).flushall()
+    settings = {
+        "ae_title": GATEWAY_AE, "cache_backend": "redis", "redis_url": redis_url,
+        "pacs": [{"name": "qido", "ae_title": gated_pacs.ae_title, "host": "127.0.0.1",
+                  "port": gated_pacs.port}],
+        "storage_scp_enabled": False, "qido_cache_ttl": 0, "log_level": "WARNING",
+    }
+    first = GatewayProcess(tmp_path_factory.mktemp("qido-a"), settings, workers=1)
+    second = GatewayProcess(tmp_path_factory.mktemp("qido-b"), settings, workers=1)
+    with first, second:
+        yield [first, second]
+
+
+async def _concurrent_searches(gateways: list[GatewayProcess], pacs: GatedPacs
+                               ) -> list[httpx.Response]:
+    """SEARCHES identical searches, alternately to each gateway, while the PACS holds the
+    first C-FIND."""
+    pacs.gate = threading.Event()
+    pacs.arrived = 0
+    limits = httpx.Limits(max_connections=SEARCHES, max_keepalive_connections=0)
+    try:
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            tasks = [asyncio.ensure_future(client.get(
+                f"{gateways[i % len(gateways)].url}/pacs/qido/dicomweb/studies", params=SEARCH))
+                for i in range(SEARCHES)]
+            for _ in range(1000):  # up to 20 s
+                if pacs.arrived:
+                    break
+                await asyncio.sleep(0.02)
+            assert pacs.arrived, "no C-FIND reached the PACS"
+            await asyncio.sleep(1.0)  # let every request reach the search's lock
+            pacs.gate.set()
+            return list(await asyncio.gather(*tasks))
+    finally:
+        pacs.gate.set()
+        pacs.gate = None
+
+
+def _without_urls(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "00081190"} for r in results]
+
+
+def test_two_replicas_share_one_search(search_replicas: list[GatewayProcess],
+                                       gated_pacs: GatedPacs) -> None:
+    try:
+        # Each process learns once that this PACS refuses UID lists (one refused C-FIND): let
+        # both learn it first, so that one search costs the same whichever process runs it.
+        for gateway in reversed(search_replicas):
+            alone = httpx.get(f"{gateway.url}/pacs/qido/dicomweb/studies", params=SEARCH,
+                              timeout=30)
+            assert alone.status_code == 200
+        gated_pacs.reset_operation_counts()
+        alone = httpx.get(f"{search_replicas[0].url}/pacs/qido/dicomweb/studies",
+                          params=SEARCH, timeout=30)
+        assert alone.status_code == 200
+        one_search = gated_pacs.operation_counts["C-FIND"]
+        assert one_search > 1  # counts cost C-FINDs of their own
+        gated_pacs.reset_operation_counts()
+        responses = asyncio.run(_concurrent_searches(search_replicas, gated_pacs))
+        assert [r.status_code for r in responses] == [200] * SEARCHES
+        # The same results; each RetrieveURL under the base URL of the gateway that answered.
+        for n, response in enumerate(responses):
+            results = response.json()
+            base = search_replicas[n % len(search_replicas)].url
+            assert all(r["00081190"]["Value"][0].startswith(base) for r in results)
+            assert _without_urls(results) == _without_urls(alone.json())
+        assert gated_pacs.operation_counts["C-FIND"] == one_search
+        texts = [httpx.get(f"{g.url}/metrics", timeout=10).text for g in search_replicas]
+        assert all(_counter(t, "qido_searches_total") > 0 for t in texts), texts
+        assert sum(_counter(t, 'qido_searches_total{peer="qido",source="shared"}')
+                   for t in texts) == SEARCHES - 1
+    except BaseException:
+        for g in search_replicas:
+            print(g.log_text()[-4000:])
+        raise
