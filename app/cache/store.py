@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.cache.backend import CacheBackend
+from app.dicomweb.integrity import part10_meta
 from app.dicomweb.urls import fill_base_url
 
-_INSTANCE_MAGIC = b"DWGI"
+_INSTANCE_MAGIC = b"DWGI"  # instances cached by earlier versions (header + data), still read
 _METADATA_MAGIC = b"DWGM"
 
 
@@ -144,15 +145,22 @@ class GatewayCache:
     # instances -----------------------------------------------------------------------------
 
     async def put_instance(self, series: str, item: CachedInstance) -> bool:
-        ts = item.transfer_syntax.encode()
-        cls = item.sop_class_uid.encode()
-        blob = b"".join((_INSTANCE_MAGIC, bytes([len(ts)]), ts, bytes([len(cls)]), cls, item.data))
-        return await self.backend.set(self.keys.instance(series, item.sop_instance_uid), blob,
-                                      self._ttl)
+        """Store an instance as its Part-10 bytes, as they are: its SOP class and transfer
+        syntax are in its File Meta, so nothing is copied to add a header (the in-process
+        backend keeps the very bytes object)."""
+        if part10_meta(item.data) != (item.sop_class_uid, item.transfer_syntax):
+            return False  # a File Meta that disagrees would be read back wrong: not cached
+        return await self.backend.set(self.keys.instance(series, item.sop_instance_uid),
+                                      item.data, self._ttl)
 
     async def get_instance(self, series: str, sop: str) -> CachedInstance | None:
         blob = await self.backend.get(self.keys.instance(series, sop))
-        if blob is None or not blob.startswith(_INSTANCE_MAGIC):
+        if blob is None:
+            return None
+        meta = part10_meta(blob)
+        if meta is not None:
+            return CachedInstance(sop, meta[0], meta[1], blob)
+        if not blob.startswith(_INSTANCE_MAGIC):  # entries of earlier versions
             return None
         at = len(_INSTANCE_MAGIC)
         ts_len = blob[at]

@@ -180,3 +180,33 @@ def top_level_text(data: bytes, transfer_syntax: str, tag: int) -> str | None:
     before it: microseconds, no pydicom. None if absent or the syntax cannot be walked here;
     Malformed if the bytes up to it are."""
     return _walk(data, transfer_syntax, tag, stop=True)
+
+
+_META_ELEMENT = struct.Struct("<HH2sH")
+
+
+def part10_meta(data: bytes) -> tuple[str, str] | None:
+    """(Media Storage SOP Class UID, Transfer Syntax UID) from a Part-10 File Meta group, read
+    in place (no copy, no pydicom); None if the bytes do not start like a Part-10 file."""
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        return None
+    end = 144 + _U32.unpack_from(data, 140)[0]
+    if end > len(data):
+        return None
+    found: dict[int, str] = {}
+    offset = 144
+    while offset + 8 <= end:
+        group, element, vr, length = _META_ELEMENT.unpack_from(data, offset)
+        if group != 0x0002:
+            return None
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            length = _U32.unpack_from(data, offset + 8)[0]
+            offset += 12
+        else:
+            offset += 8
+        if element in (0x0002, 0x0010):
+            found[element] = _text(data, offset, length)
+        offset += length
+    if 0x0002 not in found or 0x0010 not in found:
+        return None
+    return found[0x0002], found[0x0010]

@@ -93,12 +93,13 @@ class PduReader(asyncio.BufferedProtocol):
         self.last_read = 0.0  # time.monotonic() of the last read: silence is measured from it
         # Reassembly of the message in progress.
         self._context_id: int | None = None
-        self._command_parts: list[bytes | bytearray] = []
+        self._command_parts: list[bytes] = []
         self._command_size = 0
         self._command: CommandSet | None = None
-        self._data_parts: list[bytes | bytearray] = []
+        self._data_parts: list[bytes | memoryview] = []
         self._data_size = 0
         self._prefix_size = 0
+        self._views = False  # data set fragments are views into the buffer: do not reuse it
 
     # asyncio protocol interface -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,8 +149,8 @@ class PduReader(asyncio.BufferedProtocol):
         except ProtocolViolation as exc:
             self._failed = True
             self._owner.violation(exc)
-        if self._start == self._end:
-            self._start = self._end = 0
+        if self._start == self._end and not self._views:
+            self._start = self._end = 0  # reuse the buffer: no data set fragment points into it
 
     def stop(self) -> None:
         """Parse nothing more: the owner has ended the association (a violation it found, an
@@ -215,6 +216,7 @@ class PduReader(asyncio.BufferedProtocol):
 
     def _pdvs(self, offset: int, end: int) -> None:
         buf = self._buf
+        view = memoryview(buf)
         if end - offset < PDV_HEADER.size:
             raise ProtocolViolation("P-DATA-TF without a presentation data value")
         while offset < end:
@@ -223,11 +225,14 @@ class PduReader(asyncio.BufferedProtocol):
             item_length, context_id, mch = PDV_HEADER.unpack_from(buf, offset)
             if item_length < 2 or item_length > end - offset - 4:
                 raise ProtocolViolation(f"PDV item length {item_length} does not fit its PDU")
-            fragment = buf[offset + 6:offset + 4 + item_length]
+            fragment = view[offset + 6:offset + 4 + item_length]
             offset += 4 + item_length
             self._fragment(context_id, mch, fragment)
 
-    def _fragment(self, context_id: int, mch: int, fragment: bytearray) -> None:
+    def _fragment(self, context_id: int, mch: int, fragment: memoryview) -> None:
+        """One PDV's bytes, a view into the receive buffer. Data set fragments are kept as
+        views until their one join (the buffer is then not reused, only replaced), so each
+        data set is copied once on its way from the socket to the message."""
         if self._context_id is None:
             self._context_id = context_id
         elif context_id != self._context_id:
@@ -242,7 +247,7 @@ class PduReader(asyncio.BufferedProtocol):
             if self._command_size > MAX_COMMAND_SET:
                 raise ProtocolViolation(
                     f"command set fragments exceed {MAX_COMMAND_SET} bytes")
-            self._command_parts.append(fragment)
+            self._command_parts.append(bytes(fragment))
             if mch & MCH_LAST:
                 raw = b"".join(self._command_parts)
                 self._command_parts = []
@@ -265,14 +270,15 @@ class PduReader(asyncio.BufferedProtocol):
         if self._data_size > MAX_DATA_SET:
             raise ProtocolViolation(f"a data set larger than {MAX_DATA_SET} bytes")
         self._data_parts.append(fragment)
+        self._views = True
         if mch & MCH_LAST:
-            data = self._data_parts[0] if len(self._data_parts) == 1 else b"".join(
-                self._data_parts)
+            data = b"".join(self._data_parts)
             command, self._command = self._command, None
             offset, self._prefix_size = self._prefix_size, 0
             self._data_parts = []
+            self._views = False
             self._data_size = 0
-            self._deliver(command, bytes(data) if isinstance(data, bytearray) else data, offset)
+            self._deliver(command, data, offset)
 
     def _deliver(self, command: CommandSet, data: bytes | None, offset: int = 0) -> None:
         context_id = self._context_id

@@ -13,10 +13,12 @@ from app.cache.backend import CacheBackend
 from app.cache.memory import MemoryBackend
 from app.cache.store import CachedInstance, GatewayCache, Keys, SeriesIndex
 from app.dicomweb.urls import new_base_token
+from app.dimse.engine.part10 import part10
 
 pytestmark = pytest.mark.timeout(30)
 
 STUDY, SERIES, OTHER_SERIES = "1.2.3", "1.2.3.4", "1.2.3.5"
+
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -27,7 +29,8 @@ def _cache(backend: CacheBackend, query_ttl: float = 10) -> GatewayCache:
 
 
 def _instance(sop: str, syntax: str = EXPLICIT_LE) -> CachedInstance:
-    return CachedInstance(sop, CT_IMAGE, syntax, b"\x00" * 128 + b"DICM" + sop.encode() * 3)
+    """A small instance: Part-10 framing (its File Meta names class and syntax) and a body."""
+    return CachedInstance(sop, CT_IMAGE, syntax, part10(sop.encode() * 3, CT_IMAGE, sop, syntax))
 
 
 async def _fill(cache: GatewayCache, series: str, sops: list[str], complete: bool = True) -> None:
@@ -57,6 +60,33 @@ async def test_instance_round_trip(backend: CacheBackend) -> None:
     assert await cache.get_instance(OTHER_SERIES, "1.2.3.4.1") is None
 
 
+async def test_the_cached_value_is_the_part10_bytes_themselves(backend: CacheBackend) -> None:
+    """No header is joined in front: class and syntax are read back from the File Meta."""
+    cache = _cache(backend)
+    item = _instance("1.2.3.4.7", JPEG_BASELINE)
+    assert await cache.put_instance(SERIES, item)
+    assert await backend.get(cache.keys.instance(SERIES, "1.2.3.4.7")) == item.data
+
+
+async def test_an_instance_whose_file_meta_disagrees_is_not_cached(
+        backend: CacheBackend) -> None:
+    cache = _cache(backend)
+    item = _instance("1.2.3.4.8", JPEG_BASELINE)
+    wrong = CachedInstance(item.sop_instance_uid, CT_IMAGE, EXPLICIT_LE, item.data)
+    assert not await cache.put_instance(SERIES, wrong)
+    assert await cache.get_instance(SERIES, "1.2.3.4.8") is None
+
+
+async def test_entries_of_the_earlier_format_are_still_read(backend: CacheBackend) -> None:
+    cache = _cache(backend)
+    ts, cls = EXPLICIT_LE.encode(), CT_IMAGE.encode()
+    body = b"\x00" * 128 + b"DICM" + b"old"
+    await backend.set(cache.keys.instance(SERIES, "1.3"),
+                      b"DWGI" + bytes([len(ts)]) + ts + bytes([len(cls)]) + cls + body)
+    assert await cache.get_instance(SERIES, "1.3") == CachedInstance("1.3", CT_IMAGE,
+                                                                      EXPLICIT_LE, body)
+
+
 async def test_value_without_the_instance_header_is_not_an_instance(
         backend: CacheBackend) -> None:
     cache = _cache(backend)
@@ -66,7 +96,8 @@ async def test_value_without_the_instance_header_is_not_an_instance(
 
 async def test_instance_over_the_object_cap_is_not_stored() -> None:
     cache = _cache(MemoryBackend(10_000, max_object_bytes=100))
-    big = CachedInstance("1.5", CT_IMAGE, EXPLICIT_LE, b"x" * 200)
+    big = CachedInstance("1.5", CT_IMAGE, EXPLICIT_LE,
+                         part10(b"x" * 200, CT_IMAGE, "1.5", EXPLICIT_LE))
     assert not await cache.put_instance(SERIES, big)
     assert await cache.get_instance(SERIES, "1.5") is None
 
