@@ -24,7 +24,7 @@ from app.cache.backend import CacheBackend
 from app.dicomweb.urls import fill_base_url
 
 _INSTANCE_MAGIC = b"DWGI"
-_METADATA_MAGIC = b"DWGM"
+_METADATA_MAGIC = b"DWG2"  # 2: SpecificCharacterSet kept; older entries are misses
 
 
 @dataclass(frozen=True, slots=True)
