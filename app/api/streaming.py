@@ -11,7 +11,7 @@ parts sent, without tracebacks.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -47,7 +47,7 @@ def install_cut_short_filter() -> None:
 class TruncatableStreamingResponse(StreamingResponse):
     """A StreamingResponse of parts; an error after the first part ends it short (see module)."""
 
-    def __init__(self, parts: AsyncIterator[list[bytes]], closing: bytes, *, what: str,
+    def __init__(self, parts: AsyncGenerator[list[bytes], None], closing: bytes, *, what: str,
                  pacs: str, media_type: str, headers: dict[str, str] | None = None) -> None:
         self._parts = parts
         self._closing = closing
@@ -87,10 +87,10 @@ class TruncatableStreamingResponse(StreamingResponse):
 
 
 def rendered_parts(first: object, rest: AsyncIterator[object],
-                   render: Callable[[object], list[bytes]]) -> AsyncIterator[list[bytes]]:
+                   render: Callable[[object], list[bytes]]) -> AsyncGenerator[list[bytes], None]:
     """The wire chunks of ``first`` then of each item of ``rest``, one list per part."""
 
-    async def parts() -> AsyncIterator[list[bytes]]:
+    async def parts() -> AsyncGenerator[list[bytes], None]:
         async with aclosing(rest):  # type: ignore[type-var]
             yield render(first)
             async for item in rest:
