@@ -17,6 +17,7 @@ from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.baseurl import TrustedHostMiddleware
 from app.api.problems import install_error_handlers
+from app.api.streaming import install_cut_short_filter
 from app.cache.factory import build_backend
 from app.dimse.client import DimseClients
 from app.metrics import Metrics
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_cut_short_filter()
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.api.streaming import ResponseCutShort
 from app.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ResponseCutShort):  # already logged; the headers are long gone
+        return problem(500, "response cut short")
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return problem(500, f"internal error: {type(exc).__name__}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -19,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from app.api.conditional import IMMUTABLE, REVALIDATE, caching_headers, etag_for, not_modified
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
+from app.api.streaming import TruncatableStreamingResponse, rendered_parts
 from app.api.wado import parse_frame_list
 from app.dicomweb.mediatypes import MediaRange, parse_accept
 from app.dicomweb.multipart import (
@@ -40,7 +40,7 @@ from app.dicomweb.render import (
     parse_window,
 )
 from app.dicomweb.urls import instance_url
-from app.errors import BadRequest, GatewayError, NotAcceptable
+from app.errors import BadRequest, NotAcceptable
 from app.services.registry import Services
 from app.services.rendering import RenderedImage, RenderService
 
@@ -191,31 +191,22 @@ def _render_service(services: Services, name: str) -> RenderService:
 
 async def _multipart(first: RenderedImage, rest: AsyncGenerator[RenderedImage, None], base: str,
                      study: str, headers: dict[str, str], warnings: list[tuple[str, str]],
-                     what: str, media_type: str) -> StreamingResponse:
+                     what: str, media_type: str, pacs: str) -> StreamingResponse:
     """Stream rendered images as multipart/related; a failure after the first part cuts the
-    stream short without its closing delimiter (PS3.18 8.6.1.2)."""
+    stream short without its closing delimiter (PS3.18 8.6.1.2), logged once."""
     boundary = new_boundary()
 
-    def encode(image: RenderedImage) -> bytes:
-        location = instance_url(base, study, image.series_uid, image.sop_instance_uid)
-        location += f"/frames/{image.frame}/rendered" if image.frame else "/rendered"
-        return (part_header(image.media_type, content_location=location,
-                            content_length=len(image.data), boundary=boundary)
-                + image.data + part_trailer())
+    def encode(item: object) -> list[bytes]:
+        assert isinstance(item, RenderedImage)
+        location = instance_url(base, study, item.series_uid, item.sop_instance_uid)
+        location += f"/frames/{item.frame}/rendered" if item.frame else "/rendered"
+        return [part_header(item.media_type, content_location=location,
+                            content_length=len(item.data), boundary=boundary)
+                + item.data + part_trailer()]
 
-    async def body() -> AsyncIterator[bytes]:
-        async with aclosing(rest):
-            yield encode(first)
-            try:
-                async for image in rest:
-                    yield encode(image)
-            except GatewayError as exc:
-                log.warning("%s ended early after headers were sent: %s", what, exc.message)
-                raise
-        yield closing_delimiter(boundary)
-
-    response = StreamingResponse(body(), media_type=multipart_content_type(media_type, boundary),
-                                 headers=headers)
+    response = TruncatableStreamingResponse(
+        rendered_parts(first, rest, encode), closing_delimiter(boundary), what=what, pacs=pacs,
+        media_type=multipart_content_type(media_type, boundary), headers=headers)
     for name, value in warnings:
         response.headers.append(name, value)
     return response
@@ -240,7 +231,8 @@ async def _rendered_many(request: Request, services: Services,
     images = _render_service(services, name).rendered_instances(ref, params)
     first = await _first(images)
     return await _multipart(first, images, base, ref.study_uid, headers,
-                            _warning_headers(base, warnings), f"rendering of {ref}", media_type)
+                            _warning_headers(base, warnings), f"rendering of {ref}", media_type,
+                            name)
 
 
 @router.get("/studies/{study}/rendered", responses=RENDERED_RESPONSES,
@@ -298,7 +290,8 @@ async def retrieve_rendered_frames(request: Request, services: ServicesDep, stud
     images = service.rendered_frames(ref, numbers, params)
     first = await _first(images)
     return await _multipart(first, images, base, study, headers,
-                            _warning_headers(base, warnings), f"rendering of {ref}", media_type)
+                            _warning_headers(base, warnings), f"rendering of {ref}", media_type,
+                            name)
 
 
 # -- thumbnails ----------------------------------------------------------------------------------

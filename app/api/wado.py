@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -25,6 +24,7 @@ from app.api.conditional import (
 )
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
+from app.api.streaming import TruncatableStreamingResponse, rendered_parts
 from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import (
     DICOM,
@@ -120,25 +120,13 @@ async def _peek(items: AsyncIterator[object]) -> object:
         raise GatewayError("the PACS sent nothing") from None
 
 
-def _stream(first: object, rest: AsyncIterator[object], render: object, closing: bytes,
-            media_type: str, what: str, headers: dict[str, str] | None = None
-            ) -> StreamingResponse:
-    """A streaming response writing ``first`` then ``rest`` through ``render``."""
-
-    async def body() -> AsyncIterator[bytes]:
-        async with aclosing(rest):
-            for chunk in render(first):  # type: ignore[operator]
-                yield chunk
-            try:
-                async for item in rest:
-                    for chunk in render(item):  # type: ignore[operator]
-                        yield chunk
-            except GatewayError as exc:
-                log.warning("%s ended early after headers were sent: %s", what, exc.message)
-                raise
-        yield closing
-
-    return StreamingResponse(body(), media_type=media_type, headers=headers)
+def _stream(pacs: str, first: object, rest: AsyncIterator[object],
+            render: Callable[[object], list[bytes]], closing: bytes, media_type: str, what: str,
+            headers: dict[str, str] | None = None) -> StreamingResponse:
+    """A streaming response writing ``first`` then ``rest`` through ``render``; a failure after
+    the headers ends it without ``closing``, logged once (app.api.streaming)."""
+    return TruncatableStreamingResponse(rendered_parts(first, rest, render), closing, what=what,
+                                        pacs=pacs, media_type=media_type, headers=headers)
 
 
 async def _validators(request: Request, services: Services, name: str, ref: Ref,
@@ -210,7 +198,7 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
             content_length=len(item.data), boundary=boundary)
         return [header, item.data, part_trailer()]
 
-    return _stream(first, instances, render, closing_delimiter(boundary),
+    return _stream(name, first, instances, render, closing_delimiter(boundary),
                    multipart_content_type(DICOM, boundary), f"retrieval of {ref}", headers)
 
 
@@ -258,7 +246,7 @@ async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
             return [part_header(DICOM_XML, content_length=len(xml), boundary=boundary), xml,
                     part_trailer()]
 
-        return _stream(first, datasets, render_xml, closing_delimiter(boundary),
+        return _stream(name, first, datasets, render_xml, closing_delimiter(boundary),
                        multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}",
                        headers)
     objects = wado.metadata_json(ref, base)
@@ -271,7 +259,8 @@ async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
         state["first"] = False
         return [lead, item]
 
-    return _stream(first_json, objects, render_json, b"]", "application/dicom+json",
+    return _stream(name, first_json, objects, render_json, b"]",
+                   "application/dicom+json",
                    f"metadata of {ref}", headers)
 
 
@@ -331,8 +320,9 @@ def _part_type(media_type: str, transfer_syntax: str) -> str:
     return f"{media_type}; transfer-syntax={transfer_syntax}"
 
 
-def _frame_stream(first: Frame, rest: AsyncIterator[Frame], location: Callable[[Frame], str],
-                  what: str, headers: dict[str, str]) -> StreamingResponse:
+def _frame_stream(pacs: str, first: Frame, rest: AsyncIterator[Frame],
+                  location: Callable[[Frame], str], what: str,
+                  headers: dict[str, str]) -> StreamingResponse:
     """Frames (or bulk data values) as multipart/related, one part sent as each is made."""
     boundary = new_boundary()
 
@@ -343,7 +333,7 @@ def _frame_stream(first: Frame, rest: AsyncIterator[Frame], location: Callable[[
                              boundary=boundary)
         return [header, item.data, part_trailer()]
 
-    return _stream(first, rest, render, closing_delimiter(boundary),
+    return _stream(pacs, first, rest, render, closing_delimiter(boundary),  # type: ignore[arg-type]
                    multipart_content_type(first.media_type, boundary), what, headers)
 
 
@@ -365,8 +355,8 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
     first = await _peek(parts)
     assert isinstance(first, Frame)
     location = instance_url(base, study, series, instance) + "/frames/"
-    return _frame_stream(first, parts, lambda f: f"{location}{f.number}", f"frames of {ref}",
-                         headers)
+    return _frame_stream(name, first, parts, lambda f: f"{location}{f.number}",
+                         f"frames of {ref}", headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
@@ -385,4 +375,5 @@ async def retrieve_bulkdata(request: Request, services: ServicesDep, study: Stud
     first = await _peek(values)
     assert isinstance(first, Frame)
     location = str(request.url.remove_query_params("accept"))
-    return _frame_stream(first, values, lambda _: location, f"bulk data of {ref}", headers)
+    return _frame_stream(name, first, values, lambda _: location,
+                         f"bulk data of {ref}", headers)

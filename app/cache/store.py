@@ -29,7 +29,7 @@ from app.dicomweb.integrity import part10_meta
 from app.dicomweb.urls import fill_base_url
 
 _INSTANCE_MAGIC = b"DWGI"  # instances cached by earlier versions (header + data), still read
-_METADATA_MAGIC = b"DWGM"
+_METADATA_MAGIC = b"DWG2"  # 2: SpecificCharacterSet kept; older entries are misses
 
 
 @dataclass(frozen=True, slots=True)

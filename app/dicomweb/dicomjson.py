@@ -97,11 +97,13 @@ def dataset_to_json(
 ) -> dict[str, Any]:
     """Convert ``ds`` into one DICOM JSON object (PS3.18 F.2), keys ascending at every level.
 
-    Group lengths, File Meta (0002), command (0000) elements, SpecificCharacterSet and any
-    tag in ``drop_tags`` are left out at every nesting level: the output is Unicode and is
-    always sent as UTF-8. Binary values become BulkDataURI when ``bulk_data_uri`` is given and
-    the value is longer than ``bulk_data_threshold`` bytes or is pixel data; otherwise (or when
-    the handler returns None) they are InlineBinary.
+    Group lengths, File Meta (0002), command (0000) elements and any tag in ``drop_tags`` are
+    left out at every nesting level. Text is Unicode and always sent as UTF-8; a
+    SpecificCharacterSet (0008,0005) is kept with its source value, which names the source
+    data set's encoding, not the JSON's (PS3.18 F.2.2 note 3, CP-2518). Binary values become
+    BulkDataURI when ``bulk_data_uri`` is given and the value is longer than
+    ``bulk_data_threshold`` bytes or is pixel data; otherwise (or when the handler returns
+    None) they are InlineBinary.
     """
     walker = _JsonWalker(bulk_data_uri, bulk_data_threshold, frozenset(drop_tags))
     return walker.dataset(ds, ())
@@ -134,14 +136,15 @@ def json_to_dataset(
 def iter_elements(ds: Dataset, drop_tags: Collection[int] = ()) -> Iterator[DataElement]:
     """Yield the elements of ``ds`` that belong in a DICOMweb representation, by ascending tag.
 
-    Skips group lengths, command (0000) and File Meta (0002) groups, SpecificCharacterSet
-    (values are already decoded to Unicode) and ``drop_tags``.
+    Skips group lengths, command (0000) and File Meta (0002) groups and ``drop_tags``.
+    SpecificCharacterSet is yielded as stored: text values are decoded to Unicode, and the
+    attribute describes the source encoding (PS3.18 F.2.2 note 3).
     """
     for tag in sorted(ds.keys()):
         group, element = tag >> 16, tag & 0xFFFF
         if element == 0 or group in (0x0000, 0x0002):
             continue
-        if tag == SPECIFIC_CHARACTER_SET or tag in drop_tags:
+        if tag in drop_tags:
             continue
         yield ds[tag]  # converts raw elements, decoding text with the dataset's character set
 

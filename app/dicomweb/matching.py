@@ -76,6 +76,8 @@ def can_match(key: MatchKey, ds: Dataset) -> bool:
     element = ds.get(key.path.tag)
     if element is None or element.value in (None, "", b"") or element.VR == "SQ":
         return True
+    if key.vr == "UN" and not key.is_universal:
+        return _unknown_vr_can_match(key.values[0], element.value)
     try:
         actual = _texts(element.value)
     except Exception:  # an undecodable value is not evidence of a mismatch
@@ -101,6 +103,29 @@ def can_match(key: MatchKey, ds: Dataset) -> bool:
             and _num_eq(spec, actual)
         )
     return True
+
+
+def _unknown_vr_can_match(spec: str, value: Any) -> bool:
+    """A key of unknown VR (a private attribute pydicom's dictionary does not know) compared
+    with the returned value as text: a PACS may not match it, so the gateway does. Bytes (a
+    value returned as UN) are read as text without their padding; undecodable bytes are kept."""
+    if isinstance(value, bytes):
+        try:
+            texts = value.decode("utf-8").strip("\x00 ").split("\\")
+        except UnicodeDecodeError:
+            return True
+    else:
+        texts = _texts(value)
+    wanted = spec.strip().lower()
+    for text in (t.strip("\x00 ").lower() for t in texts):
+        if text == wanted:
+            return True
+        try:
+            if float(text) == float(wanted):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _num_eq(spec: str, actual: list[str]) -> bool:

@@ -12,7 +12,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import (
+    dictionary_VR,
+    keyword_for_tag,
+    private_dictionary_VR,
+    tag_for_keyword,
+)
 
 from app.dicomweb.attributes import UNIQUE_KEY, QueryLevel
 from app.dicomweb.refs import is_valid_uid
@@ -21,6 +26,22 @@ from app.errors import BadRequest
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
 NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
+# VRs whose values are bytes or binary numbers: only universal matching (PS3.4 C.2.2.2.1 lists
+# single value matching for the string and binary-number VRs only).
+UNMATCHABLE_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+# Value ranges of the integer VRs (PS3.5 Table 6.2-1); IS is a string but holds a 32-bit integer.
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "US": (0, 2**16 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UV": (0, 2**64 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+    "IS": (-(2**31), 2**31 - 1),
+}
+_FLOAT_MAX = {"FL": 3.4028234663852886e38, "FD": 1.7976931348623157e308}
+_FLOAT_MAX["DS"] = _FLOAT_MAX["FD"]
+_MAX_CHARS = {"IS": 12, "DS": 16}  # string lengths of the numeric string VRs (PS3.5 6.2)
 # Parameters of the search transaction itself (PS3.18 Table 8.3.4-1); never attribute matches.
 CONTROL_PARAMETERS = frozenset(
     {
@@ -102,13 +123,50 @@ def _split_range(vr: str, value: str) -> tuple[str, str]:
     return match.group(1) or "", match.group(2) or ""
 
 
+def is_private(tag: int) -> bool:
+    """True for an attribute of an odd (private) group (PS3.5 7.8)."""
+    return bool((tag >> 16) % 2)
+
+
+def private_creator_of(tag: int) -> int | None:
+    """The Private Creator tag reserving a private data element's block (PS3.5 7.8.1), or None
+    for a tag that is not a private data element (gggg,xxyy with xx >= 0x10)."""
+    element = tag & 0xFFFF
+    if not is_private(tag) or element < 0x1000:
+        return None
+    return (tag & 0xFFFF0000) | (element >> 8)
+
+
+def is_private_creator(tag: int) -> bool:
+    """True for a Private Creator element (gggg,0010-00FF of an odd group), VR LO."""
+    return is_private(tag) and 0x0010 <= tag & 0xFFFF <= 0x00FF
+
+
 def vr_of(tag: int) -> str:
-    """The dictionary VR of a tag, with ambiguous VRs ('US or SS', 'OB or OW') resolved."""
+    """The dictionary VR of a tag, with ambiguous VRs ('US or SS', 'OB or OW') resolved;
+    LO for a Private Creator, UN for other private or unknown tags."""
+    if is_private_creator(tag):
+        return "LO"
     try:
         vr = dictionary_VR(tag)
     except KeyError:
         return "UN"
     return vr.split(" or ")[0] if " or " in vr else vr
+
+
+def private_vr(tag: int, creator: str | None) -> str:
+    """The VR of a private data element from pydicom's private dictionary for ``creator``; UN
+    when the creator or the element is unknown to it (PS3.5 6.2.2)."""
+    if is_private_creator(tag):
+        return "LO"
+    if not creator:
+        return "UN"
+    try:
+        vr = private_dictionary_VR(tag, creator.strip())
+    except KeyError:
+        return "UN"
+    vr = vr.split(" or ")[0] if " or " in vr else vr
+    return "UN" if vr in ("", "NONE") else vr
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +278,49 @@ def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[
         if not _valid_temporal(vr, value):
             raise BadRequest(f"{param}: {value!r} is not a valid {vr} value or range")
         return (value,)
-    if vr in _NUMBER and not _NUMBER[vr].match(value):
-        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
-    if vr in {"DS", "FL", "FD"} and not _FLOAT.match(value):
-        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+    if vr in NUMERIC_VRS:
+        _check_number(param, vr, value)
+    if vr in UNMATCHABLE_VRS:
+        raise BadRequest(f"{param}: an attribute of VR {vr} can only be matched universally")
+    if vr == "AT" and not _HEX_TAG.match(value):
+        raise BadRequest(f"{param}: {value!r} is not a valid AT value (8 hex digits)")
     if "\\" in value and vr not in WILDCARD_VRS:
         raise BadRequest(f"{param}: multiple values are not supported for VR {vr}")
     return (value,)
+
+
+def _check_number(param: str, vr: str, value: str) -> None:
+    """A numeric match value must be one value the VR can encode (PS3.5 6.2): the C-FIND
+    identifier carries it in that VR (binary for US, SS, UL, SL, UV, SV, FL, FD)."""
+    text = value.strip()
+    if vr in _NUMBER:
+        if not _NUMBER[vr].match(text):
+            raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+        low, high = INTEGER_RANGES[vr]
+        # 20 digits hold any 64-bit value; longer is out of range before int() is asked.
+        if len(text.lstrip("+-").lstrip("0")) > 20 or not low <= int(text) <= high:
+            raise BadRequest(f"{param}: {value!r} is out of range for VR {vr} ({low} to {high})")
+    elif not _FLOAT.match(text):
+        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+    elif not abs(float(text)) <= _FLOAT_MAX[vr]:
+        raise BadRequest(f"{param}: {value!r} is out of range for VR {vr}")
+    if vr in _MAX_CHARS and len(text) > _MAX_CHARS[vr]:
+        raise BadRequest(f"{param}: {value!r} is longer than {_MAX_CHARS[vr]} characters (VR {vr})")
+
+
+def dimse_value(vr: str, value: str) -> str | int | float | bytes:
+    """One validated match value as the C-FIND identifier holds it: a number for the binary
+    numeric VRs, a tag for AT, bytes for UN, the text itself for the string VRs."""
+    if vr in INTEGER_RANGES and vr != "IS":
+        return int(value.strip())
+    if vr in ("FL", "FD"):
+        return float(value.strip())
+    if vr == "AT":
+        return int(value, 16)
+    if vr == "UN":
+        raw = value.encode("utf-8")
+        return raw + b" " if len(raw) % 2 else raw
+    return value
 
 
 def _parse_bool(param: str, value: str) -> bool:
@@ -242,6 +336,44 @@ def _parse_uint(param: str, value: str) -> int:
     if not re.match(r"^\s*\d+\s*$", value):
         raise BadRequest(f"{param}: {value!r} is not a non-negative integer")
     return int(value)
+
+
+def _resolve_private(
+    matches: dict[AttributePath, MatchKey],
+    include: list[AttributePath],
+    names: dict[AttributePath, str],
+) -> tuple[MatchKey, ...]:
+    """Give private matching keys their VR and check private keys have their creator.
+
+    A private data element is meaningful only with the Private Creator of its block, so that
+    creator must be a matching key with a value in the same item (PS3.18 8.3.4.1; PS3.5 7.8.1):
+    else 400. The VR comes from pydicom's private dictionary for that creator, or is UN.
+    """
+    out: list[MatchKey] = []
+    for path in [*matches, *include]:
+        tag = path.tag
+        if is_private(tag) and tag & 0xFFFF < 0x0010:
+            raise BadRequest(
+                f"{names[path]}: ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a "
+                "private data element or Private Creator (PS3.5 7.8.1)"
+            )
+        creator_tag = private_creator_of(tag)
+        if creator_tag is None:
+            continue
+        creator = matches.get(AttributePath((*path.tags[:-1], creator_tag)))
+        if creator is None or creator.is_universal:
+            raise BadRequest(
+                f"{names[path]}: the private attribute {tag:08X} needs its Private Creator "
+                f"{creator_tag:08X} as a matching parameter with a value (PS3.18 8.3.4.1)"
+            )
+    for path, key in matches.items():
+        creator_tag = private_creator_of(path.tag)
+        if creator_tag is not None:
+            creator = matches[AttributePath((*path.tags[:-1], creator_tag))]
+            vr = private_vr(path.tag, creator.values[0])
+            key = MatchKey(path, vr, _check_value(names[path], path, vr, key.values[0]))
+        out.append(key)
+    return tuple(out)
 
 
 def parse_search(
@@ -261,6 +393,7 @@ def parse_search(
     limit, offset = default_limit, 0
     flags = {"fuzzymatching": False, "emptyvaluematching": False, "multiplevaluematching": False}
     ignored: list[str] = []
+    names: dict[AttributePath, str] = {}  # the parameter that named each matching key
     for raw_name, value in params:
         name = raw_name.strip()
         lname = name.lower()
@@ -276,6 +409,7 @@ def parse_search(
                     ignored.append(item)
                 elif path not in include:
                     include.append(path)
+                    names.setdefault(path, f"includefield={item}")
         elif lname == "limit":
             limit = min(_parse_uint(name, value), max_limit)
         elif lname == "offset":
@@ -292,7 +426,10 @@ def parse_search(
                 ignored.append(name)
                 continue
             vr = vr_of(path.tag)
-            values = _check_value(name, path, vr, value)
+            # A private data element's VR depends on its Private Creator's value, which may come
+            # later in the query: checked once all parameters are read (_resolve_private).
+            deferred = private_creator_of(path.tag) is not None
+            values = (value,) if deferred else _check_value(name, path, vr, value)
             if path in matches:
                 previous = matches[path]
                 if vr == "UI" and not previous.is_universal and values != ("",):
@@ -300,11 +437,13 @@ def parse_search(
                 elif previous.values != values:
                     raise BadRequest(f"{name}: the attribute is given more than once")
             matches[path] = MatchKey(path, vr, values)
+            names.setdefault(path, name)
+    resolved = _resolve_private(matches, include, names)
     return SearchQuery(
         level=level,
         study_uid=study_uid,
         series_uid=series_uid,
-        matches=tuple(matches.values()),
+        matches=resolved,
         include=tuple(include),
         include_all=include_all,
         limit=limit,

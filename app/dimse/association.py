@@ -99,6 +99,29 @@ def open_association(
     raise UpstreamUnavailable(f"{where} is unreachable or did not answer the association request")
 
 
+def discard_late_data(assoc: Association) -> None:
+    """Make this association's state machine drop a P-DATA request (Evt9) once aborted (Sta13).
+
+    A C-STORE handler of a C-GET runs in the association's thread; when the gateway aborts
+    meanwhile (client gone, timeout), pynetdicom still sends the handler's C-STORE-RSP after
+    the A-ABORT. PS3.8 Table 9-10 defines no action for Evt9 in Sta13, so pynetdicom's DUL
+    reactor raised InvalidEventError and its thread died with a traceback (about 2% of aborted
+    C-GETs). The association is being torn down: the response can only be discarded."""
+    machine = assoc.dul.state_machine
+    if getattr(machine, "_dwg_discards_late_data", False):
+        return
+    act = machine.do_action
+
+    def do_action(event: str) -> None:
+        if event == "Evt9" and machine.current_state == "Sta13":
+            log.debug("discarding a P-DATA request after A-ABORT (Evt9 in Sta13)")
+            return
+        act(event)
+
+    machine.do_action = do_action  # type: ignore[method-assign]
+    machine._dwg_discards_late_data = True  # type: ignore[attr-defined]
+
+
 def end_association(assoc: Association, finished: bool) -> None:
     """Release an association whose operation reached its final response; abort one that did
     not (its generator may still hold queued responses, so it cannot be reused or released)."""
@@ -107,6 +130,7 @@ def end_association(assoc: Association, finished: bool) -> None:
     if finished:
         assoc.release()
     else:
+        discard_late_data(assoc)
         assoc.abort()
 
 
@@ -118,8 +142,10 @@ def abort_and_wake(assoc: Association) -> None:
     at once, so the worker thread and its association slot are freed promptly. While a
     C-STORE handler runs, pynetdicom only queues the A-ABORT (the association then dies in
     state Sta13 without closing its socket), so the socket is closed here once the DUL thread
-    has had a moment to finish."""
+    has had a moment to finish. A C-STORE-RSP still sent after the abort is discarded
+    (discard_late_data)."""
     try:
+        discard_late_data(assoc)
         assoc.abort()
     finally:
         try:

@@ -42,7 +42,7 @@ from app.dicomweb.counts import (
 from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
-from app.dicomweb.search import AttributePath, MatchKey, SearchQuery
+from app.dicomweb.search import AttributePath, MatchKey, SearchQuery, is_private
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
@@ -450,13 +450,13 @@ class _Plan:
         for m in query.matches:
             if m.path.top in path:
                 continue  # the path already fixes this UID
-            lvl = level_of(m.path.top)
+            lvl = _level(m.path.top, target)
             if m.path.top == UNIQUE_KEY[QueryLevel.STUDY]:
                 lvl = QueryLevel.STUDY
             keys[lvl].append(m)
         includes: dict[QueryLevel, list[AttributePath | int]] = {lvl: [] for lvl in LEVELS}
         for inc in query.include:
-            lvl = level_of(inc.top)
+            lvl = _level(inc.top, target)
             if LEVELS.index(lvl) <= tdepth:  # lower-level includefields are not returned
                 includes[lvl].append(inc)
         carry_upper = query.relational or any(includes[lvl] for lvl in LEVELS[:tdepth])
@@ -486,6 +486,12 @@ class _Plan:
         lower = any(keys[lvl] for lvl in LEVELS[tdepth + 1:])
         combined = _split_combined_ranges(keys)
         return cls(query, target, keys, return_keys, start, carry_upper, lower, combined)
+
+
+def _level(tag: int, target: QueryLevel) -> QueryLevel:
+    """The level whose C-FIND carries an attribute: a private one (whose level no dictionary
+    knows) goes with the query level, where a PACS such as Orthanc returns it."""
+    return target if is_private(tag) else level_of(tag)
 
 
 def _split_combined_ranges(

@@ -413,6 +413,61 @@ async def test_study_search_by_series_attribute(
     assert {value(o, STUDY_UID) for o in body} == expected
 
 
+# -- numeric and private attributes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
+@pytest.mark.parametrize(
+    ("resource", "keyword"),
+    [("studies", "Rows"), ("series", "Rows"), ("instances", "Columns"), ("instances", "Rows")],
+)
+async def test_numeric_attributes_are_matched_in_their_vr(
+    gateway: GatewayFactory, sample_pacs: DemoPacs, samples: list[Dataset],
+    resource: str, keyword: str, engine: str,
+) -> None:
+    # Rows and Columns are US: the value must reach the C-FIND identifier as a number, not text.
+    settings = gateway_settings(peer_config(sample_pacs.port), dimse_engine=engine)
+    async with gateway(settings) as client:
+        r = await client.get(f"/dicomweb/{resource}", params={keyword: "64"})
+        body = assert_dicom_json(r)
+        tag = {"studies": STUDY_UID, "series": SERIES_UID, "instances": SOP_UID}[resource]
+        attr = {"studies": "StudyInstanceUID", "series": "SeriesInstanceUID",
+                "instances": "SOPInstanceUID"}[resource]
+        expected = {str(d.get(attr)) for d in samples if d.get(keyword) == 64}
+        assert expected and {value(o, tag) for o in body} == expected
+        if resource == "instances":
+            assert all(o[{"Rows": "00280010", "Columns": "00280011"}[keyword]]
+                       == {"vr": "US", "Value": [64]} for o in body)
+        assert (await client.get(f"/dicomweb/{resource}", params={keyword: "65000"})
+                ).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [({"Rows": "65536"}, "Rows"), ({"Columns": "-1"}, "Columns"), ({"Rows": "5" * 5000}, "Rows"),
+     ({"00091001": "98.41"}, "00091001"), ({"includefield": "00091001"}, "00091001"),
+     ({"00090001": "x"}, "00090001")],
+)
+async def test_values_that_do_not_fit_are_400_naming_them(
+    demo_client: httpx.AsyncClient, params: dict[str, str], named: str
+) -> None:
+    for resource in ("studies", "series", "instances"):
+        r = await demo_client.get(f"/dicomweb/{resource}", params=params)
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"].startswith(DICOM_JSON)
+        assert named in value(r.json(), "00000902")
+
+
+async def test_private_keys_with_their_creator_are_answered(
+    demo_client: httpx.AsyncClient, samples: list[Dataset]
+) -> None:
+    # The demo PACS holds no private attributes: the keys reach it and the search is answered.
+    r = await demo_client.get(
+        "/dicomweb/studies", params={"00090010": "Lunit", "includefield": "00091001"}
+    )
+    assert r.status_code in (200, 204), r.text
+
+
 # -- PACS failures -------------------------------------------------------------------------------
 
 

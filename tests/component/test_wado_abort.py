@@ -224,3 +224,42 @@ def test_disconnects_mid_stream_leak_nothing(
     finally:
         pacs.stop()
 
+
+
+def test_aborted_c_gets_crash_no_pynetdicom_thread(
+    two_series: tuple[list[Dataset], list[Dataset]], recorded_logs: RecordingHandler,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #10 item 8: about 2% of aborted C-GETs crashed a pynetdicom reactor thread
+    (InvalidEventError Evt9/Sta13) under the ``pynetdicom`` engine. Many hang-ups in a row
+    with that engine: no thread may end with an exception (threading.excepthook)."""
+    crashes: list[str] = []
+    original = threading.excepthook
+
+    def record(args: threading.ExceptHookArgs) -> None:
+        crashes.append(f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: "
+                       f"{args.exc_value}")
+        original(args)
+
+    monkeypatch.setattr(threading, "excepthook", record)
+    warm_up, series = two_series
+    path = series_path(series)
+    pacs = ObservedPacs(warm_up + series, ae_title="ABORT_PACS", suboperation_delay=0.005)
+    pacs.start("127.0.0.1", 0)
+    try:
+        gateway = start_gateway(pacs, "get")
+        gateway = GatewayServer(gateway.settings.model_copy(update={"dimse_engine": "pynetdicom"}))
+        with gateway, gateway.client() as client:
+            recorded_logs.attach()
+            for _ in range(ABORTED_GETS):
+                hang_up_after_first_part(client, path)
+            assert eventually(lambda: pacs_associations(pacs) == 0), pacs_associations(pacs)
+            assert eventually(lambda: not association_threads()), association_threads()
+            full_retrieval(client, path, {str(ds.SOPInstanceUID) for ds in series})
+        assert not crashes, crashes[:5]
+        assert not recorded_logs.problems(), recorded_logs.problems()[:10]
+    finally:
+        pacs.stop()
+
+
+ABORTED_GETS = 150

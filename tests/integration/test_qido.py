@@ -382,3 +382,33 @@ def test_batched_counts_equal_per_study_counts_on_dcmqrscp(
     assert len(series) == len(per_series)
     for result in series:
         assert _value(result, "00201209") == per_series[str(_value(result, "0020000E"))]
+
+
+@pytest.mark.parametrize(
+    ("resource", "keyword", "unique"),
+    [
+        ("studies", "Rows", "StudyInstanceUID"),
+        ("series", "Rows", "SeriesInstanceUID"),
+        ("instances", "Columns", "SOPInstanceUID"),
+    ],
+)
+def test_numeric_attribute_matching(
+    http: httpx.Client,
+    pacs: PacsEndpoint,
+    sample_datasets: list[Dataset],
+    resource: str,
+    keyword: str,
+    unique: str,
+) -> None:
+    """Rows and Columns are US: sent as numbers in the C-FIND identifier (issue #10, item 13).
+
+    dcmqrscp supports neither as a key (it ignores them and does not return them), so every
+    result is kept there (conformance 2.3, local re-check); Orthanc matches them."""
+    response = http.get(f"/{resource}", params={keyword: "64"})
+    assert response.status_code == 200, response.text
+    expected = {str(d.get(unique)) for d in sample_datasets if d.get(keyword) == 64}
+    tag = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E",
+           "SOPInstanceUID": "00080018"}[unique]
+    got = set(_uids(response.json(), tag))
+    assert expected and (got == expected if pacs.kind == "orthanc" else expected <= got)
+    assert http.get(f"/{resource}", params={keyword: "70000"}).status_code == 400

@@ -169,3 +169,34 @@ def test_as_stored_transfer_syntax(http: httpx.Client, sample_datasets: list[Dat
                                            "transfer-syntax=*"})
     (got,) = _instances(response)
     assert got.SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_metadata_keeps_the_source_character_set(
+    http: httpx.Client, pacs: PacsEndpoint, request: pytest.FixtureRequest,
+    sample_datasets: list[Dataset],
+) -> None:
+    """SpecificCharacterSet names the source encoding; the JSON itself is UTF-8 (PS3.18 F.2.2
+    note 3): kept as stored, as Orthanc's own DICOMweb keeps it (issue #10, item 15)."""
+    charsets = {}
+    for ds in sample_datasets:
+        charset = ds.get("SpecificCharacterSet")
+        if charset is not None:
+            charsets.setdefault(str(charset), ds)
+    assert len(charsets) >= 2
+    for original in charsets.values():
+        url = (f"/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
+               f"/instances/{original.SOPInstanceUID}/metadata")
+        response = http.get(url)
+        assert response.status_code == 200, response.text
+        (item,) = response.json()
+        source = original.SpecificCharacterSet
+        expected = [source] if isinstance(source, str) else [v or None for v in source]
+        assert item["00080005"] == {"vr": "CS", "Value": expected}
+        name = original.PatientName
+        assert item["00100010"]["Value"][0]["Alphabetic"] == name.alphabetic
+        if pacs.kind == "orthanc":
+            orthanc = request.getfixturevalue("orthanc")
+            with httpx.Client(timeout=30) as client:
+                theirs = client.get(f"{orthanc.dicomweb_url}{url}").json()[0]
+            # Orthanc 1.10 drops the empty first value of ["", "ISO 2022 IR 87"].
+            assert [v for v in theirs["00080005"]["Value"] if v] == [v for v in expected if v]

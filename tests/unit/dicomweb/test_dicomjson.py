@@ -62,7 +62,7 @@ def test_keys_are_ascending_at_every_level() -> None:
     _assert_sorted(dataset_to_json(examples.ct))
 
 
-def test_group_length_meta_command_and_charset_are_dropped() -> None:
+def test_group_length_meta_and_command_are_dropped_charset_kept() -> None:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.add_new(0x00080000, "UL", 42)  # group length
@@ -75,8 +75,14 @@ def test_group_length_meta_command_and_charset_are_dropped() -> None:
     item.PatientID = "P2"
     ds.OtherPatientIDsSequence = Sequence([item])
     out = dataset_to_json(ds)
-    assert list(out) == ["00100020", "00101002"]
-    assert out["00101002"]["Value"] == [{"00100020": {"vr": "LO", "Value": ["P2"]}}]
+    assert list(out) == ["00080005", "00100020", "00101002"]
+    assert out["00080005"] == {"vr": "CS", "Value": ["ISO_IR 192"]}
+    assert out["00101002"]["Value"] == [
+        {
+            "00080005": {"vr": "CS", "Value": ["ISO_IR 100"]},
+            "00100020": {"vr": "LO", "Value": ["P2"]},
+        }
+    ]
 
 
 def test_drop_tags_applies_at_every_level() -> None:
@@ -264,7 +270,7 @@ def test_real_ct_with_bulk_data() -> None:
     out = dataset_to_json(examples.ct, bulk_data_uri=lambda ref: f"/bulk/{ref.tag:08X}")
     assert out["7FE00010"] == {"vr": "OW", "BulkDataURI": "/bulk/7FE00010"}
     assert out["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "CompressedSamples^CT1"}]}
-    assert "00080005" not in out
+    assert out["00080005"] == {"vr": "CS", "Value": ["ISO_IR 100"]}  # the source's, kept
     assert not any(k.startswith("0002") for k in out)
 
 
@@ -320,7 +326,10 @@ def test_names_decode_from_any_source_charset(charset: Any, name: str, expected:
     assert out["00100010"] == {"vr": "PN", "Value": [expected]}
     assert out["00081030"] == {"vr": "LO", "Value": [name.split("=")[-1]]}
     assert out["00101002"]["Value"][0]["00100010"]["Value"] == [expected]
-    assert "00080005" not in out
+    # Kept with the source value: it names the source encoding, not the JSON's, which is UTF-8
+    # (PS3.18 F.2.2 note 3); an empty first value of ISO 2022 is null (F.2.5).
+    source = [charset] if isinstance(charset, str) else [v or None for v in charset]
+    assert out["00080005"] == {"vr": "CS", "Value": source}
     encoded = encode_json([out])
     assert json.loads(encoded.decode("utf-8"))[0]["00100010"]["Value"] == [expected]
     for part in expected.values():
@@ -364,7 +373,6 @@ def test_agrees_with_pydicom_where_pydicom_is_right() -> None:
     ds = examples.ct
     ours = dataset_to_json(ds)
     theirs = ds.to_json_dict()
-    theirs.pop("00080005", None)
     assert json.loads(encode_json(ours)) == json.loads(json.dumps(theirs, sort_keys=True))
 
 

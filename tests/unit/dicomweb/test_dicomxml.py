@@ -47,7 +47,7 @@ def test_attributes_in_ascending_order_with_keyword_and_vr() -> None:
     ds.add_new(0x00080000, "UL", 4)
     ds.ImageType = ["ORIGINAL", "", "AXIAL"]
     root = _parse(dataset_to_xml(ds))
-    assert [a.get("tag") for a in root] == ["00080008", "00100020", "0020000D"]
+    assert [a.get("tag") for a in root] == ["00080005", "00080008", "00100020", "0020000D"]
     patient_id = _attr(root, "00100020")
     assert patient_id.attrib == {"tag": "00100020", "vr": "LO", "keyword": "PatientID"}
     assert _values(patient_id) == [("1", "P<1>&")]
@@ -98,7 +98,9 @@ def test_japanese_name_from_iso2022_source() -> None:
     body = dataset_to_xml(read_back)
     assert "山田".encode() in body
     root = _parse(body)
-    assert root.find("d:DicomAttribute[@tag='00080005']", NS) is None
+    charset = _attr(root, "00080005")  # the source encoding, kept (PS3.18 F.2.2 note 3)
+    assert [v.get("number") for v in charset.findall("d:Value", NS)] == ["2"]
+    assert charset.findtext("d:Value", namespaces=NS) == "ISO 2022 IR 87"
     pn = _attr(root, "00100010").find("d:PersonName", NS)
     assert pn is not None
     assert pn.findtext("d:Alphabetic/d:FamilyName", namespaces=NS) == "Yamada"

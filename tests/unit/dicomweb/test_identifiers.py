@@ -157,3 +157,50 @@ def test_match_overrides_a_return_key_of_the_same_attribute() -> None:
         return_keys=[0x00100020],
     )
     assert ds.PatientID == "X1"
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize(
+    ("keyword", "text", "expected"),
+    [
+        ("Rows", "512", 512),  # US
+        ("TagAngleSecondAxis", "-7", -7),  # SS
+        ("NumberOfStudyRecordsInInstance", "4294967295", 4294967295),  # UL
+        ("ReferencePixelX0", "-70000", -70000),  # SL
+        ("RecommendedDisplayFrameRateInFloat", "29.5", 29.5),  # FL
+        ("EventTimeOffset", "-1.25e-3", -1.25e-3),  # FD
+        ("SeriesNumber", "+7", 7),  # IS: sent as written, a valid IS
+        ("SliceThickness", "2.50", 2.5),  # DS
+        ("DimensionIndexPointer", "00280010", 0x00280010),  # AT
+    ],
+)
+def test_numeric_match_values_are_encoded_in_their_vr(
+    keyword: str, text: str, expected: float, implicit: bool
+) -> None:
+    ident = build_identifier(
+        QueryLevel.IMAGE, matches=matches((keyword, text), level=QueryLevel.IMAGE)
+    )
+    back = roundtrip(ident, implicit=implicit)
+    assert back[keyword].value == expected
+
+
+def test_private_keys_are_sent_with_their_creator() -> None:
+    query = parse_search(
+        [("00090010", "Lunit"), ("00091001", "98.41"), ("includefield", "00091002")],
+        level=QueryLevel.STUDY,
+    )
+    ident = build_identifier(QueryLevel.STUDY, matches=query.matches, return_keys=query.include)
+    back = roundtrip(ident, implicit=False)
+    assert back[0x00090010].VR == "LO" and back[0x00090010].value == "Lunit"
+    assert back[0x00091001].VR == "UN" and back[0x00091001].value == b"98.41 "
+    assert back[0x00091002].VR == "UN" and back[0x00091002].value in (b"", None)
+
+
+def test_private_return_key_takes_the_dictionary_vr_of_its_creator() -> None:
+    query = parse_search(
+        [("00190010", "SIEMENS MR HEADER"), ("includefield", "0019100B")],
+        level=QueryLevel.IMAGE,
+    )
+    ident = build_identifier(QueryLevel.IMAGE, matches=query.matches, return_keys=query.include)
+    assert ident[0x0019100B].VR == "DS"
+    assert roundtrip(ident, implicit=False)[0x00190010].value == "SIEMENS MR HEADER"

@@ -149,3 +149,26 @@ def test_encoded_non_ascii_value_is_compared_after_decoding() -> None:
     ds.PatientName = "Wang^XiaoDong=王^小東"
     assert can_match(key("PatientName", "王^小東"), ds)
     assert not can_match(key("PatientName", "李^小東"), ds)
+
+
+@pytest.mark.parametrize(
+    ("spec", "vr", "value", "expected"),
+    [
+        ("98.41", "UN", b"98.41\x00", True),  # Orthanc returns an unknown private element as UN
+        ("98.41", "UN", b"98.410 ", True),  # compared as numbers when both are numbers
+        ("98.41", "UN", b"12.5", False),
+        ("lunit-x", "UN", b"LUNIT-X ", True),
+        ("abc", "UN", b"\xff\xfe", True),  # undecodable: not evidence of a mismatch
+        ("98.41", "DS", "98.41", True),  # a PACS that knows the element returns its real VR
+        ("98.41", "DS", "12.5", False),
+    ],
+)
+def test_private_key_of_unknown_vr_is_rechecked_as_text(
+    spec: str, vr: str, value: Any, expected: bool
+) -> None:
+    query = parse_search([("00090010", "Lunit"), ("00091001", spec)], level=QueryLevel.STUDY)
+    (private,) = [m for m in query.matches if m.path.tag == 0x00091001]
+    assert private.vr == "UN"
+    ds = Dataset()
+    ds.private_block(0x0009, "Lunit", create=True).add_new(0x01, vr, value)
+    assert can_match(private, ds) is expected

@@ -80,9 +80,48 @@ def test_transaction_parameters_are_not_matches(name: str) -> None:
     assert query.ignored == ()
 
 
-def test_private_tag_is_kept_as_UN() -> None:
-    tags, vr, values = only_match(parse(("00091010", "x")))
-    assert (tags, vr, values) == ((0x00091010,), "UN", ("x",))
+def test_private_tag_of_an_unknown_creator_is_UN() -> None:
+    query = parse(("00090010", "Lunit"), ("00091010", "x"))
+    keys = {m.path.tag: (m.vr, m.values) for m in query.matches}
+    assert keys == {0x00090010: ("LO", ("Lunit",)), 0x00091010: ("UN", ("x",))}
+
+
+def test_private_tag_takes_its_vr_from_the_private_dictionary() -> None:
+    # (0019,xx08) of "SIEMENS MR HEADER" is CS; the creator may come after the element.
+    query = parse(("00191008", "IMAGE NUM 4"), ("00190010", "SIEMENS MR HEADER"))
+    keys = {m.path.tag: m.vr for m in query.matches}
+    assert keys == {0x00190010: "LO", 0x00191008: "CS"}
+
+
+def test_private_value_is_checked_against_the_dictionary_vr() -> None:
+    # (0019,xx0B) of "SIEMENS MR HEADER" is DS.
+    with pytest.raises(BadRequest, match="0019100B"):
+        parse(("00190010", "SIEMENS MR HEADER"), ("0019100B", "fast"))
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("00091001", "98.41")],
+        [("00090010", ""), ("00091001", "98.41")],
+        [("includefield", "00091001")],
+        [("00090011", "Lunit"), ("00091001", "98.41")],  # the block of 0009,10xx is 0009,0010
+    ],
+)
+def test_private_attribute_without_its_creator_is_bad_request(pairs: list[tuple[str, str]]) -> None:
+    with pytest.raises(BadRequest, match=r"00091001.*Private Creator 00090010"):
+        parse(*pairs)
+
+
+def test_private_includefield_with_its_creator() -> None:
+    query = parse(("00090010", "Lunit"), ("includefield", "00091001"))
+    assert query.include == (AttributePath((0x00091001,)),)
+
+
+@pytest.mark.parametrize("name", ["00090000", "00090002", "0009000F"])
+def test_reserved_private_elements_are_bad_request(name: str) -> None:
+    with pytest.raises(BadRequest, match=name):
+        parse((name, "x"))
 
 
 # -- values per VR -------------------------------------------------------------------------------
@@ -207,7 +246,26 @@ def test_repeated_attribute_with_different_values_is_bad_request() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SeriesNumber", "abc"), ("SeriesNumber", "1.5"), ("SliceThickness", "thick"), ("Rows", "-1")],
+    [
+        ("SeriesNumber", "abc"),
+        ("SeriesNumber", "1.5"),
+        ("SliceThickness", "thick"),
+        ("Rows", "-1"),
+        ("Rows", "65536"),  # US is 16 bits (PS3.5 Table 6.2-1)
+        ("Rows", "1" * 5000),  # beyond Python's int-string limit: still a 400
+        ("TagAngleSecondAxis", "32768"),  # SS
+        ("TagAngleSecondAxis", "-32769"),
+        ("NumberOfStudyRecordsInInstance", "4294967296"),  # UL
+        ("ReferencePixelX0", "2147483648"),  # SL
+        ("FileOffsetInContainer", "18446744073709551616"),  # UV
+        ("RecommendedDisplayFrameRateInFloat", "1e39"),  # beyond FL
+        ("EventTimeOffset", "1e309"),  # beyond FD
+        ("EventTimeOffset", "nan"),
+        ("SeriesNumber", "2147483648"),  # IS holds a 32-bit integer
+        ("SliceThickness", "1.0000000000000001"),  # DS: at most 16 characters
+        ("DimensionIndexPointer", "Rows"),  # AT: 8 hex digits
+        ("RecordKey", "00"),  # OB: universal matching only
+    ],
 )
 def test_numbers_are_checked(name: str, value: str) -> None:
     with pytest.raises(BadRequest, match=name):
@@ -222,6 +280,13 @@ def test_numbers_are_checked(name: str, value: str) -> None:
         ("SliceThickness", "2.5"),
         ("SliceThickness", "1e-3"),
         ("Rows", "512"),
+        ("Rows", "65535"),
+        ("TagAngleSecondAxis", "-32768"),
+        ("NumberOfStudyRecordsInInstance", "4294967295"),
+        ("RecommendedDisplayFrameRateInFloat", "29.97"),
+        ("EventTimeOffset", "-1.5e300"),
+        ("SeriesNumber", "-2147483648"),
+        ("DimensionIndexPointer", "00280010"),
     ],
 )
 def test_valid_numbers(name: str, value: str) -> None:
