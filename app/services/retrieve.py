@@ -75,9 +75,10 @@ def _uids(ref: Ref) -> dict[int, str]:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """What one C-FIND at a series' or study's own level says about its content."""
+    """What one C-FIND at a series' or study's own level says about its content: the number
+    of instances (None when the PACS does not say) and the storage classes to propose."""
 
-    count: int
+    count: int | None
     classes: tuple[str, ...]
 
 
@@ -222,14 +223,28 @@ class RetrieveService:
             raise nothing_found(describe(ref))
         ds = answers[0]
         count = _int_value(ds, count_tag)
-        if not count:
-            return None
         classes = [str(v) for v in _values(ds, SOP_CLASSES_IN_STUDY)]
+        modalities = [str(m) for m in _values(ds, MODALITY) + _values(ds, MODALITIES_IN_STUDY)]
+        if not count and not classes and not modalities and isinstance(ref, StudyRef):
+            # No counts, classes or modalities at study level (DCMTK dcmqrscp): the series'
+            # modalities (one small C-FIND) still let the C-GET start without listing every
+            # instance first.
+            modalities = await self._study_modalities(ref)
         if not classes:
-            modalities = _values(ds, MODALITY) + _values(ds, MODALITIES_IN_STUDY)
             for modality in modalities:
-                classes.extend(sop_classes_for_modality(str(modality)))
-        return Summary(count, tuple(dict.fromkeys(classes)) or COMMON_STORAGE_SOP_CLASSES)
+                classes.extend(sop_classes_for_modality(modality))
+        if not count and not classes:
+            return None  # nothing to go on: the IMAGE-level inventory says
+        return Summary(count or None,
+                       tuple(dict.fromkeys(classes)) or COMMON_STORAGE_SOP_CLASSES)
+
+    async def _study_modalities(self, ref: StudyRef) -> list[str]:
+        """The distinct modalities of a study's series (one SERIES-level C-FIND)."""
+        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: ref.study_uid},
+                                 return_keys=[MODALITY])
+        found = [str(ds.get(MODALITY).value) async for ds in self._find(ident)
+                 if ds.get(MODALITY) is not None and ds.get(MODALITY).value]
+        return list(dict.fromkeys(found))
 
     async def received(
         self, ref: Ref, series_of: dict[str, str] | None = None,
@@ -256,7 +271,7 @@ class RetrieveService:
                 raise nothing_found(describe(ref))
             if series_of is not None:
                 series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
-        expected = summary.count if summary is not None else len(items or [])
+        expected: int | None = summary.count if summary is not None else len(items or [])
         identifier = build_identifier(_level(ref), unique_keys=_uids(ref))
         relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
         if move:
@@ -280,6 +295,8 @@ class RetrieveService:
                 arrived.add(instance.sop_instance_uid)
                 yield instance
             outcome: RetrieveOutcome = stream.result
+        if expected is None:  # the PACS gave no count: its own sub-operation counters say
+            expected = max(count, outcome.completed + outcome.failed + outcome.warning)
         if outcome.failed and not move:
             # Second chance, one instance at a time with compressed contexts first: some PACS
             # send each file over the first accepted context of its class, whatever its syntax.

@@ -280,3 +280,38 @@ def _settled(read: Callable[[], int], *, quiet: float, within: float) -> int:
         elif time.monotonic() - changed >= quiet:
             break
     return value
+
+
+async def test_c_get_without_counts_starts_without_listing_every_instance(
+        gateway: Any) -> None:
+    """A PACS that gives no counts (like dcmqrscp): a study C-GET starts after the study-level
+    C-FIND (whose SOPClassesInStudy says what to propose), not after an IMAGE-level listing of
+    every instance (4 C-FINDs here before); every instance still arrives. (Against dcmqrscp,
+    which gives no classes either, one SERIES-level C-FIND for the modalities is added: the
+    integration suite retrieves from it.)"""
+    from app.demo.samples import generate_sample_studies
+    from app.dicomweb.multipart import parse_multipart
+    from tests.component.conftest import gateway_settings as component_settings
+    from tests.component.conftest import peer_config
+
+    samples = generate_sample_studies()
+    pacs = DemoPacs(samples, ae_title="NOCOUNT_PACS", omit_counts=True)
+    pacs.start("127.0.0.1", 0)
+    try:
+        study = max({str(d.StudyInstanceUID) for d in samples},
+                    key=lambda uid: sum(str(d.StudyInstanceUID) == uid for d in samples))
+        expected = {str(d.SOPInstanceUID) for d in samples if str(d.StudyInstanceUID) == study}
+        settings = component_settings(peer_config(pacs.port, ae_title="NOCOUNT_PACS"),
+                                      cache_backend="none")
+        async with gateway(settings) as client:
+            pacs.reset_operation_counts()
+            r = await client.get(f"/dicomweb/studies/{study}", headers={
+                "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+            assert r.status_code == 200, r.text[:300]
+            parts = parse_multipart(r.content, r.headers["content-type"])
+            assert {str(dcmread(io.BytesIO(p.body)).SOPInstanceUID) for p in parts} == expected
+            counts = pacs.operation_counts
+            assert counts["C-GET"] == 1
+            assert counts["C-FIND"] == 1, counts
+    finally:
+        pacs.stop()
