@@ -68,6 +68,7 @@ class PacsPeer(BaseModel):
     host: str = "127.0.0.1"
     port: Port = 104
     retrieve_method: Literal["get", "move"] = "get"
+    move_fallback: bool = False
     max_associations: Annotated[int, Field(ge=1, le=64)] = 8
     connect_timeout: PositiveSeconds = 5.0
     acse_timeout: PositiveSeconds = 10.0
@@ -170,10 +171,11 @@ class Settings(BaseSettings):
 
     @property
     def storage_scp_wanted(self) -> bool:
-        """Whether to run the storage SCP: as configured, or (unset) when a PACS uses C-MOVE."""
+        """Whether to run the storage SCP: as configured, or (unset) when a PACS uses C-MOVE
+        (``retrieve_method = "move"`` or ``move_fallback``)."""
         if self.storage_scp_enabled is not None:
             return self.storage_scp_enabled
-        return any(p.retrieve_method == "move" for p in self.pacs)
+        return any(p.retrieve_method == "move" or p.move_fallback for p in self.pacs)
 
     def peer(self, name: str | None = None) -> PacsPeer:
         """The named peer, or the default one (the first configured) when name is None."""

@@ -169,6 +169,9 @@ _OMITTED_COUNTS = frozenset(
     )
 )
 
+# What the "omit_sop_class" behaviour leaves out of C-FIND answers (DCMTK dcmqrscp does).
+_OMITTED_CLASSES = frozenset({_SOP_CLASS_UID, Tag("SOPClassesInStudy")})
+
 
 def _text(ds: Dataset, tag: BaseTag) -> str:
     elem = ds.get(tag)
@@ -217,6 +220,8 @@ class QueryEntity:
 
     def element(self, tag: BaseTag) -> DataElement | None:
         """The entity's element for ``tag`` at its level or above, or None."""
+        if tag in self._index.omitted:
+            return None
         computed_level = _COMPUTED.get(tag)
         if computed_level is not None:
             if computed_level > self.level:
@@ -244,13 +249,17 @@ class QueryIndex:
         retrieve_ae_title: str = "",
         omit_counts: bool = False,
         strict_unique_keys: bool = False,
+        omit_sop_class: bool = False,
     ) -> None:
         """``omit_counts``: leave NumberOf*Related* and ModalitiesInStudy empty, as DCMTK
-        dcmqrscp does; ``strict_unique_keys``: refuse a UID list in the unique key of a level
-        above the query level (baseline hierarchical query, PS3.4 C.4.1.2.1)."""
+        dcmqrscp does; ``omit_sop_class``: leave SOPClassUID and SOPClassesInStudy empty (and
+        ignore them as matching keys), as dcmqrscp does; ``strict_unique_keys``: refuse a UID
+        list in the unique key of a level above the query level (baseline hierarchical query,
+        PS3.4 C.4.1.2.1)."""
         self._instances = sorted(instances, key=_instance_order)
         self._retrieve_ae_title = retrieve_ae_title
         self._omit_counts = omit_counts
+        self.omitted: frozenset[BaseTag] = _OMITTED_CLASSES if omit_sop_class else frozenset()
         self._strict_unique_keys = strict_unique_keys
         self._patients = _group(self._instances, _PATIENT_ID)
         self._studies = _group(self._instances, _STUDY_UID)
@@ -318,6 +327,7 @@ class QueryIndex:
             for elem in identifier
             if elem.tag not in _NOT_MATCHED
             and not (self._omit_counts and elem.tag in _OMITTED_COUNTS)  # unsupported: ignored
+            and elem.tag not in self.omitted
             and level_of(elem.tag) <= level
             and not is_universal(elem)
         ]

@@ -186,13 +186,17 @@ class DemoPacs:
         omit_counts: bool = False,
         strict_unique_keys: bool = False,
         relational_queries: bool = False,
+        omit_sop_class: bool = False,
     ) -> None:
         """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
         C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests.
         ``omit_counts`` leaves NumberOf*Related* and ModalitiesInStudy empty (like dcmqrscp);
         ``strict_unique_keys`` answers A900 to a UID list above the query level;
-        ``relational_queries`` agrees to relational queries when asked (PS3.4 C.5.1.1)."""
+        ``relational_queries`` agrees to relational queries when asked (PS3.4 C.5.1.1);
+        ``omit_sop_class`` leaves SOPClassUID and SOPClassesInStudy out of C-FIND answers
+        (like dcmqrscp), so a C-GET client must guess the storage classes to propose."""
         self._relational_queries = relational_queries
+        self._omit_sop_class = omit_sop_class
         self._omit_counts = omit_counts
         self._strict_unique_keys = strict_unique_keys
         self._ae_title = ae_title
@@ -230,7 +234,8 @@ class DemoPacs:
     def _index(self) -> QueryIndex:
         return QueryIndex(self.datasets(), retrieve_ae_title=self._ae_title,
                           omit_counts=self._omit_counts,
-                          strict_unique_keys=self._strict_unique_keys)
+                          strict_unique_keys=self._strict_unique_keys,
+                          omit_sop_class=self._omit_sop_class)
 
     # -- counters -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from app.dimse.bridge import ThreadStream
 from app.dimse.echo import c_echo
 from app.dimse.engine.client import AsyncPeerClient
 from app.dimse.engine.storescp import AsyncStorageSCP
+from app.dimse.engine.stream import OperationStream
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
@@ -122,6 +123,9 @@ def quiet_pynetdicom(debug: bool) -> None:
 
 
 Client = PeerClient | AsyncPeerClient
+RetrieveStream = (ThreadStream[ReceivedInstance, RetrieveOutcome]
+                  | OperationStream[ReceivedInstance, RetrieveOutcome])
+"""What ``Client.get`` and ``Client.move`` return, whichever the engine."""
 
 
 class DimseClients:

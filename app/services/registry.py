@@ -53,9 +53,15 @@ class Services:
         self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name),
                                             self.search_flights, metrics)
                        for p in settings.pacs}
+        for p in settings.pacs:
+            if p.move_fallback and not settings.storage_scp_wanted:
+                log.warning("PACS %s: move_fallback is ignored while the storage SCP is off "
+                            "(storage_scp_enabled = false)", p.name)
         self._wado = {
             p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
-                                                settings.ae_title), metrics,
+                                                settings.ae_title,
+                                                p.move_fallback and settings.storage_scp_wanted),
+                                metrics,
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
         }

@@ -25,7 +25,7 @@ from app.dicomweb.transfer_syntax import (
     compressed_first,
     plan_storage_contexts,
 )
-from app.dimse.client import Client
+from app.dimse.client import Client, RetrieveStream
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import Category, category, nothing_found, retrieve_failure
 from app.errors import GatewayError, UpstreamError
@@ -120,12 +120,15 @@ class RetrieveService:
     """Retrieves studies, series and instances from one PACS."""
 
     def __init__(self, client: Client, metrics: Metrics,
-                 relay: MoveRelay | None = None, local_ae_title: str = "") -> None:
+                 relay: MoveRelay | None = None, local_ae_title: str = "",
+                 move_fallback: bool = False) -> None:
+        """``move_fallback``: C-MOVE what a C-GET did not deliver (the storage SCP runs)."""
         self._client = client
         self._peer = client.peer
         self._metrics = metrics
         self._relay = relay
         self._local_ae = local_ae_title
+        self._move_fallback = move_fallback
 
     @property
     def peer(self) -> PacsPeer:
@@ -276,12 +279,8 @@ class RetrieveService:
         relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
         if move:
             assert items is not None
-            message_id = (await self._relay.reserve_message_id(self._local_ae)
-                          if self._relay is not None else None)
-            stream = self._client.move(identifier, frozenset(i.sop_instance_uid for i in items),
-                                       message_id=message_id)
-            if self._relay is not None:
-                relayed = self._relay.running(self._local_ae, message_id)
+            stream, relayed = await self._move(identifier,
+                                               frozenset(i.sop_instance_uid for i in items))
         else:
             classes = list(summary.classes) if summary is not None else _classes_of(items or [])
             stream = self._client.get(identifier, self._storage_contexts(classes, ref))
@@ -303,9 +302,19 @@ class RetrieveService:
             if items is None:
                 items = await self.inventory(ref)
                 expected = len(items)
+                if series_of is not None:
+                    series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
             missing = [i for i in items if i.sop_instance_uid not in arrived]
             for item in missing[:MAX_RETRIES]:
                 async for instance in self._retry(item):
+                    count += 1
+                    arrived.add(instance.sop_instance_uid)
+                    yield instance
+            still = [i for i in missing if i.sop_instance_uid not in arrived]
+            if still and self._move_fallback:
+                async for instance in self._move_missing(still):
+                    if instance.sop_instance_uid in arrived:
+                        continue
                     count += 1
                     arrived.add(instance.sop_instance_uid)
                     yield instance
@@ -314,7 +323,60 @@ class RetrieveService:
         if report is not None:
             report.update(expected=expected, received=count,
                           failed=max(0, expected - len(arrived)))
-        self._check(outcome, count, expected, ref, operation)
+        unknown = [i.sop_instance_uid for i in items or []
+                   if not i.sop_class_uid and i.sop_instance_uid not in arrived]
+        self._check(outcome, count, expected, ref, operation,
+                    self._unknown_class_note(unknown) if unknown and not move else "")
+
+    def _unknown_class_note(self, uids: list[str]) -> str:
+        """Why instances of a class the PACS does not name in C-FIND were not delivered."""
+        text = (f"{len(uids)} instance(s) not delivered {uids[:5]}: their SOP class is unknown "
+                f"to the gateway because PACS {self._peer.name} returns no SOPClassUID in "
+                "C-FIND answers, and C-GET could propose only the storage classes guessed from "
+                "the series' Modality")
+        if self._move_fallback:
+            return text + "; the C-MOVE fallback did not deliver them either"
+        return text + ('; set retrieve_method = "move" or move_fallback = true for this PACS '
+                       "(C-MOVE to the gateway's storage SCP accepts every storage class)")
+
+    async def _move(self, identifier: Dataset, uids: frozenset[str]
+                    ) -> tuple[RetrieveStream, AbstractAsyncContextManager[None]]:
+        """A C-MOVE stream to the gateway's storage SCP, and the relay registration around it."""
+        relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
+        message_id = (await self._relay.reserve_message_id(self._local_ae)
+                      if self._relay is not None else None)
+        stream = self._client.move(identifier, uids, message_id=message_id)
+        if self._relay is not None:
+            relayed = self._relay.running(self._local_ae, message_id)
+        return stream, relayed
+
+    async def _move_missing(self, items: list[InventoryItem]) -> AsyncIterator[ReceivedInstance]:
+        """C-MOVE (IMAGE level, by SOP Instance UID) of instances a C-GET did not deliver: one
+        per series and ``max_uids_per_query`` UIDs; failures are logged, not raised."""
+        by_series: dict[tuple[str, str], list[str]] = {}
+        for item in items:
+            by_series.setdefault((item.study_uid, item.series_uid), []).append(
+                item.sop_instance_uid)
+        step = self._peer.max_uids_per_query
+        for (study_uid, series_uid), uids in by_series.items():
+            for start in range(0, len(uids), step):
+                chunk = tuple(uids[start:start + step])
+                log.info("C-GET from PACS %s did not deliver %d instance(s) of series %s: "
+                         "falling back to C-MOVE", self._peer.name, len(chunk), series_uid)
+                identifier = build_identifier(QueryLevel.IMAGE, unique_keys={
+                    STUDY_UID: study_uid, SERIES_UID: series_uid,
+                    SOP_UID: chunk if len(chunk) > 1 else chunk[0]})
+                self._metrics.inc("dimse_retrievals_total", peer=self._peer.name,
+                                  operation="C-MOVE")
+                self._metrics.inc("dimse_move_fallbacks_total", peer=self._peer.name)
+                try:
+                    stream, relayed = await self._move(identifier, frozenset(chunk))
+                    async with relayed, stream:
+                        async for instance in stream:
+                            yield instance
+                except GatewayError as exc:
+                    log.warning("C-MOVE fallback for series %s failed: %s", series_uid,
+                                exc.message)
 
     def _storage_contexts(self, classes: list[str], ref: Ref, *,
                           compressed_preferred: bool = False) -> list[tuple[str, tuple[str, ...]]]:
@@ -341,9 +403,13 @@ class RetrieveService:
             log.warning("second C-GET of %s failed too: %s", describe(ref), exc.message)
 
     def _check(self, outcome: RetrieveOutcome, count: int, expected: int, ref: Ref,
-               operation: str) -> None:
-        """Turn a retrieval's outcome into an error, a logged partial result, or nothing."""
+               operation: str, note: str = "") -> None:
+        """Turn a retrieval's outcome into an error, a logged partial result, or nothing;
+        ``note`` explains undelivered instances (in the error or the warning)."""
         cat = category(outcome.status)
+        if count == 0 and note:
+            raise UpstreamError(f"{operation} of {describe(ref)} failed with status "
+                                f"0x{outcome.status:04X}: {note}", dimse_status=outcome.status)
         if count == 0:
             if cat in (Category.SUCCESS, Category.WARNING) and outcome.completed > 0:
                 self._metrics.inc("dimse_retrieve_lost_total", peer=self._peer.name)
@@ -363,6 +429,6 @@ class RetrieveService:
         if outcome.failed or count < expected:
             self._metrics.inc("dimse_retrieve_partial_total", peer=self._peer.name)
             log.warning(
-                "%s of %s was partial: status 0x%04X, %d received of %d expected, %d failed %s",
+                "%s of %s was partial: status 0x%04X, %d received of %d expected, %d failed %s%s",
                 operation, describe(ref), outcome.status, count, expected, outcome.failed,
-                list(outcome.failed_uids)[:5])
+                list(outcome.failed_uids)[:5], f"; {note}" if note else "")

@@ -178,3 +178,12 @@ def test_peer_lookup_unknown_name() -> None:
 def test_settings_are_not_a_singleton() -> None:
     assert load_settings(ae_title="A1") is not load_settings(ae_title="A1")
     assert isinstance(load_settings(), Settings)
+
+
+def test_move_fallback_turns_an_unset_storage_scp_on() -> None:
+    """Issue #10 item 18: a peer that may fall back to C-MOVE needs the storage SCP."""
+    peer = {"name": "a", "ae_title": "A", "host": "127.0.0.1", "port": 104}
+    assert not load_settings(pacs=[peer]).storage_scp_wanted
+    assert load_settings(pacs=[{**peer, "move_fallback": True}]).storage_scp_wanted
+    assert not load_settings(pacs=[{**peer, "move_fallback": True}],
+                             storage_scp_enabled=False).storage_scp_wanted
