@@ -35,6 +35,7 @@ from app.dicomweb.pixels import (
     to_wire,
     transcode_part10,
 )
+from app.dicomweb.rawjson import raw_dataset_to_json
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -135,7 +136,11 @@ def bulk_uri_minter(url: str) -> Callable[[BulkDataRef], str]:
 
 def metadata_json(data: bytes, url: str) -> bytes:
     """One instance's DICOM JSON with BulkDataURIs under ``url`` (CPU work: run in a thread)."""
-    return encode_json(dataset_to_json(read_part10(data), bulk_data_uri=bulk_uri_minter(url)))
+    minter = bulk_uri_minter(url)
+    obj = raw_dataset_to_json(data, bulk_data_uri=minter)  # None: not the common case
+    if obj is None:
+        obj = dataset_to_json(read_part10(data), bulk_data_uri=minter)
+    return encode_json(obj)
 
 
 class WadoService:
