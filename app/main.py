@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.baseurl import TrustedHostMiddleware
+from app.api.paths import EmptySegmentsMiddleware
 from app.api.problems import install_error_handlers
 from app.cache.factory import build_backend
 from app.dimse.client import DimseClients
@@ -86,8 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
-    # Outermost: a request naming a malformed or unlisted host is answered 400 before anything.
+    # A request naming a malformed or unlisted host is answered 400 before anything.
     app.add_middleware(TrustedHostMiddleware, settings=settings)
+    # Outermost: "//" in the path is collapsed before anything looks at it (routes, CORS).
+    app.add_middleware(EmptySegmentsMiddleware)
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())

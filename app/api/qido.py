@@ -9,10 +9,11 @@ from starlette.responses import Response
 
 from app.api.baseurl import request_origin
 from app.api.state import ServicesDep
+from app.api.warning import ignored_parameters_text, warning_value
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.dicomjson import dataset_to_json, encode_json
 from app.dicomweb.dicomxml import dataset_to_xml
-from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, negotiate, parse_accept
+from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, accept_ranges, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
 from app.dicomweb.search import parse_search
@@ -68,10 +69,6 @@ def peer_name(request: Request, services: Services) -> str:
         raise NotFound(str(exc)) from None
 
 
-def _warning(agent: str, text: str) -> str:
-    return f'299 {agent} "{text}"'
-
-
 async def _search(
     request: Request,
     services: Services,
@@ -84,7 +81,7 @@ async def _search(
     name = peer_name(request, services)
     accept_values = request.query_params.getlist("accept")
     accept_header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    negotiated = negotiate(parse_accept(accept_header), QIDO_OFFERS)
+    negotiated = negotiate(accept_ranges(accept_header), QIDO_OFFERS)
     if negotiated is None:
         raise NotAcceptable(
             f"cannot produce any of {accept_header!r}; QIDO-RS offers application/dicom+json "
@@ -119,8 +116,8 @@ async def _search(
     if result.more:
         warnings.append(MORE_WARNING)
     if query.ignored:
-        warnings.append("Unknown query attributes were ignored: " + ", ".join(query.ignored))
-    headers = [("Warning", _warning(base, w)) for w in warnings]
+        warnings.append(ignored_parameters_text(query.ignored))
+    headers = [("Warning", warning_value(base, w)) for w in warnings]
     if not result.datasets:
         response = Response(status_code=204)
     elif negotiated.offer.part_type == DICOM_XML:

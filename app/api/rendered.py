@@ -20,7 +20,8 @@ from app.api.conditional import IMMUTABLE, REVALIDATE, caching_headers, etag_for
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
 from app.api.wado import parse_frame_list
-from app.dicomweb.mediatypes import MediaRange, parse_accept
+from app.api.warning import warning_value
+from app.dicomweb.mediatypes import MediaRange, accept_ranges
 from app.dicomweb.multipart import (
     closing_delimiter,
     multipart_content_type,
@@ -85,7 +86,7 @@ def choose_rendered_type(request: Request, services: Services) -> str:
     400 when DICOM and rendered types are mixed, 406 when none can be produced."""
     accept_values = request.query_params.getlist("accept")
     header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    ranges = parse_accept(header)
+    ranges = accept_ranges(header)
     wanted = [r for r in ranges if r.q > 0]
     if any(is_dicom_media_range(r) for r in wanted) and any(_is_rendered_range(r) for r in wanted):
         raise BadRequest("DICOM and rendered media types cannot be mixed in one request "
@@ -174,7 +175,7 @@ async def _caching(request: Request, services: Services, name: str,
 
 
 def _warning_headers(base: str, warnings: list[str]) -> list[tuple[str, str]]:
-    return [("Warning", f'299 {base} "{text}"') for text in warnings]
+    return [("Warning", warning_value(base, text)) for text in warnings]
 
 
 def _image_response(image: RenderedImage, headers: dict[str, str],

@@ -32,6 +32,7 @@ from app.dicomweb.mediatypes import (
     METADATA_OFFERS,
     Negotiated,
     Offer,
+    accept_ranges,
     frame_offers,
     instance_offers,
     negotiate,
@@ -90,7 +91,7 @@ def _negotiate(request: Request, services: Services, offers: tuple[Offer, ...]) 
     """Choose a representation from the ``accept`` query parameter or the Accept header."""
     accept_values = request.query_params.getlist("accept")
     header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    chosen = negotiate(parse_accept(header), offers)
+    chosen = negotiate(accept_ranges(header), offers)
     if chosen is None or (chosen.defaulted and services.settings.require_accept_header):
         raise NotAcceptable(f"none of the requested media types can be produced: {header!r}")
     return chosen

@@ -17,7 +17,8 @@ from app.api.baseurl import request_origin
 from app.api.conditional import IMMUTABLE, caching_headers, etag_for, not_modified
 from app.api.qido import peer_name
 from app.api.state import ServicesDep
-from app.dicomweb.mediatypes import DICOM, Offer, negotiate, parse_accept
+from app.api.warning import warning_value
+from app.dicomweb.mediatypes import DICOM, Offer, accept_ranges, negotiate, parse_accept
 from app.dicomweb.refs import InstanceRef, is_valid_uid
 from app.dicomweb.render import (
     GIF,
@@ -119,7 +120,7 @@ def choose_content_type(request: Request, content_type: str | None) -> str:
                                 "application/dicom, image/jpeg, image/png, image/gif")
         return chosen.offer.media_type
     header = request.headers.get("accept")
-    chosen = negotiate(parse_accept(header), URI_OFFERS)
+    chosen = negotiate(accept_ranges(header), URI_OFFERS)
     if chosen is None:
         raise NotAcceptable(f"none of the accepted media types can be produced: {header!r}")
     return chosen.offer.media_type
@@ -231,5 +232,5 @@ async def retrieve_wado_uri(
     response = Response(data, media_type=media_type, headers=headers)
     if _present(request, ("annotation", "imageAnnotation")):
         base = _location(request, services).split("?")[0]
-        response.headers.append("Warning", f'299 {base} "{ANNOTATION_WARNING}"')
+        response.headers.append("Warning", warning_value(base, ANNOTATION_WARNING))
     return response
