@@ -88,7 +88,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 except GatewayError as exc:
                     failures += 1
                     print(f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port} FAILED: "
-                          f"{exc.message}")
+                          f"{exc.detail}")
         finally:
             await clients.aclose()
         return 1 if failures else 0

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class GatewayError(Exception):
-    """Base class: an HTTP status, a human message and, where known, the DIMSE status behind it."""
+    """Base class: an HTTP status, a human message and, where known, the DIMSE status behind it.
+
+    ``message`` is what the client is told; ``detail`` (default: the message) is what the logs
+    get, and may name what clients must not learn, such as a PACS's AE title, host and port."""
 
     http_status: int = 500
     title: str = "Internal Server Error"
@@ -17,11 +20,13 @@ class GatewayError(Exception):
         self,
         message: str,
         *,
+        detail: str | None = None,
         dimse_status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(detail or message)
         self.message = message
+        self.detail = detail or message
         self.dimse_status = dimse_status
         self.headers = dict(headers or {})
 

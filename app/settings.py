@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     cache_lock_ttl: Annotated[float, Field(gt=0)] = 30.0
     cache_retry_interval: Annotated[float, Field(gt=0)] = 2.0
     cache_admin_enabled: bool = False
+    readyz_details: bool = False
     prefetch_on_search: bool = False
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -211,7 +211,7 @@ async def _multipart(first: RenderedImage, rest: AsyncGenerator[RenderedImage, N
                 async for image in rest:
                     yield encode(image)
             except GatewayError as exc:
-                log.warning("%s ended early after headers were sent: %s", what, exc.message)
+                log.warning("%s ended early after headers were sent: %s", what, exc.detail)
                 raise
         yield closing_delimiter(boundary)
 

@@ -135,7 +135,7 @@ def _stream(first: object, rest: AsyncIterator[object], render: object, closing:
                     for chunk in render(item):  # type: ignore[operator]
                         yield chunk
             except GatewayError as exc:
-                log.warning("%s ended early after headers were sent: %s", what, exc.message)
+                log.warning("%s ended early after headers were sent: %s", what, exc.detail)
                 raise
         yield closing
 
