@@ -38,6 +38,24 @@ class BadRequest(GatewayError):
     title = "Bad Request"
 
 
+class Unauthorized(GatewayError):
+    """The request lacks valid credentials for a protected resource (401)."""
+
+    http_status = 401
+    title = "Unauthorized"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="dicomweb-gateway admin"')
+
+
+class Forbidden(GatewayError):
+    """The request is refused whatever its credentials, e.g. from a foreign Origin (403)."""
+
+    http_status = 403
+    title = "Forbidden"
+
+
 class NotFound(GatewayError):
     """The requested study, series or instance does not exist on the PACS (404)."""
 
@@ -50,6 +68,13 @@ class NotAcceptable(GatewayError):
 
     http_status = 406
     title = "Not Acceptable"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The request body has a content type the resource does not take (415)."""
+
+    http_status = 415
+    title = "Unsupported Media Type"
 
 
 class PayloadTooLarge(GatewayError):
