@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from app.api.baseurl import request_origin
+from app.api.params import COMMON_ERRORS, errors
 from app.api.state import ServicesDep
 from app.dicomweb.refs import check_uid
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized, UnsupportedMediaType
@@ -59,8 +60,8 @@ async def require_admin(
 
 
 router = APIRouter(prefix="/admin/cache", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={401: {"description": "Missing or wrong admin token"},
-                              403: {"description": "Request from a foreign Origin"}})
+                   responses=errors({**COMMON_ERRORS, 401: "Missing or wrong admin token",
+                                     403: "Request from a foreign Origin"}))
 
 
 class EvictRequest(BaseModel):
@@ -105,9 +106,9 @@ _EVICT_BODY = {"requestBody": {"required": False, "content": {"application/json"
 
 @router.post("/evict", summary="Evict a study or series from the cache",
              openapi_extra=_EVICT_BODY,
-             responses={400: {"description": "Neither study nor series, or a malformed UID"},
-                        404: {"description": "Unknown PACS name"},
-                        415: {"description": "A body that is not application/json"}})
+             responses=errors({400: "Neither study nor series, or a malformed UID or body",
+                               404: "Unknown PACS name",
+                               415: "A body that is not application/json"}))
 async def cache_evict(request: Request, services: ServicesDep) -> JSONResponse:
     """Remove one study's (or series') instances, metadata and indexes."""
     # Read here, after require_admin: an unauthenticated request never has its body parsed.
@@ -136,7 +137,7 @@ async def cache_evict(request: Request, services: ServicesDep) -> JSONResponse:
 
 
 @router.post("/clear", summary="Clear the whole cache",
-             responses={415: {"description": "A body that is not application/json"}})
+             responses=errors({415: "A body that is not application/json"}))
 async def cache_clear(services: ServicesDep) -> JSONResponse:
     """Remove every key the gateway stored."""
     if services.backend is None:

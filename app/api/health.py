@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from app.api.params import COMMON_ERRORS, errors
 from app.api.state import ServicesDep
 from app.errors import GatewayError
 
@@ -14,14 +15,16 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", summary="Liveness", responses=errors(COMMON_ERRORS))
 async def healthz() -> dict[str, str]:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Readiness: C-ECHO every configured PACS",
-            responses={503: {"description": "A PACS does not answer C-ECHO"}})
+            responses={503: {"description": "A PACS does not answer C-ECHO (same body)",
+                             "content": {"application/json": {}}},
+                       **errors(COMMON_ERRORS)})
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """200 when every PACS answers C-ECHO, else 503 with what failed; the cache's state too.
 
@@ -54,7 +57,8 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
                         status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+            responses=errors(COMMON_ERRORS))
 async def metrics(services: ServicesDep) -> PlainTextResponse:
     """Counters and gauges in the Prometheus text format."""
     return PlainTextResponse(services.metrics.render(),

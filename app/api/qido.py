@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.baseurl import request_origin
+from app.api.params import COMMON_ERRORS, SeriesUID, StudyUID, errors
 from app.api.state import ServicesDep
 from app.api.warning import ignored_parameters_text, warning_value
 from app.dicomweb.attributes import QueryLevel
@@ -22,8 +23,6 @@ from app.services.registry import Services
 
 router = APIRouter(tags=["QIDO-RS"])
 
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
 
 FUZZY_WARNING = (
     "The fuzzymatching parameter is not supported. Only literal matching has been performed."
@@ -37,17 +36,21 @@ MULTIPLE_VALUE_WARNING = (
     "Only literal matching has been performed."
 )
 
-SEARCH_RESPONSES: dict[int | str, dict[str, object]] = {
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Matches, as a DICOM JSON array (or multipart DICOM XML)",
         "content": {"application/dicom+json": {}, "multipart/related": {}},
     },
     204: {"description": "No matches"},
-    400: {"description": "Invalid query parameter value or UID"},
-    406: {"description": "No acceptable media type"},
-    502: {"description": "The PACS failed the C-FIND"},
-    503: {"description": "The PACS is unreachable or busy"},
-    504: {"description": "The PACS did not answer in time"},
+    **errors({
+        **COMMON_ERRORS,
+        400: "Invalid query parameter value or UID, or the PACS refused a matching key (A900)",
+        406: "No acceptable media type, or an Accept without any media type",
+    501: "The PACS does not support the SOP class or operation needed",
+    502: "The PACS failed the operation",
+    503: "The PACS is unreachable or busy (Retry-After)",
+    504: "The PACS did not answer in time",
+    }),
 }
 
 
