@@ -21,6 +21,11 @@ from app.errors import BadRequest
 
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# VRs whose values may use characters beyond the default repertoire (PS3.5 6.1.2.2); every other
+# VR (CS, AE, DA, IS, UI, ...) holds ASCII only, which a C-FIND identifier could not encode.
+EXTENDED_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+# Control characters allowed in LT, ST and UT besides ESC (PS3.5 Table 6.2-1); none elsewhere.
+TEXT_CONTROLS = "\x1b\t\n\f\r"
 NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 # Parameters of the search transaction itself (PS3.18 Table 8.3.4-1); never attribute matches.
 CONTROL_PARAMETERS = frozenset(
@@ -222,6 +227,13 @@ def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[
         if bad:
             raise BadRequest(f"{param}: {bad[0]!r} is not a valid UID")
         return uids
+    if vr not in EXTENDED_TEXT_VRS and not value.isascii():
+        raise BadRequest(f"{param}: VR {vr} allows only the default character repertoire "
+                         "(ASCII, PS3.5 6.1.2)")
+    allowed_controls = TEXT_CONTROLS if vr in {"LT", "ST", "UT"} else "\x1b"
+    if any((ord(c) < 0x20 or ord(c) == 0x7F) and c not in allowed_controls for c in value):
+        raise BadRequest(f"{param}: control characters are not allowed in VR {vr} "
+                         "(PS3.5 6.2)")
     has_wildcard = "*" in value or "?" in value
     if has_wildcard and vr not in WILDCARD_VRS:
         raise BadRequest(f"{param}: wildcards are not allowed for VR {vr} (PS3.4 C.2.2.2.4)")
