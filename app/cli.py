@@ -1,4 +1,5 @@
-"""`dicomweb-gateway serve | demo | echo`: the command-line entry points."""
+"""`dicomweb-gateway serve | demo | echo | cache`: run the DICOMweb gateway in front of a PACS (or
+an embedded demo PACS), C-ECHO the configured PACS, or inspect and empty the cache."""
 
 from __future__ import annotations
 
@@ -6,18 +7,40 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 from app.settings import ConfigurationError, PacsPeer, Settings, load_settings
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, so a busy port is reported before anything else
+    (the server then serves on this very socket: nobody can take the port in between)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigurationError(f"--host: cannot listen on {host!r}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another server running "
+            "there? Choose another port with --port (e.g. --port 8081)") from None
+    return sock
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower())
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -25,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.pacs:
         raise ConfigurationError("pacs: no PACS configured; set DWG_PACS or DWG_CONFIG_FILE")
-    _serve(settings, args.host, args.port)
+    _serve(settings, _listen(args.host, args.port))
     return 0
 
 
@@ -34,6 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo.pacs import DemoPacs
     from app.demo.samples import generate_sample_studies
 
+    sock = _listen(args.host, args.port)  # a busy port fails here, before any output
     pacs = DemoPacs(generate_sample_studies(), ae_title="DEMO_PACS")
     pacs_port = pacs.start("127.0.0.1", 0)
     settings = load_settings(
@@ -60,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"'{series}/instances/{ct.SOPInstanceUID}/frames/1'")
     sys.stdout.flush()
     try:
-        _serve(settings, args.host, args.port)
+        _serve(settings, sock)
     finally:
         pacs.stop()
     return 0
@@ -88,7 +112,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
                 except GatewayError as exc:
                     failures += 1
                     print(f"{peer.name}: {peer.ae_title}@{peer.host}:{peer.port} FAILED: "
-                          f"{exc.message}")
+                          f"{exc.detail}")
         finally:
             await clients.aclose()
         return 1 if failures else 0
@@ -102,23 +126,28 @@ def cmd_cache(args: argparse.Namespace) -> int:
     in-process cache."""
     import json
 
+    settings = load_settings()
     if args.url:
         import httpx
 
+        if settings.admin_token is None:
+            raise ConfigurationError(
+                "admin_token: set DWG_ADMIN_TOKEN (or admin_token in DWG_CONFIG_FILE) to the "
+                "running gateway's admin token to use --url")
         base = args.url.rstrip("/") + "/admin/cache"
-        with httpx.Client(timeout=30) as client:
+        headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+        with httpx.Client(timeout=30, headers=headers) as client:
             if args.action == "stats":
                 response = client.get(f"{base}/stats")
             elif args.action == "evict":
-                params = {k: v for k, v in (("study", args.study), ("series", args.series),
-                                            ("pacs", args.pacs)) if v}
-                response = client.post(f"{base}/evict", params=params)
+                body = {k: v for k, v in (("study", args.study), ("series", args.series),
+                                          ("pacs", args.pacs)) if v}
+                response = client.post(f"{base}/evict", json=body)
             else:
                 response = client.post(f"{base}/clear")
         print(response.text)
         return 0 if response.status_code == 200 else 1
 
-    settings = load_settings()
     if settings.cache_backend != "redis":
         raise ConfigurationError(
             "cache_backend: the in-process cache lives inside the running gateway; use "
@@ -153,27 +182,42 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text[:6]) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on for HTTP (default: 127.0.0.1, this machine "
+                             "only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=_port, default=8080,
+                        help="TCP port to listen on for HTTP (default: 8080)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests can inspect it)."""
     parser = argparse.ArgumentParser(prog="dicomweb-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway in front of the configured PACS")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    _listen_options(serve)
     serve.set_defaults(func=cmd_serve)
     demo = sub.add_parser("demo", help="run the gateway in front of an embedded demo PACS")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    _listen_options(demo)
     demo.set_defaults(func=cmd_demo)
     echo = sub.add_parser("echo", help="C-ECHO the configured PACS")
     echo.add_argument("pacs", nargs="?", help="name of one PACS (default: all)")
     echo.set_defaults(func=cmd_echo)
-    cache = sub.add_parser("cache", help="inspect or empty the cache")
+    cache = sub.add_parser("cache", help="inspect or empty the cache (Redis directly, or a running "
+                                         "gateway's admin endpoints with --url)")
     cache.add_argument("action", choices=["stats", "evict", "clear"])
     cache.add_argument("--study", help="StudyInstanceUID to evict")
     cache.add_argument("--series", help="SeriesInstanceUID to evict")
     cache.add_argument("--pacs", help="which PACS's cache (default: the default PACS)")
-    cache.add_argument("--url", help="a running gateway's root URL, to use its admin endpoints")
+    cache.add_argument("--url", help="a running gateway's root URL, to use its admin endpoints "
+                                     "(sends the admin_token setting, DWG_ADMIN_TOKEN)")
     cache.set_defaults(func=cmd_cache)
     return parser
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class GatewayError(Exception):
-    """Base class: an HTTP status, a human message and, where known, the DIMSE status behind it."""
+    """Base class: an HTTP status, a human message and, where known, the DIMSE status behind it.
+
+    ``message`` is what the client is told; ``detail`` (default: the message) is what the logs
+    get, and may name what clients must not learn, such as a PACS's AE title, host and port."""
 
     http_status: int = 500
     title: str = "Internal Server Error"
@@ -17,11 +20,13 @@ class GatewayError(Exception):
         self,
         message: str,
         *,
+        detail: str | None = None,
         dimse_status: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(detail or message)
         self.message = message
+        self.detail = detail or message
         self.dimse_status = dimse_status
         self.headers = dict(headers or {})
 
@@ -31,6 +36,24 @@ class BadRequest(GatewayError):
 
     http_status = 400
     title = "Bad Request"
+
+
+class Unauthorized(GatewayError):
+    """The request lacks valid credentials for a protected resource (401)."""
+
+    http_status = 401
+    title = "Unauthorized"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="dicomweb-gateway admin"')
+
+
+class Forbidden(GatewayError):
+    """The request is refused whatever its credentials, e.g. from a foreign Origin (403)."""
+
+    http_status = 403
+    title = "Forbidden"
 
 
 class NotFound(GatewayError):
@@ -45,6 +68,13 @@ class NotAcceptable(GatewayError):
 
     http_status = 406
     title = "Not Acceptable"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The request body has a content type the resource does not take (415)."""
+
+    http_status = 415
+    title = "Unsupported Media Type"
 
 
 class PayloadTooLarge(GatewayError):

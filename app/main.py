@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,6 +16,14 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.baseurl import TrustedHostMiddleware
+from app.api.params import (
+    ERROR_SCHEMA,
+    ERROR_SCHEMA_NAME,
+    NAMED_PACS_ERRORS,
+    PACS_NAME_PATTERN,
+    errors,
+)
+from app.api.paths import EmptySegmentsMiddleware
 from app.api.problems import install_error_handlers
 from app.api.streaming import install_cut_short_filter
 from app.cache.factory import build_backend
@@ -29,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def pacs_path_parameter(
-    pacs: Annotated[str, Path(description="Name of a configured PACS (settings: pacs[].name)")],
+    pacs: Annotated[str, Path(description="Name of a configured PACS (settings: pacs[].name)",
+                              json_schema_extra={"pattern": PACS_NAME_PATTERN})],
 ) -> str:
     """Declares the ``{pacs}`` path parameter of the named-PACS routes in OpenAPI; the QIDO
     handlers read it from the path and answer 404 for an unknown name."""
@@ -88,8 +97,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Content-Type", "Content-Location", "Warning", "ETag"],
         )
-    # Outermost: a request naming a malformed or unlisted host is answered 400 before anything.
+    # A request naming a malformed or unlisted host is answered 400 before anything.
     app.add_middleware(TrustedHostMiddleware, settings=settings)
+    # Outermost: "//" in the path is collapsed before anything looks at it (routes, CORS).
+    app.add_middleware(EmptySegmentsMiddleware)
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())
@@ -98,8 +109,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            generate_unique_id_function=operation_id())
         app.include_router(router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,
                            dependencies=[Depends(pacs_path_parameter)],
+                           responses=errors(NAMED_PACS_ERRORS),
                            generate_unique_id_function=operation_id("_on_pacs"))
     if settings.dicomweb_prefix:
         # Legacy WADO-URI clients expect {host}/wado (default PACS).
         app.include_router(wado_uri.router, generate_unique_id_function=operation_id("_at_root"))
+    app.openapi = _published(app.openapi)  # type: ignore[method-assign]
     return app
+
+
+def _published(generate: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The document as published: FastAPI's 422 for routes with parameters removed (invalid
+    parameters are answered 400, app.api.problems), the error body schema added."""
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        schemas[ERROR_SCHEMA_NAME] = ERROR_SCHEMA
+        return schema
+
+    return openapi

@@ -6,8 +6,10 @@ Invalid configuration fails at start-up with a message that names the setting.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,6 +28,7 @@ from pydantic_settings import (
     JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -54,6 +58,7 @@ def _check_host_patterns(values: list[str]) -> list[str]:
         out.append(pattern)
     return out
 
+MIN_ADMIN_TOKEN = 16
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -137,6 +142,8 @@ class Settings(BaseSettings):
     cache_lock_ttl: Annotated[float, Field(gt=0)] = 30.0
     cache_retry_interval: Annotated[float, Field(gt=0)] = 2.0
     cache_admin_enabled: bool = False
+    admin_token: SecretStr | None = None
+    readyz_details: bool = False
     prefetch_on_search: bool = False
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -167,7 +174,22 @@ class Settings(BaseSettings):
             raise ValueError("redis_url: required when cache_backend is 'redis'")
         if self.qido_default_limit > self.qido_max_limit:
             raise ValueError("qido_default_limit: must not exceed qido_max_limit")
+        if self.cache_admin_enabled and self.admin_token is None:
+            raise ValueError("admin_token: required when cache_admin_enabled is true (the admin "
+                             "endpoints take Authorization: Bearer {admin_token})")
         return self
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        """An admin token is at least 16 printable ASCII characters, no spaces."""
+        if value is None or value.get_secret_value() == "":
+            return None
+        token = value.get_secret_value()
+        if len(token) < MIN_ADMIN_TOKEN or not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} printable ASCII characters "
+                             "without spaces (e.g. from: openssl rand -hex 32)")
+        return value
 
     @property
     def storage_scp_wanted(self) -> bool:
@@ -216,10 +238,30 @@ class ConfigurationError(Exception):
     """Raised at start-up when the configuration is unusable; the message names the setting."""
 
 
+def _unparsable(exc: SettingsError) -> ConfigurationError:
+    """A readable error for a value pydantic-settings could not even parse (e.g. DWG_PACS that
+    is not JSON): the setting, where it came from, and why."""
+    text = str(exc)
+    field = re.search(r'field "([^"]+)"', text)
+    name = field.group(1) if field else "settings"
+    cause = exc.__cause__
+    why = f": {cause}" if cause is not None else ""
+    if "EnvSettingsSource" in text:
+        where = f"DWG_{name.upper()} is not valid JSON{why}"
+    else:
+        where = f"its value could not be parsed ({text}){why}"
+    return ConfigurationError(f"invalid configuration:\n  {name}: {where}")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning validation errors into one readable ConfigurationError."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        raise _unparsable(exc) from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"DWG_CONFIG_FILE: {os.environ.get('DWG_CONFIG_FILE')} cannot "
+                                 f"be parsed: {exc}") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -63,6 +63,8 @@ from tests.peers.ports import wait_for_port
 from tests.peers.process import ManagedProcess
 from tests.peers.redis_server import RedisServer
 
+BENCH_ADMIN_TOKEN = "benchmark-admin-token-0123"  # the admin API needs one (>= 16 chars)
+
 RESULTS_BEGIN = "<!-- dimse-engine-results:begin -->"
 RESULTS_END = "<!-- dimse-engine-results:end -->"
 ACCEPT_STUDY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -198,7 +200,7 @@ class EngineGateway(GatewayProcess):
     def env(self) -> dict[str, str]:
         env = super().env()
         env.update(DWG_DIMSE_ENGINE=self.engine, DWG_QIDO_CACHE_TTL="0",
-                   DWG_CACHE_ADMIN_ENABLED="true")
+                   DWG_CACHE_ADMIN_ENABLED="true", DWG_ADMIN_TOKEN=BENCH_ADMIN_TOKEN)
         if self.redis_url:
             env["DWG_REDIS_URL"] = self.redis_url
         return env
@@ -206,7 +208,8 @@ class EngineGateway(GatewayProcess):
     def clear_cache(self) -> int:
         """Empty the gateway's cache through its admin API (the next retrieval is a miss);
         how many entries it removed."""
-        response = httpx.post(f"{self.url}/admin/cache/clear", timeout=30.0)
+        response = httpx.post(f"{self.url}/admin/cache/clear", timeout=30.0,
+                              headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
         response.raise_for_status()
         return int(response.json().get("removed", 0))
 

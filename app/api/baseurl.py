@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _FORWARDED_PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)\s*(;|,|$)')
 _SCHEMES = ("http", "https")
+_PORT = re.compile(r"[0-9]{1,5}")
 # RFC 3986 3.2.2 host: IP-literal (IPv6 only; IPvFuture is refused) or a reg-name restricted to
 # unreserved characters (no pct-encoding, no sub-delims: no DNS name needs them), 3.2.3 port.
 _AUTHORITY = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(?::([0-9]{1,5}))?$")
@@ -146,7 +147,7 @@ def origin_of(request: Request, *, public_base_url: str | None, trust_forwarded:
             if fhost:
                 host = parse_authority(fhost, "X-Forwarded-Host")
             if port:
-                if not port.isdigit() or not 0 < int(port) <= 65535:
+                if not _PORT.fullmatch(port) or not 0 < int(port) <= 65535:
                     raise BadRequest(f"X-Forwarded-Port {port[:20]!r} is not a port number")
                 if fhost and _split(host)[1] is None and port != {"http": "80",
                                                                   "https": "443"}.get(scheme):

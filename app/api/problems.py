@@ -40,7 +40,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     level = logging.WARNING if exc.http_status >= 500 else logging.INFO
     log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.http_status,
-            exc.message)
+            exc.detail)
     return problem(exc.http_status, exc.message, dimse_status=exc.dimse_status,
                    headers=exc.headers)
 

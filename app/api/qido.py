@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.api.baseurl import request_origin
+from app.api.params import COMMON_ERRORS, SeriesUID, StudyUID, errors
 from app.api.state import ServicesDep
+from app.api.warning import ignored_parameters_text, warning_value
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.dicomjson import dataset_to_json, encode_json
 from app.dicomweb.dicomxml import dataset_to_xml
-from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, negotiate, parse_accept
+from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, accept_ranges, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
 from app.dicomweb.search import parse_search
@@ -21,8 +23,6 @@ from app.services.registry import Services
 
 router = APIRouter(tags=["QIDO-RS"])
 
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
 
 FUZZY_WARNING = (
     "The fuzzymatching parameter is not supported. Only literal matching has been performed."
@@ -36,17 +36,21 @@ MULTIPLE_VALUE_WARNING = (
     "Only literal matching has been performed."
 )
 
-SEARCH_RESPONSES: dict[int | str, dict[str, object]] = {
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Matches, as a DICOM JSON array (or multipart DICOM XML)",
         "content": {"application/dicom+json": {}, "multipart/related": {}},
     },
     204: {"description": "No matches"},
-    400: {"description": "Invalid query parameter value or UID"},
-    406: {"description": "No acceptable media type"},
-    502: {"description": "The PACS failed the C-FIND"},
-    503: {"description": "The PACS is unreachable or busy"},
-    504: {"description": "The PACS did not answer in time"},
+    **errors({
+        **COMMON_ERRORS,
+        400: "Invalid query parameter value or UID, or the PACS refused a matching key (A900)",
+        406: "No acceptable media type, or an Accept without any media type",
+    501: "The PACS does not support the SOP class or operation needed",
+    502: "The PACS failed the operation",
+    503: "The PACS is unreachable or busy (Retry-After)",
+    504: "The PACS did not answer in time",
+    }),
 }
 
 
@@ -68,10 +72,6 @@ def peer_name(request: Request, services: Services) -> str:
         raise NotFound(str(exc)) from None
 
 
-def _warning(agent: str, text: str) -> str:
-    return f'299 {agent} "{text}"'
-
-
 async def _search(
     request: Request,
     services: Services,
@@ -84,7 +84,7 @@ async def _search(
     name = peer_name(request, services)
     accept_values = request.query_params.getlist("accept")
     accept_header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    negotiated = negotiate(parse_accept(accept_header), QIDO_OFFERS)
+    negotiated = negotiate(accept_ranges(accept_header), QIDO_OFFERS)
     if negotiated is None:
         raise NotAcceptable(
             f"cannot produce any of {accept_header!r}; QIDO-RS offers application/dicom+json "
@@ -119,8 +119,8 @@ async def _search(
     if result.more:
         warnings.append(MORE_WARNING)
     if query.ignored:
-        warnings.append("Unknown query attributes were ignored: " + ", ".join(query.ignored))
-    headers = [("Warning", _warning(base, w)) for w in warnings]
+        warnings.append(ignored_parameters_text(query.ignored))
+    headers = [("Warning", warning_value(base, w)) for w in warnings]
     if not result.datasets:
         response = Response(status_code=204)
     elif negotiated.offer.part_type == DICOM_XML:

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from app.api.conditional import IMMUTABLE, REVALIDATE, caching_headers, etag_for, not_modified
+from app.api.params import (
+    COMMON_ERRORS,
+    FrameList,
+    InstanceUID,
+    SeriesUID,
+    StudyUID,
+    errors,
+)
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
 from app.api.streaming import TruncatableStreamingResponse, rendered_parts
 from app.api.wado import parse_frame_list
-from app.dicomweb.mediatypes import MediaRange, parse_accept
+from app.api.warning import warning_value
+from app.dicomweb.mediatypes import MediaRange, accept_ranges
 from app.dicomweb.multipart import (
     closing_delimiter,
     multipart_content_type,
@@ -47,10 +56,6 @@ from app.services.rendering import RenderedImage, RenderService
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS rendered"])
 
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
-InstanceUID = Annotated[str, Path(description="SOP Instance UID")]
-FrameList = Annotated[str, Path(description="Comma-separated 1-based frame numbers")]
 
 THUMBNAIL_SIDE = 128
 ANNOTATION_WARNING = "The annotation parameter is not supported. No annotations were applied."
@@ -59,16 +64,22 @@ _ANNOTATIONS = {"patient", "technique"}
 _ICC_VALUES = {"no", "yes", "srgb", "adobergb", "rommrgb"}
 _RENDERED_MARKERS = ("image/", "video/", "text/html", "text/plain", "application/pdf")
 
-RENDERED_RESPONSES: dict[int | str, dict[str, object]] = {
+RENDERED_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The rendered image (or multipart/related images)", "content": {
         "image/jpeg": {}, "image/png": {}, "image/gif": {}, "multipart/related": {}}},
-    400: {"description": "Malformed UID or rendering parameter, or DICOM and rendered media "
-                         "types mixed in Accept"},
-    404: {"description": "No such study, series, instance or frame"},
-    406: {"description": "No acceptable rendered media type, or nothing renderable"},
-    502: {"description": "The PACS failed the retrieval"},
-    503: {"description": "The PACS is unreachable or busy"},
-    504: {"description": "The PACS did not answer in time"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    **errors({
+        **COMMON_ERRORS,
+        400: "Malformed UID, frame list or rendering parameter, or DICOM and rendered media "
+             "types mixed in Accept",
+        404: "No such study, series, instance or frame",
+        406: "No acceptable rendered media type, nothing renderable, or an Accept without any "
+             "media type",
+    501: "The PACS does not support the SOP class or operation needed",
+    502: "The PACS failed the operation",
+    503: "The PACS is unreachable or busy (Retry-After)",
+    504: "The PACS did not answer in time",
+    }),
 }
 
 
@@ -85,7 +96,7 @@ def choose_rendered_type(request: Request, services: Services) -> str:
     400 when DICOM and rendered types are mixed, 406 when none can be produced."""
     accept_values = request.query_params.getlist("accept")
     header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    ranges = parse_accept(header)
+    ranges = accept_ranges(header)
     wanted = [r for r in ranges if r.q > 0]
     if any(is_dicom_media_range(r) for r in wanted) and any(_is_rendered_range(r) for r in wanted):
         raise BadRequest("DICOM and rendered media types cannot be mixed in one request "
@@ -174,7 +185,7 @@ async def _caching(request: Request, services: Services, name: str,
 
 
 def _warning_headers(base: str, warnings: list[str]) -> list[tuple[str, str]]:
-    return [("Warning", f'299 {base} "{text}"') for text in warnings]
+    return [("Warning", warning_value(base, text)) for text in warnings]
 
 
 def _image_response(image: RenderedImage, headers: dict[str, str],

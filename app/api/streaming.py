@@ -77,7 +77,7 @@ class TruncatableStreamingResponse(StreamingResponse):
         except Exception as exc:  # noqa: BLE001 - after the headers, every error ends the body
             if not started or isinstance(exc, ClientDisconnect):
                 raise
-            reason = exc.message if isinstance(exc, GatewayError) else repr(exc)
+            reason = exc.detail if isinstance(exc, GatewayError) else repr(exc)
             log.warning(
                 "%s %s: %s from PACS %r cut short after %d part(s) sent: %s",
                 scope.get("method", "GET"), scope.get("path", ""), self._what, self._pacs,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from app.api.conditional import (
@@ -21,6 +21,15 @@ from app.api.conditional import (
     caching_headers,
     etag_for,
     not_modified,
+)
+from app.api.params import (
+    COMMON_ERRORS,
+    BulkDataReference,
+    FrameList,
+    InstanceUID,
+    SeriesUID,
+    StudyUID,
+    errors,
 )
 from app.api.qido import peer_name, service_base_url
 from app.api.state import ServicesDep
@@ -32,6 +41,7 @@ from app.dicomweb.mediatypes import (
     METADATA_OFFERS,
     Negotiated,
     Offer,
+    accept_ranges,
     frame_offers,
     instance_offers,
     negotiate,
@@ -63,20 +73,21 @@ from app.services.wado import AS_STORED, MetadataItem, WireInstance, bulk_uri_mi
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])
 
-StudyUID = Annotated[str, Path(description="Study Instance UID")]
-SeriesUID = Annotated[str, Path(description="Series Instance UID")]
-InstanceUID = Annotated[str, Path(description="SOP Instance UID")]
-FrameList = Annotated[str, Path(description="Comma-separated 1-based frame numbers")]
-
-RETRIEVE_RESPONSES: dict[int | str, dict[str, object]] = {
+RETRIEVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The resource, streamed as it arrives", "content": {
         "multipart/related": {}, "application/dicom+json": {}}},
-    400: {"description": "Malformed UID, frame list or bulk data reference"},
-    404: {"description": "No such study, series, instance or frame"},
-    406: {"description": "No acceptable media type or transfer syntax"},
-    502: {"description": "The PACS failed the retrieval"},
-    503: {"description": "The PACS is unreachable or busy"},
-    504: {"description": "The PACS did not answer in time"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    **errors({
+        **COMMON_ERRORS,
+        400: "Malformed UID, frame list (or a frame listed twice, or too many) or bulk data "
+             "reference",
+        404: "No such study, series, instance, frame or bulk data element",
+        406: "No acceptable media type or transfer syntax, or an Accept without any media type",
+    501: "The PACS does not support the SOP class or operation needed",
+    502: "The PACS failed the operation",
+    503: "The PACS is unreachable or busy (Retry-After)",
+    504: "The PACS did not answer in time",
+    }),
 }
 
 
@@ -90,7 +101,7 @@ def _negotiate(request: Request, services: Services, offers: tuple[Offer, ...]) 
     """Choose a representation from the ``accept`` query parameter or the Accept header."""
     accept_values = request.query_params.getlist("accept")
     header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    chosen = negotiate(parse_accept(header), offers)
+    chosen = negotiate(accept_ranges(header), offers)
     if chosen is None or (chosen.defaulted and services.settings.require_accept_header):
         raise NotAcceptable(f"none of the requested media types can be produced: {header!r}")
     return chosen
@@ -362,7 +373,8 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
             responses=RETRIEVE_RESPONSES, summary="Retrieve bulk data")
 async def retrieve_bulkdata(request: Request, services: ServicesDep, study: StudyUID,
-                            series: SeriesUID, instance: InstanceUID, reference: str) -> Response:
+                            series: SeriesUID, instance: InstanceUID,
+                            reference: BulkDataReference) -> Response:
     """The value of one bulk data element, as minted in a BulkDataURI (PS3.18 10.4.1.1.5)."""
     ref = instance_ref(study, series, instance)
     name = peer_name(request, services)

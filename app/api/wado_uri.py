@@ -10,14 +10,18 @@ clients, at ``/wado`` (default PACS).
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.baseurl import request_origin
 from app.api.conditional import IMMUTABLE, caching_headers, etag_for, not_modified
+from app.api.params import COMMON_ERRORS, UID_SCHEMA, errors
 from app.api.qido import peer_name
 from app.api.state import ServicesDep
-from app.dicomweb.mediatypes import DICOM, Offer, negotiate, parse_accept
+from app.api.warning import warning_value
+from app.dicomweb.mediatypes import DICOM, Offer, accept_ranges, negotiate, parse_accept
 from app.dicomweb.refs import InstanceRef, is_valid_uid
 from app.dicomweb.render import (
     GIF,
@@ -49,17 +53,23 @@ RENDERED_ONLY = ("frameNumber", "rows", "columns", "region", "windowCenter", "wi
 DICOM_ONLY = ("transferSyntax", "anonymize")
 ANNOTATION_WARNING = "The annotation parameter is not supported. No annotations were applied."
 
-URI_RESPONSES: dict[int | str, dict[str, object]] = {
+URI_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The instance (application/dicom) or the rendered image",
           "content": {"application/dicom": {}, "image/jpeg": {}, "image/png": {},
                       "image/gif": {}}},
-    400: {"description": "Missing or invalid parameter (requestType, UIDs, frameNumber, region, "
-                         "windowCenter/windowWidth, ...)"},
-    404: {"description": "No such instance"},
-    406: {"description": "contentType or transferSyntax that cannot be produced"},
-    502: {"description": "The PACS failed the retrieval"},
-    503: {"description": "The PACS is unreachable or busy"},
-    504: {"description": "The PACS did not answer in time"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+    **errors({
+        **COMMON_ERRORS,
+        400: "Missing or invalid parameter (requestType, UIDs, frameNumber, region, "
+             "windowCenter/windowWidth, ...)",
+        404: "No such instance",
+        406: "contentType or transferSyntax that cannot be produced, or an Accept without any "
+             "media type",
+    501: "The PACS does not support the SOP class or operation needed",
+    502: "The PACS failed the operation",
+    503: "The PACS is unreachable or busy (Retry-After)",
+    504: "The PACS did not answer in time",
+    }),
 }
 
 
@@ -119,7 +129,7 @@ def choose_content_type(request: Request, content_type: str | None) -> str:
                                 "application/dicom, image/jpeg, image/png, image/gif")
         return chosen.offer.media_type
     header = request.headers.get("accept")
-    chosen = negotiate(parse_accept(header), URI_OFFERS)
+    chosen = negotiate(accept_ranges(header), URI_OFFERS)
     if chosen is None:
         raise NotAcceptable(f"none of the accepted media types can be produced: {header!r}")
     return chosen.offer.media_type
@@ -180,9 +190,9 @@ async def retrieve_wado_uri(
     request: Request,
     services: ServicesDep,
     request_type: str | None = Query(None, alias="requestType", description="Must be WADO"),
-    study_uid: str | None = Query(None, alias="studyUID"),
-    series_uid: str | None = Query(None, alias="seriesUID"),
-    object_uid: str | None = Query(None, alias="objectUID"),
+    study_uid: str | None = Query(None, alias="studyUID", json_schema_extra=UID_SCHEMA),
+    series_uid: str | None = Query(None, alias="seriesUID", json_schema_extra=UID_SCHEMA),
+    object_uid: str | None = Query(None, alias="objectUID", json_schema_extra=UID_SCHEMA),
     content_type: str | None = Query(None, alias="contentType",
                                      description="application/dicom, image/jpeg (default), "
                                                  "image/png or image/gif"),
@@ -231,5 +241,5 @@ async def retrieve_wado_uri(
     response = Response(data, media_type=media_type, headers=headers)
     if _present(request, ("annotation", "imageAnnotation")):
         base = _location(request, services).split("?")[0]
-        response.headers.append("Warning", f'299 {base} "{ANNOTATION_WARNING}"')
+        response.headers.append("Warning", warning_value(base, ANNOTATION_WARNING))
     return response

@@ -11,11 +11,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from app.errors import NotAcceptable
+
 __all__ = [
     "DICOM_JSON",
     "DICOM_XML",
     "MULTIPART_RELATED",
     "QIDO_OFFERS",
+    "accept_ranges",
     "MediaRange",
     "Negotiated",
     "Offer",
@@ -224,6 +227,19 @@ def parse_accept(header: str | None) -> list[MediaRange]:
                 params[name] = _unquote(value)
         ranges.append(MediaRange(type_, subtype, params, q, position))
     ranges.sort(key=lambda r: (-r.q, -r.specificity, r.position))
+    return ranges
+
+
+def accept_ranges(header: str | None) -> list[MediaRange]:
+    """``parse_accept``, except that a header naming no well-formed media range at all
+    (``Accept: nope``) raises NotAcceptable: PS3.18 8.7.3.3 lets a server answer 406 or use the
+    default; the gateway answers 406, as for any other type it cannot produce. Malformed entries
+    next to a valid one (``nope, */*``) are still ignored, and a missing or empty header is not
+    an error (the default representation)."""
+    ranges = parse_accept(header)
+    if not ranges and header is not None and any(
+            entry.strip() for entry in _split_outside_quotes(header, ",")):
+        raise NotAcceptable(f"Accept {header[:100]!r} names no media type (type/subtype)")
     return ranges
 
 

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 from app.errors import BadRequest
 
-# PS3.5 9.1: digits and dots, at most 64 characters. Leading zeros in a component are not allowed
-# by the standard but occur in the wild; we accept them (lenient at the edge).
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# PS3.5 9.1: components of ASCII digits separated by dots, at most 64 characters; a component
+# has no leading zero unless it is "0" itself. A UID breaking that rule cannot name an object
+# the PACS holds, so it is a malformed request (400), not a missing resource (404).
+UID_COMPONENT = r"(?:0|[1-9][0-9]*)"
+UID_PATTERN = rf"^{UID_COMPONENT}(?:\.{UID_COMPONENT})*$"
+_UID_RE = re.compile(UID_PATTERN)
 
 
 def is_valid_uid(value: str) -> bool:
-    """True when ``value`` has the syntax of a DICOM UID (PS3.5 9.1)."""
+    """True when ``value`` has the syntax of a DICOM UID (PS3.5 9.1), leading zeros refused."""
     return len(value) <= 64 and bool(_UID_RE.match(value))
 
 

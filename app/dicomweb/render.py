@@ -21,6 +21,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from app.dicomweb.mediatypes import MULTIPART_RELATED, MediaRange, Offer, negotiate
+from app.dicomweb.numbers import NotANumber, NumberTooLong, parse_integer, preview
 from app.dicomweb.pixels import FrameOutOfRange, dataset_transfer_syntax, frame_count
 
 __all__ = [
@@ -146,6 +147,9 @@ class RenderParams:
 # -- parameter parsing (PS3.18 8.3.5.1 and chapter 9) ----------------------------------------
 
 
+_MAX_DIGITS = 9  # far beyond any image side or source offset; int() stays cheap
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text.strip())
@@ -157,10 +161,12 @@ def _number(text: str, what: str) -> float:
 
 
 def _integer(text: str, what: str) -> int:
-    text = text.strip()
-    if not text.lstrip("+-").isdigit():
-        raise RenderParameterError(f"{what} {text!r} is not an integer")
-    return int(text)
+    try:
+        return parse_integer(text, max_digits=_MAX_DIGITS, signed=True)
+    except NotANumber:
+        raise RenderParameterError(f"{what} {preview(text.strip())} is not an integer") from None
+    except NumberTooLong:
+        raise RenderParameterError(f"{what} {preview(text.strip())} is too large") from None
 
 
 def check_window(window: Window) -> Window:

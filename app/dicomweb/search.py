@@ -20,11 +20,17 @@ from pydicom.datadict import (
 )
 
 from app.dicomweb.attributes import UNIQUE_KEY, QueryLevel
+from app.dicomweb.numbers import NotANumber, NumberTooLong, parse_integer, preview
 from app.dicomweb.refs import is_valid_uid
 from app.errors import BadRequest
 
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# VRs whose values may use characters beyond the default repertoire (PS3.5 6.1.2.2); every other
+# VR (CS, AE, DA, IS, UI, ...) holds ASCII only, which a C-FIND identifier could not encode.
+EXTENDED_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+# Control characters allowed in LT, ST and UT besides ESC (PS3.5 Table 6.2-1); none elsewhere.
+TEXT_CONTROLS = "\x1b\t\n\f\r"
 NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 # VRs whose values are bytes or binary numbers: only universal matching (PS3.4 C.2.2.2.1 lists
 # single value matching for the string and binary-number VRs only).
@@ -57,23 +63,31 @@ CONTROL_PARAMETERS = frozenset(
 )
 
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
-_DA = r"\d{8}"
-_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
-_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+# ASCII digits only ([0-9], not \d: int() and the regex would accept other scripts' digits).
+_DA = r"[0-9]{8}"
+_TM = r"[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+_DT = (r"[0-9]{4}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,6})?)?)?)?)?)?"
+       r"(?:[+-][0-9]{4})?")
 _SINGLE = {"DA": re.compile(f"^{_DA}$"), "TM": re.compile(f"^{_TM}$"), "DT": re.compile(f"^{_DT}$")}
 _RANGE = {
     vr: re.compile(f"^(?:{p})?-(?:{p})?$") for vr, p in (("DA", _DA), ("TM", _TM), ("DT", _DT))
 }
 _NUMBER = {
-    "IS": re.compile(r"^[+-]?\d+$"),
-    "US": re.compile(r"^\d+$"),
-    "UL": re.compile(r"^\d+$"),
-    "UV": re.compile(r"^\d+$"),
-    "SS": re.compile(r"^[+-]?\d+$"),
-    "SL": re.compile(r"^[+-]?\d+$"),
-    "SV": re.compile(r"^[+-]?\d+$"),
+    "IS": re.compile(r"^[+-]?[0-9]+$"),
+    "US": re.compile(r"^[0-9]+$"),
+    "UL": re.compile(r"^[0-9]+$"),
+    "UV": re.compile(r"^[0-9]+$"),
+    "SS": re.compile(r"^[+-]?[0-9]+$"),
+    "SL": re.compile(r"^[+-]?[0-9]+$"),
+    "SV": re.compile(r"^[+-]?[0-9]+$"),
 }
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# Longest value of each numeric VR as a string (PS3.5 Table 6.2-1: IS 12, DS 16 bytes); binary
+# VRs by their widest decimal form. A longer matching value cannot fit the VR: a 400, checked
+# before any conversion (int() of thousands of digits raises).
+_MAX_NUMBER_LENGTH = {"IS": 12, "DS": 16, "US": 5, "SS": 6, "UL": 10, "SL": 11, "UV": 20,
+                      "SV": 20, "FL": 64, "FD": 64}
+_MAX_CONTROL_DIGITS = 18  # limit, offset: far beyond any result count
+_FLOAT = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 _ID_PART = r"(?:[0-9A-Fa-f]{8}|[A-Za-z][A-Za-z0-9]*)"
 _ATTRIBUTE_ID = re.compile(rf"^{_ID_PART}(?:\.{_ID_PART})*$")
 
@@ -84,7 +98,7 @@ def _valid_calendar(vr: str, value: str) -> bool:
         date, time = "", value
     else:
         date, time = value[:8], value[8:]
-        time = re.sub(r"[+-]\d{4}$", "", time)
+        time = re.sub(r"[+-][0-9]{4}$", "", time)
     if date:
         year = int(date[:4])
         month = int(date[4:6]) if len(date) >= 6 else 1
@@ -99,7 +113,7 @@ def _valid_calendar(vr: str, value: str) -> bool:
         if int(digits[i : i + 2]) > limits[i // 2]:
             return False
     if vr == "DT":
-        offset = re.search(r"[+-](\d{2})(\d{2})$", value[4:])
+        offset = re.search(r"[+-]([0-9]{2})([0-9]{2})$", value[4:])
         if offset and (int(offset.group(1)) > 14 or int(offset.group(2)) > 59):
             return False
     return True
@@ -271,6 +285,13 @@ def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[
         if bad:
             raise BadRequest(f"{param}: {bad[0]!r} is not a valid UID")
         return uids
+    if vr not in EXTENDED_TEXT_VRS and not value.isascii():
+        raise BadRequest(f"{param}: VR {vr} allows only the default character repertoire "
+                         "(ASCII, PS3.5 6.1.2)")
+    allowed_controls = TEXT_CONTROLS if vr in {"LT", "ST", "UT"} else "\x1b"
+    if any((ord(c) < 0x20 or ord(c) == 0x7F) and c not in allowed_controls for c in value):
+        raise BadRequest(f"{param}: control characters are not allowed in VR {vr} "
+                         "(PS3.5 6.2)")
     has_wildcard = "*" in value or "?" in value
     if has_wildcard and vr not in WILDCARD_VRS:
         raise BadRequest(f"{param}: wildcards are not allowed for VR {vr} (PS3.4 C.2.2.2.4)")
@@ -278,6 +299,13 @@ def _check_value(param: str, path: AttributePath, vr: str, value: str) -> tuple[
         if not _valid_temporal(vr, value):
             raise BadRequest(f"{param}: {value!r} is not a valid {vr} value or range")
         return (value,)
+    if vr in _MAX_NUMBER_LENGTH and len(value) > _MAX_NUMBER_LENGTH[vr]:
+        raise BadRequest(f"{param}: {preview(value)} is too long for VR {vr} (at most "
+                         f"{_MAX_NUMBER_LENGTH[vr]} characters)")
+    if vr in _NUMBER and not _NUMBER[vr].match(value):
+        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
+    if vr in {"DS", "FL", "FD"} and not _FLOAT.match(value):
+        raise BadRequest(f"{param}: {value!r} is not a valid {vr} number")
     if vr in NUMERIC_VRS:
         _check_number(param, vr, value)
     if vr in UNMATCHABLE_VRS:
@@ -333,9 +361,13 @@ def _parse_bool(param: str, value: str) -> bool:
 
 
 def _parse_uint(param: str, value: str) -> int:
-    if not re.match(r"^\s*\d+\s*$", value):
-        raise BadRequest(f"{param}: {value!r} is not a non-negative integer")
-    return int(value)
+    try:
+        return parse_integer(value, max_digits=_MAX_CONTROL_DIGITS)
+    except NotANumber:
+        raise BadRequest(f"{param}: {preview(value)} is not a non-negative integer") from None
+    except NumberTooLong:
+        raise BadRequest(f"{param}: {preview(value)} is too large (at most "
+                         f"{_MAX_CONTROL_DIGITS} digits)") from None
 
 
 def _resolve_private(

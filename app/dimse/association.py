@@ -17,7 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from app.errors import UpstreamError, UpstreamUnavailable
+from app.dimse.status import no_contexts, refused, unavailable
 from app.settings import PacsPeer
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,13 @@ def open_association(
         )
         if rejection.get("result") == 0x01 and rejection.get("source") == 0x01:
             # Rejected permanently by the service user: e.g. our AE title is not known there.
-            raise UpstreamError(f"{where} rejected the association permanently ({detail})")
-        raise UpstreamUnavailable(f"{where} rejected the association ({detail})")
+            raise refused(peer.name, f"{where} rejected the association permanently ({detail})")
+        raise unavailable(peer.name, f"{where} rejected the association ({detail})")
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
-        raise UpstreamError(f"{where} accepted none of the proposed presentation contexts")
-    raise UpstreamUnavailable(f"{where} is unreachable or did not answer the association request")
+        raise no_contexts(peer.name,
+                          f"{where} accepted none of the proposed presentation contexts")
+    raise unavailable(peer.name,
+                      f"{where} is unreachable or did not answer the association request")
 
 
 def discard_late_data(assoc: Association) -> None:

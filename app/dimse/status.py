@@ -78,3 +78,23 @@ def nothing_found(what: str, dimse_status: int | None = None) -> NotFound:
     """The error for a resource the PACS does not have (no C-FIND match, or a retrieval that
     ended 0000 with zero sub-operations)."""
     return NotFound(f"{what} not found on the PACS", dimse_status=dimse_status)
+
+
+# Association failures: the client learns which PACS failed and how, never its AE title, host
+# or port (those go to the logs through ``detail``).
+
+
+def unavailable(peer_name: str, detail: str) -> UpstreamUnavailable:
+    """503 for a PACS that cannot be reached or turned the association down for now."""
+    return UpstreamUnavailable(f"PACS {peer_name} is unavailable", detail=detail)
+
+
+def refused(peer_name: str, detail: str) -> UpstreamError:
+    """502 for a PACS that rejected the association permanently (e.g. an unknown AE title)."""
+    return UpstreamError(f"PACS {peer_name} refused the association", detail=detail)
+
+
+def no_contexts(peer_name: str, detail: str) -> UpstreamError:
+    """502 for a PACS that accepted none of the proposed presentation contexts."""
+    return UpstreamError(f"PACS {peer_name} accepted none of the proposed presentation contexts",
+                         detail=detail)

@@ -107,7 +107,7 @@ class Services:
                     if series:
                         await wado.warm(SeriesRef(study, series[0]))
                 except GatewayError as exc:
-                    log.info("prefetch of study %s failed: %s", study, exc.message)
+                    log.info("prefetch of study %s failed: %s", study, exc.detail)
 
         for study in study_uids[:PREFETCH_MAX_STUDIES]:
             task = asyncio.get_running_loop().create_task(one(study))

@@ -147,7 +147,7 @@ class RenderService:
             try:
                 data = await render_instance(item, [1], params)
             except NotAcceptable as exc:
-                log.info("rendered %s: skipping %s", describe(ref), exc.message)
+                log.info("rendered %s: skipping %s", describe(ref), exc.detail)
                 continue
             rendered += 1
             yield RenderedImage(data, params.media_type, series_uid, item.sop_instance_uid, 1)
@@ -176,7 +176,7 @@ class RenderService:
                     SeriesRef(ref.study_uid, str(ds.SeriesInstanceUID)), params, base_url)
             except (NotAcceptable, NotFound) as exc:
                 log.info("thumbnail of %s: series %s skipped: %s", describe(ref),
-                         ds.get("SeriesInstanceUID"), exc.message)
+                         ds.get("SeriesInstanceUID"), exc.detail)
         raise NotAcceptable(f"no series of {describe(ref)} holds an image for a thumbnail")
 
     async def _series_thumbnail(self, ref: SeriesRef, params: RenderParams,
@@ -191,7 +191,7 @@ class RenderService:
                 item = await self._wado.instance(instance)
                 data = await render_instance(item, None, params, representative=True)
             except NotAcceptable as exc:
-                log.info("thumbnail of %s: %s", describe(ref), exc.message)
+                log.info("thumbnail of %s: %s", describe(ref), exc.detail)
                 continue
             return RenderedImage(data, params.media_type, ref.series_uid,
                                  instance.sop_instance_uid)

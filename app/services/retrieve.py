@@ -400,7 +400,7 @@ class RetrieveService:
                 async for instance in stream:
                     yield instance
         except GatewayError as exc:
-            log.warning("second C-GET of %s failed too: %s", describe(ref), exc.message)
+            log.warning("second C-GET of %s failed too: %s", describe(ref), exc.detail)
 
     def _check(self, outcome: RetrieveOutcome, count: int, expected: int, ref: Ref,
                operation: str, note: str = "") -> None:

@@ -395,6 +395,8 @@ class WadoService:
                     await cache.backend.delete(cache.keys.summary(ref.series_uid))
             await ctx.publish(FillEvent("done"))
         except GatewayError as exc:
+            if exc.detail != exc.message:  # what the clients will not be told (PACS address)
+                log.warning("cache fill of %s failed: %s", describe(ref), exc.detail)
             if written:  # a failed retrieval leaves no partial entry behind
                 self._fresh.forget(ref.series_uid, written)
                 await cache.backend.delete(

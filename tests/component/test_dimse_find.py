@@ -163,8 +163,9 @@ async def test_wrong_called_ae_title_is_a_clear_error(
     with pytest.raises(UpstreamError) as info:  # permanent rejection: retrying will not help
         await run_find(client, study_query())
     assert info.value.http_status == 502
-    assert "rejected" in info.value.message
-    assert "NOT_PICKY" in info.value.message
+    # The client is told which PACS refused; the AE title, host and port go to the logs only.
+    assert info.value.message == "PACS demo refused the association"
+    assert "rejected" in info.value.detail and "NOT_PICKY" in info.value.detail
     assert scp.finds == 0
 
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 NO_TRAFFIC = {"C-FIND": 0, "C-GET": 0, "C-MOVE": 0}
+ADMIN_TOKEN = "warm-study-admin-token-0123"
 CANCEL = 0xFE00
 
 
@@ -219,21 +220,23 @@ async def test_a_capped_series_find_is_not_cached_as_the_study_list(
 
 async def test_evicting_a_series_or_the_study_drops_the_series_list(
         fresh_pacs: CappingPacs, study: Study, cache_settings: dict[str, Any]) -> None:
-    settings = settings_for(fresh_pacs, cache_settings, cache_admin_enabled=True)
+    settings = settings_for(fresh_pacs, cache_settings, cache_admin_enabled=True,
+                            admin_token=ADMIN_TOKEN)
     async with open_gateway(settings) as (client, services):
+        client.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         cache = cache_of(services)
         assert sorted(sop_uids(await client.get(
             study.path, headers={"Accept": MULTIPART_DICOM}))) == study.sops
         assert await cache.get_study_series(study.uid) is not None
         one = next(iter(study.series))
-        evicted = await client.post("/admin/cache/evict", params={"series": one})
+        evicted = await client.post("/admin/cache/evict", json={"series": one})
         assert evicted.status_code == 200 and evicted.json()["removed"] > 0
         assert await cache.get_study_series(study.uid) is None
 
         assert sorted(sop_uids(await client.get(
             study.path, headers={"Accept": MULTIPART_DICOM}))) == study.sops
         assert await cache.get_study_series(study.uid) is not None
-        evicted = await client.post("/admin/cache/evict", params={"study": study.uid})
+        evicted = await client.post("/admin/cache/evict", json={"study": study.uid})
         assert evicted.status_code == 200
         assert await cache.get_study_series(study.uid) is None
         for series in study.series:

@@ -56,9 +56,13 @@ def _settings(orthanc: OrthancServer, redis_url: str, **extra: Any) -> Any:
     peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
     values: dict[str, Any] = {"ae_title": GATEWAY_AE, "cache_backend": "redis",
                               "redis_url": redis_url, "cache_retry_interval": 0.3,
-                              "cache_admin_enabled": True}
+                              "cache_admin_enabled": True, "admin_token": ADMIN_TOKEN}
     values.update(extra)
     return gateway_settings(peer, **values)
+
+
+ADMIN_TOKEN = "integration-admin-token-0123"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _path(first: Dataset) -> str:
@@ -140,7 +144,7 @@ def test_redis_outage_degrades_then_recovers_by_itself(
         assert readyz.json()["cache"]["status"] == "degraded"
         assert _metric(gateway, "cache_backend_up") == 0
         assert _metric(gateway, "cache_errors_total") >= 1
-        stats = http.get(f"{gateway.url}/admin/cache/stats")
+        stats = http.get(f"{gateway.url}/admin/cache/stats", headers=ADMIN_AUTH)
         assert stats.status_code == 200 and stats.json()["healthy"] is False
 
         redis_server.start()  # the same port, empty
@@ -184,7 +188,8 @@ def test_admin_endpoints_on_redis(orthanc: OrthancServer, redis_server: RedisSer
     path = _path(series[0])
     study = str(series[0].StudyInstanceUID)
     with GatewayServer(_settings(orthanc, redis_server.url)) as gateway, \
-            gateway.client() as http, httpx.Client(base_url=gateway.url, timeout=30) as admin:
+            gateway.client() as http, httpx.Client(base_url=gateway.url, timeout=30,
+                                                   headers=ADMIN_AUTH) as admin:
         http.get(path, headers={"Accept": MULTIPART_DICOM})
         stats = admin.get("/admin/cache/stats").json()
         assert stats["backend"] == "redis" and stats["healthy"] is True
@@ -192,10 +197,10 @@ def test_admin_endpoints_on_redis(orthanc: OrthancServer, redis_server: RedisSer
         assert stats["fills_in_progress"] == 0
 
         assert admin.post("/admin/cache/evict").status_code == 400
-        assert admin.post("/admin/cache/evict", params={"study": "1.2.x"}).status_code == 400
+        assert admin.post("/admin/cache/evict", json={"study": "1.2.x"}).status_code == 400
         assert admin.post("/admin/cache/evict",
-                          params={"study": study, "pacs": "nope"}).status_code == 404
-        evicted = admin.post("/admin/cache/evict", params={"study": study})
+                          json={"study": study, "pacs": "nope"}).status_code == 404
+        evicted = admin.post("/admin/cache/evict", json={"study": study})
         assert evicted.status_code == 200 and evicted.json()["removed"] >= len(series) + 1
         before = _retrievals(gateway)
         http.get(path, headers={"Accept": MULTIPART_DICOM})
@@ -237,7 +242,7 @@ def test_cache_cli_on_redis(orthanc: OrthancServer, redis_server: RedisServer,
     settings = _settings(orthanc, redis_server.url)
     with GatewayServer(settings) as gateway, gateway.client() as http:
         http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})
-        over_http = _cli("stats", "--url", gateway.url, env={})
+        over_http = _cli("stats", "--url", gateway.url, env={"DWG_ADMIN_TOKEN": ADMIN_TOKEN})
         assert _json_out(over_http)["backend"] == "redis"
     env = settings_env({"cache_backend": "redis", "redis_url": redis_server.url,
                         "pacs": [{"name": "orthanc", "ae_title": orthanc.ae_title,

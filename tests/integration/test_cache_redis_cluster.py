@@ -29,6 +29,8 @@ pytestmark = pytest.mark.timeout(40)
 MAX_OBJECT_BYTES = 400
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+ADMIN_TOKEN = "integration-admin-token-0123"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +336,7 @@ def test_gateway_on_the_cluster_serves_a_second_retrieval_from_cache(
         "redis_cluster": True,
         "cache_retry_interval": 0.3,
         "cache_admin_enabled": True,
+        "admin_token": ADMIN_TOKEN,
     }
     expected = sorted(str(d.SOPInstanceUID) for d in series)
     series_uid = str(series[0].SeriesInstanceUID)
@@ -365,14 +368,14 @@ def test_gateway_on_the_cluster_serves_a_second_retrieval_from_cache(
             sum(1 for node in _keys_per_node(empty_cluster, f"*{{{series_uid}}}*") if node) == 1
         )  # all on one node
 
-        stats = httpx.get(f"{gateway.url}/admin/cache/stats", timeout=10)
+        stats = httpx.get(f"{gateway.url}/admin/cache/stats", timeout=10, headers=ADMIN_AUTH)
         assert stats.status_code == 200
         body = stats.json()
         assert body["backend"] == "redis cluster" and body["healthy"] is True
         assert body["keys"] >= len(tagged)
         assert body["fills_in_progress"] == 0
 
-        cleared = httpx.post(f"{gateway.url}/admin/cache/clear", timeout=10)
+        cleared = httpx.post(f"{gateway.url}/admin/cache/clear", timeout=10, headers=ADMIN_AUTH)
         assert cleared.status_code == 200 and cleared.json()["removed"] >= len(tagged)
         assert _keys_per_node(empty_cluster, "dwg:*") == [set(), set(), set()]
         assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected

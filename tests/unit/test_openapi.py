@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
+from app.dicomweb.refs import UID_PATTERN, is_valid_uid
 from app.main import create_app
 from app.settings import PacsPeer, Settings
 
@@ -113,3 +116,51 @@ async def test_named_pacs_route_still_resolves_the_name() -> None:
             )
     assert response.status_code == 404
     assert "unknown" in response.json()["00000902"]["Value"][0]
+
+
+UID_PARAMETERS = {"study", "series", "instance", "studyUID", "seriesUID", "objectUID"}
+
+
+def _parameters(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{method.upper()} {path}", parameter)
+            for path, item in document["paths"].items() for method, op in item.items()
+            for parameter in op.get("parameters", [])]
+
+
+def test_every_uid_parameter_has_the_ps3_5_pattern(document: dict[str, Any]) -> None:
+    """Issue #10 item 11: a schema-valid UID is one the gateway accepts (no 400 for it)."""
+    found = [(where, p) for where, p in _parameters(document) if p["name"] in UID_PARAMETERS]
+    assert len(found) > 60
+    for where, parameter in found:
+        schema = parameter["schema"]  # optional query parameters: anyOf string/null, pattern beside
+        assert schema["pattern"] == UID_PATTERN and schema["maxLength"] == 64, where
+
+
+def test_every_pacs_route_documents_the_unknown_name_404(document: dict[str, Any]) -> None:
+    for path, item in document["paths"].items():
+        if path.startswith("/pacs/{pacs}/"):
+            for operation in item.values():
+                assert "404" in operation["responses"], path
+
+
+def test_no_route_promises_a_422(document: dict[str, Any]) -> None:
+    """Invalid parameters are 400 (app.api.problems), never FastAPI's 422."""
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            assert "422" not in operation["responses"], path
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")) and path != "/readyz":
+                    assert "application/dicom+json" in response["content"], (path, status)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.from_regex(UID_PATTERN, fullmatch=True).filter(lambda u: len(u) <= 64))
+def test_uid_pattern_and_check_uid_agree_on_valid_uids(uid: str) -> None:
+    assert is_valid_uid(uid)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.text(alphabet="0123456789.x ", max_size=70))
+def test_uid_pattern_and_check_uid_agree_on_anything(text: str) -> None:
+    assert is_valid_uid(text) == (re.fullmatch(UID_PATTERN, text) is not None
+                                  and len(text) <= 64)

@@ -115,6 +115,9 @@ def test_environment_beats_file_and_arguments_beat_environment(
         ({"public_base_url": "gw.example.org"}, "public_base_url"),
         ({"log_level": "CHATTY"}, "log_level"),
         ({"no_such_setting": 1}, "no_such_setting"),
+        ({"cache_admin_enabled": True}, "admin_token"),
+        ({"cache_admin_enabled": True, "admin_token": "too-short"}, "admin_token"),
+        ({"admin_token": "has a space in it somewhere"}, "admin_token"),
     ],
 )
 def test_invalid_values_name_the_setting(overrides: dict[str, object], named: str) -> None:
@@ -187,3 +190,36 @@ def test_move_fallback_turns_an_unset_storage_scp_on() -> None:
     assert load_settings(pacs=[{**peer, "move_fallback": True}]).storage_scp_wanted
     assert not load_settings(pacs=[{**peer, "move_fallback": True}],
                              storage_scp_enabled=False).storage_scp_wanted
+
+
+def test_admin_token_is_secret() -> None:
+    s = load_settings(cache_admin_enabled=True, admin_token="0123456789abcdef0123")
+    assert s.admin_token is not None
+    assert s.admin_token.get_secret_value() == "0123456789abcdef0123"
+    assert "0123456789abcdef0123" not in repr(s) and "0123456789abcdef0123" not in str(s)
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("DWG_PACS", "not json", "pacs: DWG_PACS is not valid JSON"),
+    ("DWG_PACS", "[{", "pacs: DWG_PACS is not valid JSON"),
+    ("DWG_CORS_ALLOW_ORIGINS", "*", "cors_allow_origins: DWG_CORS_ALLOW_ORIGINS is not valid"),
+    ("DWG_ALLOWED_HOSTS", "gw.example.org", "allowed_hosts: DWG_ALLOWED_HOSTS is not valid"),
+])
+def test_unparsable_environment_value_names_the_variable(
+        clean_env: pytest.MonkeyPatch, variable: str, value: str, named: str) -> None:
+    """Not a 44-line traceback from pydantic-settings: one message naming the setting."""
+    clean_env.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert named in str(info.value)
+    assert len(str(info.value).splitlines()) <= 3
+
+
+@pytest.mark.parametrize(("suffix", "text"), [(".toml", "pacs = [\n"), (".json", '{"pacs": ')])
+def test_unparsable_config_file_names_it(tmp_path: Path, clean_env: pytest.MonkeyPatch,
+                                         suffix: str, text: str) -> None:
+    path = tmp_path / f"gateway{suffix}"
+    path.write_text(text, encoding="utf-8")
+    clean_env.setenv("DWG_CONFIG_FILE", str(path))
+    with pytest.raises(ConfigurationError, match="DWG_CONFIG_FILE: .* cannot be parsed"):
+        load_settings()

@@ -30,12 +30,8 @@ from app.dimse.engine.stream import OperationStream, Sink
 from app.dimse.find import FindOutcome
 from app.dimse.move_admission import MoveRouter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.errors import (
-    GatewayError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from app.dimse.status import no_contexts, refused, unavailable
+from app.errors import GatewayError, UpstreamError, UpstreamTimeout
 from app.settings import PacsPeer
 
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R Information Model - FIND
@@ -101,20 +97,19 @@ class AsyncPeerClient:
         except AssociationRejected as exc:
             detail = f"result {exc.result}, source {exc.source}, reason {exc.reason}"
             if exc.result == 0x01 and exc.source == 0x01:
-                raise UpstreamError(
-                    f"{self._where} rejected the association permanently ({detail})") from None
-            raise UpstreamUnavailable(f"{self._where} rejected the association ({detail})"
-                                      ) from None
+                raise refused(self.peer.name, f"{self._where} rejected the association "
+                                              f"permanently ({detail})") from None
+            raise unavailable(self.peer.name, f"{self._where} rejected the association "
+                                              f"({detail})") from None
         except (OSError, TimeoutError, AssociationError) as exc:
             log.info("%s: association request failed: %s", self._where,
                         exc or type(exc).__name__)
-            raise UpstreamUnavailable(
-                f"{self._where} is unreachable or did not answer the association request"
-            ) from None
+            raise unavailable(self.peer.name, f"{self._where} is unreachable or did not answer "
+                                              "the association request") from None
         if not assoc.contexts:
             assoc.abort("no accepted presentation contexts")
-            raise UpstreamError(f"{self._where} accepted none of the proposed presentation "
-                                "contexts")
+            raise no_contexts(self.peer.name, f"{self._where} accepted none of the proposed "
+                                              "presentation contexts")
         return assoc
 
     async def _run(self, request: AssociationRequest, operation: str,

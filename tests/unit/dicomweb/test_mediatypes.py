@@ -9,9 +9,11 @@ from app.dicomweb.mediatypes import (
     MediaRange,
     Negotiated,
     Offer,
+    accept_ranges,
     negotiate,
     parse_accept,
 )
+from app.errors import NotAcceptable
 
 JSON = "application/dicom+json"
 PLAIN_JSON = "application/json"
@@ -195,6 +197,23 @@ def test_qido_without_usable_accept_defaults_to_json(header: str | None) -> None
     assert negotiate(parse_accept(header), QIDO_OFFERS) == Negotiated(
         offer=Offer(JSON), transfer_syntax=None, q=1.0, defaulted=True
     )
+
+
+@pytest.mark.parametrize("header", ["nope", "garbage, also garbage", "*/json", "text",
+                                    "application/", 'nope; type="x"'])
+def test_accept_without_any_media_range_is_406(header: str) -> None:
+    """PS3.18 8.7.3.3: 406 or the default; the gateway chooses 406 (docs/conformance.md)."""
+    with pytest.raises(NotAcceptable) as info:
+        accept_ranges(header)
+    assert info.value.http_status == 406
+
+
+@pytest.mark.parametrize("header", [
+    None, "", "  ", ",", "nope, */*", "*",
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+])
+def test_accept_with_a_media_range_or_none_at_all_is_fine(header: str | None) -> None:
+    assert accept_ranges(header) == parse_accept(header)
 
 
 def test_negotiate_without_offers() -> None:

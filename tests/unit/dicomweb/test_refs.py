@@ -25,7 +25,7 @@ from app.errors import BadRequest
         "1.2.840.10008.5.1.4.1.2.2.1",
         "2.25.329800735698586629295641978511506172918",
         "1." + "2" * 62,  # 64 characters
-        "1.2.03",  # leading zero: not allowed by PS3.5, accepted at the edge
+        "1.0.3",  # a component "0" is allowed
     ],
 )
 def test_valid_uids(uid: str) -> None:
@@ -50,6 +50,9 @@ def test_valid_uids(uid: str) -> None:
         "１.２",
         "1.2.3/4",
         "*",
+        "1.02.3",  # leading zero: not allowed by PS3.5 9.1
+        "01.2",
+        "1.2.00",
     ],
 )
 def test_invalid_uids(uid: str) -> None:

@@ -393,3 +393,32 @@ def test_empty_and_multiple_value_matching_flags() -> None:
 def test_path_uids() -> None:
     query = parse(level=QueryLevel.IMAGE, study_uid="1.2.3", series_uid="1.2.3.4")
     assert query.path_uids == {STUDY_UID: "1.2.3", 0x0020000E: "1.2.3.4"}
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ModalitiesInStudy", "名前"), ("Modality", "CTé"), ("SeriesNumber", "１２"),
+    ("StudyDate", "２０２０0101"), ("StudyInstanceUID", "1.2.３"), ("AccessionNumber", "a\x00b"),
+    ("PatientName", "Doe\r\nEvil"), ("PatientID", "x\x7f"), ("StudyDescription", "a\tb"),
+])
+def test_characters_a_vr_cannot_hold_are_bad_request(name: str, value: str) -> None:
+    """Non-ASCII in a default-repertoire VR (CS, IS, DA, UI...) or a control character: a 400
+    naming the parameter, not a C-FIND identifier that cannot be encoded (a 502)."""
+    with pytest.raises(BadRequest) as info:
+        parse_search([(name, value)], level=QueryLevel.STUDY)
+    assert name in info.value.message
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PatientName", "山田^太郎"), ("PatientName", "Müller*"), ("StudyDescription", "Tête"),
+    ("PatientName", "\x1b$B;3ED\x1b(B"),  # ISO 2022 escape sequences are characters too
+])
+def test_extended_characters_in_text_vrs_are_fine(name: str, value: str) -> None:
+    query = parse_search([(name, value)], level=QueryLevel.STUDY)
+    assert query.matches[0].values == (value,)
+
+
+def test_huge_numbers_are_bad_request_before_conversion() -> None:
+    for name in ("limit", "offset", "SeriesNumber", "NumberOfStudyRelatedInstances"):
+        with pytest.raises(BadRequest) as info:
+            parse_search([(name, "9" * 5000)], level=QueryLevel.SERIES)
+        assert name in info.value.message
