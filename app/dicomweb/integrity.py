@@ -9,6 +9,7 @@ Deflated and Big Endian, for which the caller falls back to pydicom)."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
@@ -25,6 +26,25 @@ _MAX_DEPTH = 16
 
 class Malformed(Exception):
     """The bytes are not a complete, well-formed data set."""
+
+
+def element_header(data: bytes, offset: int, end: int, explicit: bool
+                   ) -> tuple[int, bytes, int, int]:
+    """(tag, VR bytes, value length, value offset) of the element header at ``offset``, in
+    Explicit or Implicit VR Little Endian (PS3.5 7.1); the VR is b"" for Implicit VR and for
+    items and delimiters. Malformed when the header does not fit before ``end``."""
+    if end - offset < 8:
+        raise Malformed("truncated element header")
+    group, element = _TAG.unpack_from(data, offset)
+    tag = group << 16 | element
+    if explicit and group != 0xFFFE:
+        vr = data[offset + 4:offset + 6]
+        if vr in _LONG_VRS:
+            if end - offset < 12:
+                raise Malformed("truncated element header")
+            return tag, vr, _U32.unpack_from(data, offset + 8)[0], offset + 12
+        return tag, vr, _U16.unpack_from(data, offset + 6)[0], offset + 8
+    return tag, b"", _U32.unpack_from(data, offset + 4)[0], offset + 8
 
 
 class _NotWalkable(Exception):
@@ -45,28 +65,12 @@ class _Walker:
         item delimiter when ``in_item`` and the item had undefined length)."""
         data = self.data
         while offset < end:
-            if end - offset < 8:
-                raise Malformed("truncated element header")
-            group, element = _TAG.unpack_from(data, offset)
-            tag = group << 16 | element
+            tag, vr, length, value = element_header(data, offset, end, self.explicit)
             if tag == ITEM_END:
                 if not in_item:
                     raise Malformed("item delimiter outside an item")
                 return offset + 8
-            vr = b""
-            if self.explicit and group != 0xFFFE:
-                vr = data[offset + 4:offset + 6]
-                if vr in _LONG_VRS:
-                    if end - offset < 12:
-                        raise Malformed("truncated element header")
-                    length = _U32.unpack_from(data, offset + 8)[0]
-                    offset += 12
-                else:
-                    length = _U16.unpack_from(data, offset + 6)[0]
-                    offset += 8
-            else:
-                length = _U32.unpack_from(data, offset + 4)[0]
-                offset += 8
+            offset = value
             if length == UNDEFINED:
                 if vr == b"UN":
                     raise _NotWalkable()
@@ -75,7 +79,7 @@ class _Walker:
                 offset = self.undefined(offset, end, depth, vr)
                 continue
             if length > end - offset:
-                raise Malformed(f"element ({group:04X},{element:04X}) runs past the end")
+                raise Malformed(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
             if depth == 0 and tag >= self.wanted and self.stop_after_wanted:
                 if tag == self.wanted:
                     self.value = _text(data, offset, length)
@@ -117,10 +121,7 @@ class _Walker:
         while True:
             if end - offset < 8:
                 raise Malformed("undefined-length value without its delimiter")
-            group, element = _TAG.unpack_from(data, offset)
-            tag = group << 16 | element
-            length = _U32.unpack_from(data, offset + 4)[0]
-            offset += 8
+            tag, _, length, offset = element_header(data, offset, end, explicit=False)
             if tag == SEQUENCE_END:
                 return offset
             if tag != ITEM:
@@ -182,31 +183,45 @@ def top_level_text(data: bytes, transfer_syntax: str, tag: int) -> str | None:
     return _walk(data, transfer_syntax, tag, stop=True)
 
 
-_META_ELEMENT = struct.Struct("<HH2sH")
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What a Part-10 File Meta group says: where the data set starts, its transfer syntax,
+    and the Media Storage SOP Class UID (None when absent)."""
+
+    dataset_start: int
+    transfer_syntax: str
+    sop_class: str | None
 
 
-def part10_meta(data: bytes) -> tuple[str, str] | None:
-    """(Media Storage SOP Class UID, Transfer Syntax UID) from a Part-10 File Meta group, read
-    in place (no copy, no pydicom); None if the bytes do not start like a Part-10 file."""
-    if len(data) < 144 or data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+def read_file_meta(data: bytes) -> FileMeta | None:
+    """The File Meta of Part-10 bytes, read in place (no copy, no pydicom); None unless the
+    bytes start with a preamble, "DICM" and a well-formed group 0002 with a Transfer Syntax."""
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
         return None
     end = 144 + _U32.unpack_from(data, 140)[0]
     if end > len(data):
         return None
     found: dict[int, str] = {}
     offset = 144
-    while offset + 8 <= end:
-        group, element, vr, length = _META_ELEMENT.unpack_from(data, offset)
-        if group != 0x0002:
-            return None
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
-            length = _U32.unpack_from(data, offset + 8)[0]
-            offset += 12
-        else:
-            offset += 8
-        if element in (0x0002, 0x0010):
-            found[element] = _text(data, offset, length)
-        offset += length
-    if 0x0002 not in found or 0x0010 not in found:
+    try:
+        while offset < end:
+            tag, _, length, value = element_header(data, offset, end, explicit=True)
+            if tag >> 16 != 0x0002 or length > end - value:
+                return None
+            if tag in (0x00020002, 0x00020010):
+                found[tag] = _text(data, value, length)
+            offset = value + length
+    except Malformed:
         return None
-    return found[0x0002], found[0x0010]
+    syntax = found.get(0x00020010)
+    if offset != end or not syntax:
+        return None
+    return FileMeta(end, syntax, found.get(0x00020002))
+
+
+def part10_meta(data: bytes) -> tuple[str, str] | None:
+    """(Media Storage SOP Class UID, Transfer Syntax UID) of Part-10 bytes, or None."""
+    meta = read_file_meta(data)
+    if meta is None or meta.sop_class is None:
+        return None
+    return meta.sop_class, meta.transfer_syntax

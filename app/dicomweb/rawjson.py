@@ -24,16 +24,20 @@ from app.dicomweb.dicomjson import (
     BulkDataURIHandler,
     number_of,
 )
+from app.dicomweb.integrity import (
+    IMPLICIT_LE,
+    ITEM,
+    ITEM_END,
+    SEQUENCE_END,
+    UNDEFINED,
+    Malformed,
+    element_header,
+    read_file_meta,
+)
 
 __all__ = ["raw_dataset_to_json"]
 
-_TAG = struct.Struct("<HH")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-UNDEFINED = 0xFFFFFFFF
-ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 SPECIFIC_CHARACTER_SET = 0x00080005
-IMPLICIT_LE = "1.2.840.10008.1.2"
 _MAX_DEPTH = 16
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 
@@ -54,8 +58,6 @@ _VRS: dict[bytes, str] = {
         "UL", "UN", "UR", "US", "UT", "UV",
     )
 }  # fmt: skip
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
-                       "UV"})
 _NUMBERS: dict[str, tuple[int, str]] = {
     "US": (2, "H"), "SS": (2, "h"), "UL": (4, "L"), "SL": (4, "l"), "UV": (8, "Q"),
     "SV": (8, "q"), "FL": (4, "f"), "FD": (8, "d"),
@@ -78,10 +80,10 @@ def raw_dataset_to_json(
     bulk_data_threshold: int = 1024,
 ) -> dict[str, Any] | None:
     """The DICOM JSON object of Part-10 ``data`` read from its bytes, or None (use pydicom)."""
-    start_and_syntax = _dataset_start(data)
-    if start_and_syntax is None:
+    meta = read_file_meta(data)
+    if meta is None:
         return None
-    start, syntax = start_and_syntax
+    start, syntax = meta.dataset_start, meta.transfer_syntax
     if syntax == IMPLICIT_LE:
         explicit = False
     elif syntax in _EXPLICIT_EXACT or (
@@ -96,36 +98,6 @@ def raw_dataset_to_json(
     except (_Unhandled, struct.error, IndexError, UnicodeDecodeError, ValueError):
         return None
     return out
-
-
-def _dataset_start(data: bytes) -> tuple[int, str] | None:
-    """(offset of the data set, Transfer Syntax UID) from a Part-10 File Meta group, or None."""
-    if len(data) < 144 or data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
-        return None
-    if data[136:138] != b"UL":
-        return None
-    end = 144 + _U32.unpack_from(data, 140)[0]
-    if end > len(data):
-        return None
-    syntax: str | None = None
-    offset = 144
-    while offset + 8 <= end:
-        group, element = _TAG.unpack_from(data, offset)
-        if group != 0x0002:
-            return None
-        vr = data[offset + 4:offset + 6]
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
-            length = _U32.unpack_from(data, offset + 8)[0]
-            offset += 12
-        else:
-            length = _U16.unpack_from(data, offset + 6)[0]
-            offset += 8
-        if element == 0x0010:
-            syntax = data[offset:offset + length].decode("latin_1").rstrip("\0 ").strip()
-        offset += length
-    if offset != end or not syntax:
-        return None
-    return end, syntax
 
 
 def _implicit_vr(tag: int) -> str:
@@ -166,10 +138,11 @@ class _RawWalker:
         out: dict[str, Any] = {}
         last = -1
         while offset < end:
-            if end - offset < 8:
-                raise _Unhandled("truncated element header")
-            group, element = _TAG.unpack_from(data, offset)
-            tag = group << 16 | element
+            try:
+                tag, raw_vr, length, value = element_header(data, offset, end, explicit)
+            except Malformed as exc:
+                raise _Unhandled(str(exc)) from None
+            group, element = tag >> 16, tag & 0xFFFF
             if tag == ITEM_END:
                 if not delimited:
                     raise _Unhandled("item delimiter outside an item")
@@ -178,22 +151,13 @@ class _RawWalker:
                 raise _Unhandled("unexpected delimiter or tags out of order")
             last = tag
             if explicit:
-                vr_or_none = _VRS.get(data[offset + 4:offset + 6])
+                vr_or_none = _VRS.get(raw_vr)
                 if vr_or_none is None:
                     raise _Unhandled("unknown VR")
                 vr = vr_or_none
-                if vr in _LONG_VRS:
-                    if end - offset < 12:
-                        raise _Unhandled("truncated element header")
-                    length = _U32.unpack_from(data, offset + 8)[0]
-                    offset += 12
-                else:
-                    length = _U16.unpack_from(data, offset + 6)[0]
-                    offset += 8
             else:
-                length = _U32.unpack_from(data, offset + 4)[0]
-                offset += 8
                 vr = _implicit_vr(tag)
+            offset = value
             keep = element != 0 and group not in (0x0000, 0x0002)
             if length == UNDEFINED:
                 if vr == "SQ":
@@ -229,10 +193,7 @@ class _RawWalker:
         while True:
             if end - offset < 8:
                 raise _Unhandled("sequence without its delimiter")
-            group, element = _TAG.unpack_from(data, offset)
-            item_tag = group << 16 | element
-            length = _U32.unpack_from(data, offset + 4)[0]
-            offset += 8
+            item_tag, _, length, offset = element_header(data, offset, end, explicit=False)
             if item_tag == SEQUENCE_END:
                 break
             if item_tag != ITEM:
@@ -354,11 +315,9 @@ class _RawWalker:
         while offset < end:
             if end - offset < 8:
                 raise _Unhandled("truncated item header")
-            group, element = _TAG.unpack_from(data, offset)
-            if (group << 16 | element) != ITEM:
+            item_tag, _, length, offset = element_header(data, offset, end, explicit=False)
+            if item_tag != ITEM:
                 raise _Unhandled("sequence content is not an item")
-            length = _U32.unpack_from(data, offset + 4)[0]
-            offset += 8
             offset = self.item(offset, end, length, (*path, (tag, len(items))), items)
         if offset != end:
             raise _Unhandled("items run past their sequence")
