@@ -101,6 +101,9 @@ def open_association(
                       f"{where} is unreachable or did not answer the association request")
 
 
+ABORT_ARTIM_S = 1.0
+
+
 def discard_late_data(assoc: Association) -> None:
     """Make this association's state machine drop a P-DATA request (Evt9) once aborted (Sta13).
 
@@ -109,6 +112,11 @@ def discard_late_data(assoc: Association) -> None:
     the A-ABORT. PS3.8 Table 9-10 defines no action for Evt9 in Sta13, so pynetdicom's DUL
     reactor raised InvalidEventError and its thread died with a traceback (about 2% of aborted
     C-GETs). The association is being torn down: the response can only be discarded."""
+    # Once the reactor no longer dies on that response it waits in Sta13 for the transport to
+    # close or for ARTIM (30 s by default) to expire: after an abort, a second is enough.
+    timer = getattr(assoc.dul, "artim_timer", None)
+    if timer is not None and (timer.timeout is None or timer.timeout > ABORT_ARTIM_S):
+        timer.timeout = ABORT_ARTIM_S
     machine = assoc.dul.state_machine
     if getattr(machine, "_dwg_discards_late_data", False):
         return
