@@ -114,7 +114,8 @@ class StorageSCP:
         """EVT_REQUESTED (before negotiation): reject an association from anything but a
         configured C-MOVE PACS at one of its addresses."""
         assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title or "")
+        request = assoc.requestor.primitive  # set before EVT_REQUESTED fires
+        calling = str(request.calling_ae_title or "") if request is not None else ""
         address = assoc.requestor.address
         admission = self.admission.admit_association(calling, address)
         if admission.admitted:
