@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
@@ -22,6 +23,7 @@ from pynetdicom import AE, evt
 from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_sample_studies
 from app.settings import Settings, load_settings
+from tests.peers import RedisServer, require_binary
 
 GATEWAY_AE = "TEST_GW"
 FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Q/R FIND (PS3.4 C.6.2)
@@ -270,3 +272,25 @@ def study_result(uid: str, name: str = "Test^Patient") -> Dataset:
     ds.NumberOfStudyRelatedSeries = 1
     ds.NumberOfStudyRelatedInstances = 1
     return ds
+
+
+# -- cache backends ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the module."""
+    require_binary("redis-server")
+    with RedisServer(tmp_path_factory.mktemp("redis-component")) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each cache backend in turn (Redis emptied first), as gateway settings."""
+    if request.param == "memory":
+        return {"cache_backend": "memory"}
+    url: str = request.getfixturevalue("redis_url")
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        client.flushall()
+    return {"cache_backend": "redis", "redis_url": url}

@@ -24,7 +24,6 @@ from tests.component.conftest import (
     gateway_settings,
     peer_config,
 )
-from tests.peers import RedisServer, require_binary
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,24 +73,6 @@ def fresh_pacs(pacs: GatedPacs) -> Iterator[GatedPacs]:
     if pacs.gate is not None:
         pacs.gate.set()
     pacs.gate, pacs.failing = None, False
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-coalesce")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def cache_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Each cache backend in turn (Redis emptied first)."""
-    if request.param == "memory":
-        return {"cache_backend": "memory"}
-    url: str = request.getfixturevalue("redis_url")
-    with redis.Redis.from_url(url, socket_timeout=5) as client:
-        client.flushall()
-    return {"cache_backend": "redis", "redis_url": url}
 
 
 def finds(pacs: DemoPacs) -> int:

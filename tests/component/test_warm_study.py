@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
@@ -24,7 +23,6 @@ from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
 from app.settings import Settings
 from tests.component.conftest import gateway_settings, peer_config
-from tests.peers import RedisServer, require_binary
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,25 +69,6 @@ def fresh_pacs(pacs: CappingPacs) -> Iterator[CappingPacs]:
     pacs.cap_series = False
     yield pacs
     pacs.cap_series = False
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server for the module."""
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-warm")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=["memory", "redis"])
-def cache_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Each cache backend in turn (Redis emptied first)."""
-    if request.param == "memory":
-        return {"cache_backend": "memory"}
-    url: str = request.getfixturevalue("redis_url")
-    with redis.Redis.from_url(url, socket_timeout=5) as client:
-        client.flushall()
-    return {"cache_backend": "redis", "redis_url": url}
 
 
 class Study:
