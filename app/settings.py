@@ -86,7 +86,8 @@ class PacsPeer(BaseModel):
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
     compute_missing_counts: bool = True
     max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
-    association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0
+    association_idle_timeout: Annotated[float, Field(ge=0)] = 5.0
+    max_idle_associations: Annotated[int, Field(ge=0, le=64)] = 1
     move_source_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("move_source_hosts")
