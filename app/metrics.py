@@ -14,6 +14,7 @@ HELP: dict[str, str] = {
     "dimse_retrievals_total": "C-GET/C-MOVE retrievals started",
     "dimse_retrieve_partial_total": "retrievals where some sub-operations failed",
     "dimse_retrieve_lost_total": "retrievals the PACS reported sent but nothing arrived",
+    "cache_prefetches_total": "series prefetches started, by what triggered them",
 }
 
 

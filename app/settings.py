@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     readyz_details: bool = False
     prefetch_on_search: bool = False
+    prefetch_on_series_query: bool = True
+    prefetch_study_max_series: Annotated[int, Field(ge=0, le=1000)] = 16
+    prefetch_study_max_instances: Annotated[int, Field(ge=0)] = 5000
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

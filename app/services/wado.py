@@ -242,13 +242,14 @@ class WadoService:
                 if not sent:
                     raise nothing_found(describe(ref))
 
-    async def warm(self, ref: SeriesRef) -> None:
-        """Fill the cache with a series (prefetch) without reading it back."""
+    async def warm(self, ref: SeriesRef) -> bool:
+        """Fill the cache with a series (prefetch) without reading it back; False when there
+        was nothing to do (no cache, or the series is cached already)."""
         cache, flights = self._cache, self._flights
         if cache is None or flights is None:
-            return
+            return False
         if await cache.complete_series(ref.series_uid) is not None:
-            return
+            return False
 
         async def complete() -> bool:
             return await cache.complete_series(ref.series_uid) is not None
@@ -257,7 +258,8 @@ class WadoService:
                                           lambda token: cache.keys.events(ref.series_uid, token),
                                           functools.partial(self._fill, ref), complete):
             if event.kind in ("done", "failed"):
-                return
+                break
+        return True
 
     async def _read_ahead(self, series: str, sops: list[str]
                           ) -> AsyncIterator[tuple[str, CachedInstance | None]]:
