@@ -17,6 +17,7 @@ from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.baseurl import TrustedHostMiddleware
 from app.api.capabilities import capabilities_router
+from app.api.compression import CompressionMiddleware
 from app.api.params import (
     ERROR_SCHEMA,
     ERROR_SCHEMA_NAME,
@@ -90,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_cut_short_filter()
+    if settings.compress_responses:
+        # Innermost of the middlewares: DICOM JSON/XML bodies leave gzip- or br-encoded.
+        app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

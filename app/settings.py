@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     readyz_details: bool = False
     prefetch_on_search: bool = False
+    compress_responses: bool = True
+    compress_min_bytes: Annotated[int, Field(ge=0)] = 1024
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
