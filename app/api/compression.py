@@ -11,8 +11,8 @@ multipart answers, and it is encoded like JSON.
   sends no Accept-Encoding, or accepts nothing the gateway has (identity is always a
   fallback: a 406 for an encoding would help nobody). Ties go to br, then gzip.
 - **Streaming**: a streamed body (metadata of a series) is compressed chunk by chunk as it
-  goes; memory stays one chunk. A body cut short stays cut short: the compressed stream then
-  lacks its end as well.
+  goes, flushed at least every 64 KiB of input; memory stays one chunk. A body cut short
+  stays cut short: the compressed stream then lacks its end as well.
 - **Validators**: every response this applies to says ``Vary: Accept-Encoding``. An encoded
   response's ETag gets the coding as a suffix (``"abc-gzip"``), so each encoding has its own
   strong validator (RFC 9110 8.8.3); a request's ``If-None-Match`` naming a suffixed tag of the
@@ -125,21 +125,37 @@ def _identity_tags(header: str, coding: str) -> tuple[str, dict[str, str]]:
 
 
 class _Encoder:
-    """One response's compressor: ``compress`` for each chunk, ``finish`` at the end."""
+    """One response's compressor: ``compress`` for each chunk, ``finish`` at the end.
+
+    The compressor keeps what it has not yet emitted; once ``FLUSH_EVERY`` bytes of input
+    are held back it is flushed, so a streamed body reaches the client steadily (and what was
+    rendered before a failure mostly left) at little cost in ratio."""
+
+    FLUSH_EVERY = 64 * 1024
 
     def __init__(self, coding: str) -> None:
         if coding == "br":
             assert brotli is not None
             compressor = brotli.Compressor(quality=BROTLI_QUALITY)
             self._compress: Callable[[bytes], bytes] = compressor.process
+            self._flush: Callable[[], bytes] = compressor.flush
             self._finish: Callable[[], bytes] = compressor.finish
         else:
             gz = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
             self._compress = gz.compress
+            self._flush = lambda: gz.flush(zlib.Z_SYNC_FLUSH)
             self._finish = gz.flush
+        self._held = 0
 
     def compress(self, data: bytes) -> bytes:
-        return self._compress(data) if data else b""
+        if not data:
+            return b""
+        out = self._compress(data)
+        self._held = 0 if out else self._held + len(data)
+        if self._held >= self.FLUSH_EVERY:
+            out += self._flush()
+            self._held = 0
+        return out
 
     def finish(self) -> bytes:
         return self._finish()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydicom import Dataset
 
 from app.api.compression import choose_coding
 from app.demo.pacs import DemoPacs
+from tests.component.test_wado_cut_short import DyingPacs, _big_series
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
 
 JSON = {"Accept": "application/dicom+json"}
@@ -173,3 +175,29 @@ def test_compression_can_be_turned_off(sample_pacs: DemoPacs) -> None:
 ])
 def test_choose_coding_table(header: str | None, expected: str | None) -> None:
     assert choose_coding(header, ("br", "gzip")) == expected
+
+
+def test_metadata_cut_short_is_an_unfinished_gzip_stream(samples: list[Dataset]) -> None:
+    """The PACS aborts after the first instance: what was sent decodes, but the gzip stream
+    has no end, so a client decoding it sees the truncation too."""
+    pacs = DyingPacs(samples, ae_title="DYING_PACS")
+    pacs.start("127.0.0.1", 0)
+    study, series, _ = _big_series(samples)
+    peer = peer_settings("dying", "DYING_PACS", "127.0.0.1", pacs.port, dimse_timeout=5,
+                         overall_timeout=20)
+    received = b""
+    try:
+        with GatewayServer(gateway_settings(peer, cache_backend="none")) as gateway, \
+                gateway.client() as client:
+            with pytest.raises(httpx.RemoteProtocolError), client.stream(
+                    "GET", f"/studies/{study}/series/{series}/metadata",
+                    headers={**JSON, "Accept-Encoding": "gzip"}) as response:
+                assert response.headers["content-encoding"] == "gzip"
+                for chunk in response.iter_raw():
+                    received += chunk
+    finally:
+        pacs.stop()
+    assert received[:2] == b"\x1f\x8b"
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    decoder.decompress(received)
+    assert not decoder.eof

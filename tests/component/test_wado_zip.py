@@ -16,6 +16,7 @@ from pydicom import Dataset, dcmread
 
 from app.demo.pacs import DemoPacs
 from tests.component.conftest import peer_config
+from tests.component.test_wado_cut_short import DyingPacs, _big_series
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -29,6 +30,15 @@ def server(sample_pacs: DemoPacs) -> Iterator[GatewayServer]:
                          dimse_timeout=5, overall_timeout=20)
     with GatewayServer(gateway_settings(peer)) as gateway:
         yield gateway
+
+
+@pytest.fixture(scope="module")
+def aborting_pacs(samples: list[Dataset]) -> Iterator[DyingPacs]:
+    """A PACS that aborts a retrieval after its first instance."""
+    pacs = DyingPacs(samples, ae_title="DYING_PACS")
+    pacs.start("127.0.0.1", 0)
+    yield pacs
+    pacs.stop()
 
 
 @pytest.fixture
@@ -132,3 +142,24 @@ def test_unknown_study_as_zip_is_404(http: httpx.Client) -> None:
     r = http.get("/studies/1.2.3.999999", headers={"Accept": "application/zip"})
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/dicom+json"
+
+
+def test_a_retrieval_failing_midway_leaves_a_visibly_broken_archive(
+        aborting_pacs: DyingPacs, samples: list[Dataset]) -> None:
+    """The PACS aborts after the first instance: that member was sent, the central directory
+    never is, so no ZIP reader takes the download for a whole archive."""
+    study, series, _ = _big_series(samples)
+    peer = peer_settings("dying", "DYING_PACS", "127.0.0.1", aborting_pacs.port, dimse_timeout=5,
+                         overall_timeout=20)
+    received = b""
+    with GatewayServer(gateway_settings(peer, cache_backend="none")) as gateway, \
+            gateway.client() as client:
+        with pytest.raises(httpx.RemoteProtocolError), client.stream(
+                "GET", f"/studies/{study}/series/{series}",
+                headers={"Accept": "application/zip"}) as response:
+            assert response.status_code == 200
+            for chunk in response.iter_raw():
+                received += chunk
+    assert received.startswith(b"PK\x03\x04")  # the first member's local header
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(received))
