@@ -163,3 +163,18 @@ def test_a_retrieval_failing_midway_leaves_a_visibly_broken_archive(
     assert received.startswith(b"PK\x03\x04")  # the first member's local header
     with pytest.raises(zipfile.BadZipFile):
         zipfile.ZipFile(io.BytesIO(received))
+
+
+def test_an_instance_as_zip_has_its_own_etag(http: httpx.Client, samples: list[Dataset]) -> None:
+    ds = next(d for d in samples if d.Modality == "CT")
+    path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/" \
+           f"{ds.SOPInstanceUID}"
+    r = http.get(path, headers={"Accept": "application/zip"})
+    assert list(_members(r)) == [str(ds.SOPInstanceUID)]
+    assert r.headers["content-disposition"] == \
+        f'attachment; filename="instance-{ds.SOPInstanceUID}.zip"'
+    multipart = http.get(path, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert r.headers["etag"] != multipart.headers["etag"]
+    again = http.get(path, headers={"Accept": "application/zip",
+                                    "If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
