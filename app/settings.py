@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     prefetch_on_series_query: bool = True
     prefetch_study_max_series: Annotated[int, Field(ge=0, le=1000)] = 16
     prefetch_study_max_instances: Annotated[int, Field(ge=0)] = 5000
+    compress_responses: bool = True
+    compress_min_bytes: Annotated[int, Field(ge=0)] = 1024
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -47,9 +47,13 @@ def install_cut_short_filter() -> None:
 
 
 class TruncatableStreamingResponse(StreamingResponse):
-    """A StreamingResponse of parts; an error after the first part ends it short (see module)."""
+    """A StreamingResponse of parts; an error after the first part ends it short (see module).
 
-    def __init__(self, parts: AsyncGenerator[list[bytes], None], closing: bytes, *, what: str,
+    ``closing`` ends a complete body: the closing multipart delimiter, a JSON ``]``, or a
+    callable giving it once every part is out (a ZIP archive's central directory)."""
+
+    def __init__(self, parts: AsyncGenerator[list[bytes], None],
+                 closing: bytes | Callable[[], bytes], *, what: str,
                  pacs: str, media_type: str, headers: dict[str, str] | None = None) -> None:
         self._parts = parts
         self._closing = closing
@@ -79,7 +83,9 @@ class TruncatableStreamingResponse(StreamingResponse):
                 if any(pending):
                     yield b"".join(pending)
                 self.parts_sent += 1
-        yield held + self._closing
+        # A callable closing is made only now, after the last part (a ZIP's central directory).
+        closing = self._closing() if callable(self._closing) else self._closing
+        yield held + closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
