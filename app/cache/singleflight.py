@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class FillEvent:
 
 
 Fill = Callable[["FillContext"], Awaitable[None]]
+_ORDER = itertools.count()  # orders follow() calls and local logs' ends in this process
 
 
 class LocalLog:
@@ -62,6 +64,7 @@ class LocalLog:
     def __init__(self) -> None:
         self.events: list[FillEvent] = []
         self._changed = asyncio.Event()
+        self.ended_at: int | None = None  # _ORDER when the final event came in
 
     @property
     def ended(self) -> bool:
@@ -69,6 +72,8 @@ class LocalLog:
         return bool(self.events) and self.events[-1].kind in ("done", "failed")
 
     def append(self, event: FillEvent) -> None:
+        if event.kind in ("done", "failed") and self.ended_at is None:
+            self.ended_at = next(_ORDER)
         self.events.append(event)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -133,7 +138,8 @@ class SingleFlight:
         self._lock_ttl = lock_ttl
         self._event_ttl = event_ttl
         self._tasks: set[asyncio.Task[None]] = set()
-        self._local: dict[str, LocalLog] = {}  # events key -> log of a fill running here
+        # events key -> (log, task) of a fill running in this process
+        self._local: dict[str, tuple[LocalLog, asyncio.Task[None]]] = {}
 
     @property
     def running(self) -> int:
@@ -149,6 +155,7 @@ class SingleFlight:
     ) -> AsyncIterator[FillEvent]:
         """Events of the fill for ``lock_key`` (starting one here if none runs), ending with
         ``done`` or ``failed``; ``done`` straight away when the work is already complete."""
+        started = next(_ORDER)
         while True:
             token = await self._backend.lock_holder(lock_key)
             if token is None:
@@ -165,8 +172,14 @@ class SingleFlight:
                 self._start(FillContext(self._backend, lock_key, token, events_key(token),
                                         self._lock_ttl, self._event_ttl), fill)
             key = events_key(token)
-            local = self._local.get(key)
-            if local is not None:  # the fill runs in this process: no round trips
+            running = self._local.get(key)
+            if running is not None:  # the fill runs in this process: no round trips
+                local, task = running
+                if local.ended_at is not None and local.ended_at < started:
+                    # Over before this call began (its lock not yet released): not this
+                    # caller's outcome, look again once the holder has let go.
+                    await asyncio.wait({task})
+                    continue
                 async for event in local.follow():
                     yield event
                 return
@@ -189,8 +202,6 @@ class SingleFlight:
                         return
 
     def _start(self, ctx: FillContext, fill: Fill) -> None:
-        self._local[ctx.events_key] = ctx.local
-
         async def run() -> None:
             keeper = asyncio.create_task(ctx.keep_alive())
             try:
@@ -210,6 +221,7 @@ class SingleFlight:
                 self._local.pop(ctx.events_key, None)
 
         task = asyncio.get_running_loop().create_task(run(), name=f"fill {ctx.lock_key}")
+        self._local[ctx.events_key] = (ctx.local, task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

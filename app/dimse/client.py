@@ -15,7 +15,7 @@ from app.dimse.bridge import ThreadStream
 from app.dimse.echo import c_echo
 from app.dimse.engine.client import AsyncPeerClient
 from app.dimse.engine.storescp import AsyncStorageSCP
-from app.dimse.engine.stream import OperationStream
+from app.dimse.engine.stream import OperationStream, settle_operations
 from app.dimse.find import FindOutcome, c_find_producer, peer_accepts_relational
 from app.dimse.get import c_get_producer
 from app.dimse.move import c_move_producer
@@ -24,6 +24,8 @@ from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.storescp import StorageSCP, Unrouted
 from app.errors import GatewayError, UpstreamTimeout
 from app.settings import PacsPeer, Settings
+
+SETTLE_AT_SHUTDOWN_S = 5.0  # how long shutdown waits for cancelled operations to let go
 
 
 class PeerClient:
@@ -188,6 +190,7 @@ class DimseClients:
         for client in self._clients.values():
             if isinstance(client, AsyncPeerClient):
                 await client.close()
+        await settle_operations(SETTLE_AT_SHUTDOWN_S)
         if isinstance(self.storage_scp, AsyncStorageSCP):
             await self.storage_scp.stop()
             self.storage_scp = None

@@ -163,8 +163,10 @@ class Services:
 
     async def close(self) -> None:
         """Stop prefetches and fills, release connections and worker threads."""
-        for task in list(self._prefetch_tasks):
+        prefetches = list(self._prefetch_tasks)
+        for task in prefetches:
             task.cancel()
+        await asyncio.gather(*prefetches, return_exceptions=True)
         if self.flights is not None:
             await self.flights.close()
         if self.search_flights is not None:

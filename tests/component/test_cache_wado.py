@@ -133,7 +133,10 @@ def settings_for(pacs: DemoPacs, method: str = "get", **extra: Any) -> Settings:
         port = free_port()
         pacs.add_move_destination(GATEWAY_AE, "127.0.0.1", port)
         extra.update(storage_scp_host="127.0.0.1", storage_scp_port=port)
-    values: dict[str, Any] = {"cache_backend": "memory"}
+    # No series-query prefetch here: these tests count every operation at the PACS, and a
+    # background fill started by listing series would be counted with them (test_prefetch.py
+    # covers it).
+    values: dict[str, Any] = {"cache_backend": "memory", "prefetch_on_series_query": False}
     values.update(extra)
     settings = gateway_settings(peer, **values)
     if method == "move":
@@ -451,9 +454,7 @@ async def test_series_metadata_etag_once_the_series_is_cached(
 
 async def test_identical_search_is_answered_from_the_cache(fresh_pacs: FailingPacs,
                                                            ct: Series) -> None:
-    # No series-query prefetch: its fill's C-FIND would be counted with the searches'.
-    async with open_gateway(settings_for(fresh_pacs, qido_cache_ttl=0.5,
-                                         prefetch_on_series_query=False)) as (client, _):
+    async with open_gateway(settings_for(fresh_pacs, qido_cache_ttl=0.5)) as (client, _):
         url = f"/dicomweb/studies/{ct.study}/series"
         first = await client.get(url, params={"Modality": "CT"})
         assert first.status_code == 200

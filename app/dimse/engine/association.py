@@ -228,14 +228,15 @@ class Association:
                       connect_timeout: float, acse_timeout: float, use_quickack: bool,
                       label: str) -> Association:
         """Connect and negotiate; raises OSError/TimeoutError (unreachable), AssociationRejected
-        or AssociationAborted."""
+        or AssociationAborted. Cancelled at any point, it leaves no connection behind (also
+        when the cancellation lands just after the TCP connection was made)."""
         assoc = cls(label, acse_timeout=acse_timeout, max_receive=request.max_receive,
                     use_quickack=use_quickack)
         assoc.calling_ae, assoc.called_ae = request.calling_ae, request.called_ae
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(connect_timeout):
-            await loop.create_connection(lambda: assoc.reader, host, port)
         try:
+            async with asyncio.timeout(connect_timeout):
+                await loop.create_connection(lambda: assoc.reader, host, port)
             await assoc._negotiate(request)
         except BaseException:
             assoc.abort()

@@ -39,6 +39,7 @@ class AssociationPool:
         self._closing: set[asyncio.Task[None]] = set()
         self.opened = 0
         self.reused = 0
+        self._closed = False
 
     @property
     def idle_count(self) -> int:
@@ -53,6 +54,8 @@ class AssociationPool:
     async def acquire(self, request: AssociationRequest) -> tuple[Association, bool]:
         """An established association for ``request`` and whether it was reused; waits for a
         free slot (the caller bounds the wait)."""
+        if self._closed:
+            raise AssociationError("the association pool is closed (shutting down)")
         await self._slots.acquire()
         self._leased += 1
         try:
@@ -98,7 +101,7 @@ class AssociationPool:
         request = assoc.requested or request
         self._leased -= 1
         self._slots.release()
-        if (reusable and self._idle_timeout > 0 and self._max_idle > 0
+        if (reusable and self._idle_timeout > 0 and self._max_idle > 0 and not self._closed
                 and assoc.is_established):
             expiry = asyncio.get_running_loop().call_later(
                 self._idle_timeout, self._expire, request, assoc)
@@ -167,7 +170,9 @@ class AssociationPool:
             assoc.abort("not reusable")
 
     async def close(self) -> None:
-        """Release every idle association and wait (briefly) for releases in progress."""
+        """Release every idle association and wait (briefly) for releases in progress; an
+        association still leased is closed when it is given back."""
+        self._closed = True
         for entries in list(self._idle.values()):
             for assoc, expiry in entries:
                 expiry.cancel()

@@ -36,6 +36,16 @@ _RUNNING: set[asyncio.Task[None]] = set()
 its end (C-CANCEL, drain, return the association) and must not be garbage-collected."""
 
 
+async def settle_operations(timeout: float) -> None:
+    """Wait (at most ``timeout``) for operation tasks still running, e.g. those cancelled at
+    shutdown, so that each closes its association before the event loop stops."""
+    running = {t for t in _RUNNING if not t.done()}
+    if running:
+        await asyncio.wait(running, timeout=timeout)
+        for _ in range(2):  # let the transports they closed run their close callbacks
+            await asyncio.sleep(0)
+
+
 class Sink(Generic[T]):
     """The operation's side: ``emit`` waits while the queue is full; Cancelled once the
     consumer has stopped wanting items."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.dimse.engine.association import (
     AcceptedContext,
+    AssociationError,
     AssociationRequest,
     ContextProposal,
     State,
@@ -152,3 +153,20 @@ async def test_an_association_whose_negotiation_covers_a_request_carries_it() ->
     assert not reused and needs is not partly
     pool.give_back(needs, needs.requested, reusable=False)
     await pool.close()
+
+
+async def test_a_closed_pool_parks_nothing_and_opens_nothing() -> None:
+    """At shutdown: what is still leased is closed when given back, and no new association is
+    opened."""
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, max_idle=1)
+    leased, _ = await pool.acquire(FIND)
+    await pool.close()
+    pool.give_back(leased, FIND, reusable=True)
+    await asyncio.sleep(0)
+    assert pool.idle_count == 0 and leased.released
+    try:
+        await pool.acquire(FIND)
+    except AssociationError:
+        pass
+    else:
+        raise AssertionError("a closed pool opened an association")
