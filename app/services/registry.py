@@ -15,6 +15,7 @@ from app.dicomweb.refs import SeriesRef
 from app.dimse.client import DimseClients
 from app.errors import GatewayError
 from app.metrics import Metrics
+from app.services.capabilities import PeerCapabilities
 from app.services.move_relay import MoveRelay
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
@@ -57,10 +58,13 @@ class Services:
             if p.move_fallback and not settings.storage_scp_wanted:
                 log.warning("PACS %s: move_fallback is ignored while the storage SCP is off "
                             "(storage_scp_enabled = false)", p.name)
+        self.capabilities = {p.name: PeerCapabilities(p, metrics) for p in settings.pacs}
         self._wado = {
             p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
                                                 settings.ae_title,
-                                                p.move_fallback and settings.storage_scp_wanted),
+                                                p.move_fallback and settings.storage_scp_wanted,
+                                                storage_scp=settings.storage_scp_wanted,
+                                                capabilities=self.capabilities[p.name]),
                                 metrics,
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
