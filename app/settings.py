@@ -85,6 +85,8 @@ class PacsPeer(BaseModel):
     query_character_set: str = "ISO_IR 192"
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
+    capped_find_max_queries: Annotated[int, Field(ge=0)] = 256
+    capped_find_max_depth: Annotated[int, Field(ge=1, le=64)] = 40
     compute_missing_counts: bool = True
     max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
     association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0

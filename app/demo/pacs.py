@@ -191,6 +191,7 @@ class DemoPacs:
         relational_queries: bool = False,
         omit_sop_class: bool = False,
         refuse_get: int | Literal["context"] | None = None,
+        find_limit: int = 0,
     ) -> None:
         """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
         C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests.
@@ -201,7 +202,10 @@ class DemoPacs:
         (like dcmqrscp), so a C-GET client must guess the storage classes to propose.
         ``refuse_get`` imitates a PACS without C-GET: ``"context"`` rejects the Q/R GET
         presentation contexts at association time (as dcmqrscp ``--disable-get`` does); a
-        status (e.g. 0xA702 or 0xC000) answers every C-GET with it before any sub-operation."""
+        status (e.g. 0xA702 or 0xC000) answers every C-GET with it before any sub-operation.
+        ``find_limit`` (> 0) caps C-FIND answers like Orthanc's ``LimitFindResults``: past that
+        many matches the C-FIND ends with Cancel (FE00) although nobody asked."""
+        self._find_limit = max(0, find_limit)
         self._refuse_get = refuse_get
         self._relational_queries = relational_queries
         self._omit_sop_class = omit_sop_class
@@ -375,9 +379,9 @@ class DemoPacs:
             yield _FIND_UNABLE_TO_PROCESS, None
             return
         try:
-            for entity in matches:
+            for index, entity in enumerate(matches):
                 self._pause()
-                if self._cancels.is_cancelled(event):
+                if self._cancels.is_cancelled(event) or 0 < self._find_limit <= index:
                     yield _CANCEL, None
                     return
                 yield _PENDING, answer(entity, identifier, level)
