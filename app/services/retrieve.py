@@ -339,8 +339,12 @@ class RetrieveService:
                 delivered = True
                 yield instance
         except GatewayError as exc:
-            if delivered or refusal.certain or isinstance(exc, NotFound):
+            if delivered or isinstance(exc, NotFound):
                 raise
+            if refusal.certain:  # the C-MOVE's own error, saying why it was tried
+                raise type(exc)(f"PACS {self._peer.name} refuses C-GET ({refusal.reason}); the "
+                                f"C-MOVE instead failed: {exc.message}", detail=exc.detail,
+                                dimse_status=exc.dimse_status) from exc
             first = refusal.error
             raise type(first)(f"{first.message}; a C-MOVE instead failed too: {exc.message}",
                               detail=f"{first.detail}; C-MOVE: {exc.detail}",
@@ -368,7 +372,9 @@ class RetrieveService:
         """One retrieval of ``ref`` by C-MOVE or C-GET (see ``received``); a C-GET of an
         "auto" PACS refused before any instance raises GetRefused instead of its error."""
         if move and not self._storage_scp:
-            raise self._storage_scp_off(self._capabilities.get_refusal_reason)
+            raise self._storage_scp_off(
+                None if self._peer.retrieve_method == "move" else
+                self._capabilities.get_refusal_reason or "it was found to refuse C-GET")
         auto = not move and self._peer.retrieve_method == "auto"
         summary = None
         if not move and isinstance(ref, (SeriesRef, StudyRef)):

@@ -219,6 +219,20 @@ async def test_a_refusing_status_is_not_learned_when_c_move_fails_too(
     assert refusal_warnings(caplog) == []
 
 
+async def test_rejected_context_and_failing_c_move_report_both(
+    make_pacs: Any, series: list[Dataset]
+) -> None:
+    """No GET context, and the PACS does not know the gateway as a C-MOVE destination."""
+    pacs, port = make_pacs("context", destination=False)
+    async with open_gateway(settings_for(pacs, port)) as client:
+        response = await client.get(series_path(series))
+    assert response.status_code == 502, response.text[:300]
+    comment = response.json()["00000902"]["Value"][0]
+    assert "PACS demo refuses C-GET" in comment
+    assert "C-MOVE instead failed" in comment and "0xA801" in comment
+    assert response.json()["00000900"]["Value"] == [0xA801]
+
+
 @pytest.mark.parametrize("ttl", [3600.0, 0.3], ids=["remembered", "asked-again"])
 async def test_relational_support_is_asked_again_after_capability_ttl(
     series: list[Dataset], ttl: float
