@@ -118,6 +118,15 @@ class Services:
             self._prefetch_tasks.add(task)
             task.add_done_callback(self._prefetch_tasks.discard)
 
+    def retrieve_operation(self, name: str | None = None) -> str:
+        """How a peer is retrieved from now: "C-MOVE" for retrieve_method "move", and for
+        "auto" while the PACS is known to refuse C-GET; "C-GET" otherwise."""
+        peer = self.settings.peer(name)
+        if peer.retrieve_method == "move" or (
+                peer.retrieve_method == "auto" and self.capabilities[peer.name].get_refused):
+            return "C-MOVE"
+        return "C-GET"
+
     async def echo(self, name: str | None = None) -> float:
         """C-ECHO a peer; round-trip seconds, or a GatewayError."""
         return await self._dimse.get(name).echo()

@@ -125,7 +125,9 @@ async def test_a_pacs_refusing_c_get_is_retrieved_by_c_move_learned_once(
     wanted = {str(ds.SOPInstanceUID) for ds in series}
     with caplog.at_level(logging.INFO):
         async with open_gateway(settings_for(pacs, port)) as client:
+            assert (await client.get("/readyz")).json()["pacs"]["demo"]["retrieve"] == "C-GET"
             assert received_uids(await client.get(series_path(series))) == wanted
+            assert (await client.get("/readyz")).json()["pacs"]["demo"]["retrieve"] == "C-MOVE"
             assert received_uids(await client.get(series_path(series))) == wanted
             gets = await metric(client, "dimse_retrievals_total", operation="C-GET")
             moves = await metric(client, "dimse_retrievals_total", operation="C-MOVE")
