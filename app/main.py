@@ -16,6 +16,8 @@ from fastapi.routing import APIRoute
 from app import __version__
 from app.api import admin, health, qido, rendered, wado, wado_uri
 from app.api.baseurl import TrustedHostMiddleware
+from app.api.capabilities import capabilities_router
+from app.api.compression import CompressionMiddleware
 from app.api.params import (
     ERROR_SCHEMA,
     ERROR_SCHEMA_NAME,
@@ -89,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_cut_short_filter()
+    if settings.compress_responses:
+        # Innermost of the middlewares: DICOM JSON/XML bodies leave gzip- or br-encoded.
+        app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -104,7 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())
-    for router in (qido.router, wado.router, rendered.router, wado_uri.router):
+    dicomweb_routers = (qido.router, wado.router, rendered.router, wado_uri.router)
+    served = [r for router in dicomweb_routers for r in router.routes if isinstance(r, APIRoute)]
+    # OPTIONS on the service root and on each resource: the Capabilities Description (PS3.18
+    # 8.9), described from the very routes mounted here.
+    for router in (*dicomweb_routers, capabilities_router(served, settings)):
         app.include_router(router, prefix=settings.dicomweb_prefix,
                            generate_unique_id_function=operation_id())
         app.include_router(router, prefix="/pacs/{pacs}" + settings.dicomweb_prefix,

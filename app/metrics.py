@@ -19,6 +19,7 @@ HELP: dict[str, str] = {
     "qido_capped_subqueries_total": "StudyDate/StudyTime sub-queries completing capped C-FINDs",
     "qido_capped_incomplete_total": "capped C-FINDs left incomplete by the sub-query bounds",
     "dimse_capability_learned_total": "capabilities learned about a PACS (e.g. C-GET refused)",
+    "cache_prefetches_total": "series prefetches started, by what triggered them",
 }
 
 

@@ -89,7 +89,8 @@ class PacsPeer(BaseModel):
     capped_find_max_depth: Annotated[int, Field(ge=1, le=64)] = 40
     compute_missing_counts: bool = True
     max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
-    association_idle_timeout: Annotated[float, Field(ge=0)] = 20.0
+    association_idle_timeout: Annotated[float, Field(ge=0)] = 5.0
+    max_idle_associations: Annotated[int, Field(ge=0, le=64)] = 1
     move_source_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("move_source_hosts")
@@ -148,6 +149,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     readyz_details: bool = False
     prefetch_on_search: bool = False
+    prefetch_on_series_query: bool = True
+    prefetch_study_max_series: Annotated[int, Field(ge=0, le=1000)] = 16
+    prefetch_study_max_instances: Annotated[int, Field(ge=0)] = 5000
+    compress_responses: bool = True
+    compress_min_bytes: Annotated[int, Field(ge=0)] = 1024
     cors_allow_origins: list[str] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

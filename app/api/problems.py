@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from app.api.streaming import ResponseCutShort
 from app.errors import GatewayError
@@ -52,10 +53,28 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return problem(400, f"invalid request: {where}: {first.get('msg', 'invalid value')}")
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path, for the Allow header of a 405 (RFC 9110
+    15.5.6): the router's own 405 names only the first matching route's methods, and OPTIONS
+    (the Capabilities transaction) is a route of its own."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return problem(exc.status_code, message, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem(exc.status_code, message, headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

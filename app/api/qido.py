@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydicom.dataset import Dataset
 from starlette.responses import Response
 
 from app.api.baseurl import request_origin
@@ -109,6 +110,10 @@ async def _search(
     if level == QueryLevel.STUDY and result.datasets:
         services.prefetch_studies(name, [str(ds.StudyInstanceUID) for ds in result.datasets
                                          if "StudyInstanceUID" in ds])
+    if level == QueryLevel.SERIES and study is not None and result.datasets:
+        services.prefetch_series(name, study, [
+            (str(ds.SeriesInstanceUID), _count(ds, "NumberOfSeriesRelatedInstances"))
+            for ds in result.datasets if "SeriesInstanceUID" in ds])
     warnings = list(result.warnings)
     if query.fuzzy:
         warnings.append(FUZZY_WARNING)
@@ -134,6 +139,15 @@ async def _search(
     for key, value in headers:
         response.headers.append(key, value)
     return response
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    """An integer attribute of a search result, None when absent or not a number."""
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 @router.get("/studies", responses=SEARCH_RESPONSES, summary="Search for studies")

@@ -115,6 +115,12 @@ def _single(request: Request, name: str) -> str | None:
     return values[0] if values else None
 
 
+#: The query parameters rendered resources read (PS3.18 Table 8.3.5-1), and thumbnails; listed
+#: in the Capabilities Description (app.api.capabilities).
+RENDERED_QUERY_PARAMETERS = ("accept", "annotation", "quality", "viewport", "window", "iccprofile")
+THUMBNAIL_QUERY_PARAMETERS = ("accept", "viewport")
+
+
 def rendering_parameters(request: Request, media_type: str, *, thumbnail: bool = False
                          ) -> tuple[RenderParams, list[str]]:
     """RenderParams from the query (PS3.18 Table 8.3.5-1) and the Warning texts to send.

@@ -22,6 +22,8 @@ from starlette.types import Receive, Scope, Send
 from app.errors import GatewayError
 
 log = logging.getLogger(__name__)
+SMALL_CHUNK = 64 * 1024  # chunks below this are joined with their neighbours (a cheap copy)
+HELD_TRAILER = 16  # a part's last chunk up to this size goes out with what follows it
 
 class ResponseCutShort(Exception):  # noqa: N818 - it is an outcome, not an error of the gateway
     """Raised out of the app once a response has been cut short and logged: the server then
@@ -45,9 +47,13 @@ def install_cut_short_filter() -> None:
 
 
 class TruncatableStreamingResponse(StreamingResponse):
-    """A StreamingResponse of parts; an error after the first part ends it short (see module)."""
+    """A StreamingResponse of parts; an error after the first part ends it short (see module).
 
-    def __init__(self, parts: AsyncGenerator[list[bytes], None], closing: bytes, *, what: str,
+    ``closing`` ends a complete body: the closing multipart delimiter, a JSON ``]``, or a
+    callable giving it once every part is out (a ZIP archive's central directory)."""
+
+    def __init__(self, parts: AsyncGenerator[list[bytes], None],
+                 closing: bytes | Callable[[], bytes], *, what: str,
                  pacs: str, media_type: str, headers: dict[str, str] | None = None) -> None:
         self._parts = parts
         self._closing = closing
@@ -57,12 +63,29 @@ class TruncatableStreamingResponse(StreamingResponse):
         super().__init__(self._body(), media_type=media_type, headers=headers)
 
     async def _body(self) -> AsyncIterable[bytes]:
+        """The parts' chunks with small neighbours joined, so that a part costs the server one
+        write per large chunk plus one for the small ones around it (each write wakes the
+        client): a part's short trailer waits to go out with the next part's header."""
+        held = b""
         async with aclosing(self._parts):
             async for chunks in self._parts:
+                pending, held = [held], b""
+                if chunks and len(chunks[-1]) <= HELD_TRAILER:
+                    *chunks, held = chunks
                 for chunk in chunks:
+                    if len(chunk) < SMALL_CHUNK:
+                        pending.append(chunk)
+                        continue
+                    if any(pending):
+                        yield b"".join(pending)
+                        pending = []
                     yield chunk
+                if any(pending):
+                    yield b"".join(pending)
                 self.parts_sent += 1
-        yield self._closing
+        # A callable closing is made only now, after the last part (a ZIP's central directory).
+        closing = self._closing() if callable(self._closing) else self._closing
+        yield held + closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False

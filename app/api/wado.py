@@ -39,6 +39,7 @@ from app.dicomweb.mediatypes import (
     DICOM,
     DICOM_XML,
     METADATA_OFFERS,
+    ZIP,
     Negotiated,
     Offer,
     accept_ranges,
@@ -46,6 +47,7 @@ from app.dicomweb.mediatypes import (
     instance_offers,
     negotiate,
     parse_accept,
+    zip_offers,
 )
 from app.dicomweb.multipart import (
     closing_delimiter,
@@ -55,7 +57,7 @@ from app.dicomweb.multipart import (
     part_trailer,
 )
 from app.dicomweb.pixels import Frame
-from app.dicomweb.refs import InstanceRef, instance_ref, series_ref, study_ref
+from app.dicomweb.refs import InstanceRef, SeriesRef, instance_ref, series_ref, study_ref
 from app.dicomweb.transfer_syntax import (
     ALL_KNOWN,
     FRAME_MEDIA_TYPE,
@@ -65,6 +67,7 @@ from app.dicomweb.transfer_syntax import (
     encodable,
 )
 from app.dicomweb.urls import instance_url
+from app.dicomweb.ziparchive import ZipStream
 from app.errors import BadRequest, GatewayError, NotAcceptable
 from app.services.registry import Services
 from app.services.retrieve import Ref
@@ -88,6 +91,16 @@ RETRIEVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: "The PACS is unreachable or busy (Retry-After)",
     504: "The PACS did not answer in time",
     }),
+}
+
+
+#: The study, series and instance resources: multipart/related, or a ZIP archive.
+INSTANCE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **RETRIEVE_RESPONSES,
+    200: {"description": "The instances, streamed as they arrive: multipart/related "
+                         "application/dicom, or (Accept: application/zip) one ZIP archive of "
+                         "Part-10 files, with Content-Disposition: attachment",
+          "content": {"multipart/related": {}, "application/zip": {}}},
 }
 
 
@@ -132,7 +145,8 @@ async def _peek(items: AsyncIterator[object]) -> object:
 
 
 def _stream(pacs: str, first: object, rest: AsyncIterator[object],
-            render: Callable[[object], list[bytes]], closing: bytes, media_type: str, what: str,
+            render: Callable[[object], list[bytes]], closing: bytes | Callable[[], bytes],
+            media_type: str, what: str,
             headers: dict[str, str] | None = None) -> StreamingResponse:
     """A streaming response writing ``first`` then ``rest`` through ``render``; a failure after
     the headers ends it without ``closing``, logged once (app.api.streaming)."""
@@ -169,11 +183,21 @@ def _representation(chosen: Negotiated) -> str:
 # -- instances ---------------------------------------------------------------------------------
 
 
+def instance_representations() -> tuple[Offer, ...]:
+    """Every representation of the study, series and instance resources: multipart/related
+    application/dicom first (the default), then a ZIP archive (Supplement 211), each in every
+    syntax the gateway can produce."""
+    syntaxes = requestable_syntaxes()
+    return instance_offers(syntaxes) + zip_offers(syntaxes)
+
+
 def _syntax_preferences(request: Request, chosen: Negotiated) -> list[str | None]:
-    """Every acceptable syntax for application/dicom parts, best first: the choice is made per
-    part (PS3.18 8.7.8), so an instance that cannot be had in the first falls back to the next.
-    None stands for the default (Explicit VR LE), ``*`` for as stored."""
-    offers = instance_offers(requestable_syntaxes())
+    """Every acceptable syntax for the chosen container's application/dicom parts (or ZIP
+    members), best first: the choice is made per part (PS3.18 8.7.8), so an instance that
+    cannot be had in the first falls back to the next. None stands for the default (Explicit
+    VR LE), ``*`` for as stored."""
+    container = chosen.offer.media_type
+    offers = [o for o in instance_representations() if o.media_type == container]
     accept_values = request.query_params.getlist("accept")
     header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
     preferences: list[str | None] = [_wanted_syntax(chosen)]
@@ -187,9 +211,40 @@ def _syntax_preferences(request: Request, chosen: Negotiated) -> list[str | None
     return preferences
 
 
+def zip_member_name(item: WireInstance) -> str:
+    """``{SeriesInstanceUID}/{SOPInstanceUID}.dcm``: UIDs are digits and dots (checked on the
+    way in), so every name is safe to unpack anywhere; ``.dcm`` is the extension Supplement 211
+    gives Part-10 members."""
+    return f"{item.series_uid or 'series'}/{item.sop_instance_uid}.dcm"
+
+
+def _download_name(ref: Ref) -> str:
+    """The file name offered to a browser: the resource's level and UID."""
+    if isinstance(ref, InstanceRef):
+        return f"instance-{ref.sop_instance_uid}.zip"
+    if isinstance(ref, SeriesRef):
+        return f"series-{ref.series_uid}.zip"
+    return f"study-{ref.study_uid}.zip"
+
+
+def _zip_stream(name: str, ref: Ref, first: object, instances: AsyncIterator[object],
+                headers: dict[str, str]) -> StreamingResponse:
+    """The instances as one ZIP archive, each member written as its instance arrives; the
+    central directory closes it, so a retrieval cut short leaves a visibly broken archive."""
+    archive = ZipStream()
+
+    def render(item: object) -> list[bytes]:
+        assert isinstance(item, WireInstance)
+        return [archive.add(zip_member_name(item), item.data)]
+
+    disposition = {"Content-Disposition": f'attachment; filename="{_download_name(ref)}"'}
+    return _stream(name, first, instances, render, archive.finish, ZIP,
+                   f"ZIP retrieval of {ref}", {**headers, **disposition})
+
+
 async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
     name = peer_name(request, services)
-    chosen = _negotiate(request, services, instance_offers(requestable_syntaxes()))
+    chosen = _negotiate(request, services, instance_representations())
     wanted = _syntax_preferences(request, chosen)
     headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
     if unchanged is not None:
@@ -197,6 +252,8 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
     base = service_base_url(request, services)
     instances = services.retrieve(name).instances(ref, wanted)
     first = await _peek(instances)
+    if chosen.offer.media_type == ZIP:
+        return _zip_stream(name, ref, first, instances, headers)
     boundary = new_boundary()
 
     def render(item: object) -> list[bytes]:
@@ -213,13 +270,14 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
                    multipart_content_type(DICOM, boundary), f"retrieval of {ref}", headers)
 
 
-@router.get("/studies/{study}", responses=RETRIEVE_RESPONSES, summary="Retrieve a study")
+@router.get("/studies/{study}", responses=INSTANCE_RESPONSES, summary="Retrieve a study")
 async def retrieve_study(request: Request, services: ServicesDep, study: StudyUID) -> Response:
-    """Study instances as multipart/related application/dicom (PS3.18 10.4.1.1.1)."""
+    """Study instances as multipart/related application/dicom (PS3.18 10.4.1.1.1), or as one
+    ZIP archive of Part-10 files with ``Accept: application/zip`` (Supplement 211)."""
     return await _retrieve(request, services, study_ref(study))
 
 
-@router.get("/studies/{study}/series/{series}", responses=RETRIEVE_RESPONSES,
+@router.get("/studies/{study}/series/{series}", responses=INSTANCE_RESPONSES,
             summary="Retrieve a series")
 async def retrieve_series(request: Request, services: ServicesDep, study: StudyUID,
                           series: SeriesUID) -> Response:
@@ -228,7 +286,7 @@ async def retrieve_series(request: Request, services: ServicesDep, study: StudyU
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}",
-            responses=RETRIEVE_RESPONSES, summary="Retrieve an instance")
+            responses=INSTANCE_RESPONSES, summary="Retrieve an instance")
 async def retrieve_instance(request: Request, services: ServicesDep, study: StudyUID,
                             series: SeriesUID, instance: InstanceUID) -> Response:
     """One instance (retrieved at IMAGE level)."""

@@ -33,6 +33,16 @@ class CacheBackend(ABC):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Store ``value``; False when the backend declined it (e.g. over the size cap)."""
 
+    async def write_batch(self, values: Sequence[tuple[str, bytes, float | None]],
+                          events: Sequence[tuple[str, str, float]]) -> list[bool]:
+        """Store several values (key, value, ttl), then append events (log key, event, ttl),
+        in that order: whoever reads an event finds the values written before it. Whether
+        each value was stored, as ``set`` says. Backends batch it into one round trip."""
+        stored = [await self.set(key, value, ttl) for key, value, ttl in values]
+        for key, event, ttl in events:
+            await self.append_event(key, event, ttl)
+        return stored
+
     @abstractmethod
     async def delete(self, *keys: str) -> int:
         """Remove keys; the number removed."""

@@ -110,6 +110,10 @@ class ResilientBackend(CacheBackend):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return await self._run(lambda b: b.set(key, value, ttl))
 
+    async def write_batch(self, values: Sequence[tuple[str, bytes, float | None]],
+                          events: Sequence[tuple[str, str, float]]) -> list[bool]:
+        return await self._run(lambda b: b.write_batch(values, events))
+
     async def delete(self, *keys: str) -> int:
         return await self._run(lambda b: b.delete(*keys))
 

@@ -5,6 +5,10 @@ The holder appends ``i:<sop>`` as each instance enters the cache, then ``d`` (do
 ``f:<http>:<dimse>:<message>`` (failed), and only then releases the lock. A follower that sees no
 progress checks the lock: if it expired (the holder crashed) and the work is not complete, it
 takes the lock itself and becomes the holder, so nobody is blocked past the lock's expiry.
+
+Followers in the holder's own process read a local copy of the log instead, fed as soon as the
+fill has something for them (an instance it hands over in memory may be announced here before
+it is written to a shared cache; the shared log announces it once it is there).
 """
 
 from __future__ import annotations
@@ -52,20 +56,63 @@ class FillEvent:
 Fill = Callable[["FillContext"], Awaitable[None]]
 
 
+class LocalLog:
+    """A fill's events for followers in its own process: appended without a round trip."""
+
+    def __init__(self) -> None:
+        self.events: list[FillEvent] = []
+        self._changed = asyncio.Event()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the final event (done or failed) is in."""
+        return bool(self.events) and self.events[-1].kind in ("done", "failed")
+
+    def append(self, event: FillEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[FillEvent]:
+        """Every event, from the first, until the final one."""
+        position = 0
+        while True:
+            while position < len(self.events):
+                event = self.events[position]
+                position += 1
+                yield event
+                if event.kind in ("done", "failed"):
+                    return
+            await self._changed.wait()
+
+
 class FillContext:
     """What a fill uses to report progress; it keeps the lock alive while the fill runs."""
 
     def __init__(self, backend: CacheBackend, lock_key: str, token: str, events_key: str,
-                 lock_ttl: float, event_ttl: float) -> None:
+                 lock_ttl: float, event_ttl: float, local: LocalLog | None = None) -> None:
         self._backend = backend
         self.lock_key = lock_key
         self.token = token
         self.events_key = events_key
         self._lock_ttl = lock_ttl
         self._event_ttl = event_ttl
+        self.local = local if local is not None else LocalLog()
+
+    @property
+    def event_ttl(self) -> float:
+        """How long the shared event log is kept."""
+        return self._event_ttl
 
     async def publish(self, event: FillEvent) -> None:
+        """Tell every follower, local and shared."""
+        self.local.append(event)
         await self._backend.append_event(self.events_key, event.encode(), self._event_ttl)
+
+    def publish_local(self, event: FillEvent) -> None:
+        """Tell the followers in this process only (the shared log is written separately,
+        e.g. in the same batch as the instance it announces)."""
+        self.local.append(event)
 
     async def keep_alive(self) -> None:
         """Renew the lock until cancelled (runs beside the fill)."""
@@ -86,6 +133,7 @@ class SingleFlight:
         self._lock_ttl = lock_ttl
         self._event_ttl = event_ttl
         self._tasks: set[asyncio.Task[None]] = set()
+        self._local: dict[str, LocalLog] = {}  # events key -> log of a fill running here
 
     @property
     def running(self) -> int:
@@ -117,6 +165,11 @@ class SingleFlight:
                 self._start(FillContext(self._backend, lock_key, token, events_key(token),
                                         self._lock_ttl, self._event_ttl), fill)
             key = events_key(token)
+            local = self._local.get(key)
+            if local is not None:  # the fill runs in this process: no round trips
+                async for event in local.follow():
+                    yield event
+                return
             position = 0
             while True:
                 events = await self._backend.wait_events(key, position, self._lock_ttl / 3)
@@ -136,6 +189,8 @@ class SingleFlight:
                         return
 
     def _start(self, ctx: FillContext, fill: Fill) -> None:
+        self._local[ctx.events_key] = ctx.local
+
         async def run() -> None:
             keeper = asyncio.create_task(ctx.keep_alive())
             try:
@@ -149,6 +204,10 @@ class SingleFlight:
                 keeper.cancel()
                 with contextlib.suppress(Exception):
                     await self._backend.release_lock(ctx.lock_key, ctx.token)
+                if not ctx.local.ended:  # cancelled: local followers must not wait forever
+                    ctx.local.append(FillEvent("failed", http_status=503,
+                                               message="the retrieval was stopped"))
+                self._local.pop(ctx.events_key, None)
 
         task = asyncio.get_running_loop().create_task(run(), name=f"fill {ctx.lock_key}")
         self._tasks.add(task)

@@ -153,6 +153,16 @@ class GatewayCache:
         return await self.backend.set(self.keys.instance(series, item.sop_instance_uid),
                                       item.data, self._ttl)
 
+    async def put_instances(self, series: str, items: list[CachedInstance],
+                            events: list[tuple[str, str, float]]) -> list[bool]:
+        """Store several instances as ``put_instance`` does, then append ``events`` (log key,
+        text, ttl), in one batch; whether each instance was stored."""
+        fits = [part10_meta(i.data) == (i.sop_class_uid, i.transfer_syntax) for i in items]
+        values = [(self.keys.instance(series, i.sop_instance_uid), i.data, self._ttl)
+                  for i, ok in zip(items, fits, strict=True) if ok]
+        stored = iter(await self.backend.write_batch(values, events))
+        return [ok and next(stored) for ok in fits]
+
     async def get_instance(self, series: str, sop: str) -> CachedInstance | None:
         blob = await self.backend.get(self.keys.instance(series, sop))
         if blob is None:

@@ -291,6 +291,18 @@ def instance_offers(syntaxes: Sequence[str]) -> tuple[Offer, ...]:
     return tuple(Offer(MULTIPART_RELATED, DICOM, ts) for ts in ordered)
 
 
+ZIP = "application/zip"
+
+
+def zip_offers(syntaxes: Sequence[str]) -> tuple[Offer, ...]:
+    """WADO-RS instances as one ZIP archive of Part-10 files (Supplement 211), in each syntax
+    the gateway can produce, Explicit VR Little Endian first as for multipart. The part type is
+    application/dicom: a ``type`` parameter naming anything else (metadata in a ZIP) does not
+    match, and neither does a ``transfer-syntax`` the gateway cannot produce."""
+    ordered = [EXPLICIT_VR_LE] + [ts for ts in syntaxes if ts != EXPLICIT_VR_LE]
+    return tuple(Offer(ZIP, DICOM, ts) for ts in ordered)
+
+
 def frame_offers(frame_media: Mapping[str, str]) -> tuple[Offer, ...]:
     """WADO-RS frame and bulk-data representations: uncompressed octet-stream first, then each
     compressed syntax as its own image media type (PS3.18 Table 8.7.3-5)."""

@@ -24,6 +24,7 @@ from app.settings import PacsPeer, Settings
 
 log = logging.getLogger(__name__)
 PREFETCH_MAX_STUDIES = 10
+PREFETCH_SERIES_AT_ONCE = 2
 SEARCH_EVENT_TTL = 60.0
 
 
@@ -36,6 +37,7 @@ class Services:
         self.settings = settings
         self.metrics = metrics
         self._prefetch_slots = asyncio.Semaphore(2)
+        self._series_prefetch_slots = asyncio.Semaphore(PREFETCH_SERIES_AT_ONCE)
         self._prefetch_tasks: set[asyncio.Task[None]] = set()
         self._dimse = dimse
         self.backend = backend if backend is not None else build_backend(
@@ -126,6 +128,39 @@ class Services:
                 peer.retrieve_method == "auto" and self.capabilities[peer.name].get_refused):
             return "C-MOVE"
         return "C-GET"
+
+    def prefetch_series(self, name: str | None, study_uid: str,
+                        series: list[tuple[str, int | None]]) -> None:
+        """Warm the cache with the series a client just listed for a study (the viewer reads
+        them next), in the background, ``PREFETCH_SERIES_AT_ONCE`` at a time, within
+        ``prefetch_study_max_series`` and ``prefetch_study_max_instances`` (series without an
+        instance count count as none; they still count as series). ``series``: (UID, count)
+        in the order listed; each series is filled at most once (single-flight)."""
+        settings = self.settings
+        if not settings.prefetch_on_series_query or self.flights is None:
+            return
+        peer = settings.peer(name).name
+        wado = self._wado[peer]
+        chosen: list[str] = []
+        instances = 0
+        for uid, count in series[:settings.prefetch_study_max_series]:
+            if count is not None and instances + count > settings.prefetch_study_max_instances:
+                continue
+            instances += count or 0
+            chosen.append(uid)
+
+        async def one(uid: str) -> None:
+            async with self._series_prefetch_slots:
+                try:
+                    if await wado.warm(SeriesRef(study_uid, uid)):
+                        self.metrics.inc("cache_prefetches_total", trigger="series_query")
+                except GatewayError as exc:
+                    log.info("prefetch of series %s failed: %s", uid, exc.detail)
+
+        for uid in chosen:
+            task = asyncio.get_running_loop().create_task(one(uid), name=f"prefetch {uid}")
+            self._prefetch_tasks.add(task)
+            task.add_done_callback(self._prefetch_tasks.discard)
 
     async def echo(self, name: str | None = None) -> float:
         """C-ECHO a peer; round-trip seconds, or a GatewayError."""

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from app.cache.singleflight import FillContext, FillEvent, SingleFlight
 from app.cache.store import CachedInstance, GatewayCache, SeriesIndex
+from app.cache.write_behind import WriteBehind
 from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
 from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
 from app.dicomweb.integrity import Malformed, top_level_text, walk_part10
@@ -158,6 +159,7 @@ class WadoService:
         self._handoff: dict[tuple[str, str], ReceivedInstance] = {}
         # Instances a fill of this process just cached: its local readers take them from here.
         self._fresh = FreshInstances()
+        self._writing: set[WriteBehind] = set()  # fills of this process writing to the cache
 
     # -- the source of instances -------------------------------------------------------------
 
@@ -240,13 +242,14 @@ class WadoService:
                 if not sent:
                     raise nothing_found(describe(ref))
 
-    async def warm(self, ref: SeriesRef) -> None:
-        """Fill the cache with a series (prefetch) without reading it back."""
+    async def warm(self, ref: SeriesRef) -> bool:
+        """Fill the cache with a series (prefetch) without reading it back; False when there
+        was nothing to do (no cache, or the series is cached already)."""
         cache, flights = self._cache, self._flights
         if cache is None or flights is None:
-            return
+            return False
         if await cache.complete_series(ref.series_uid) is not None:
-            return
+            return False
 
         async def complete() -> bool:
             return await cache.complete_series(ref.series_uid) is not None
@@ -255,7 +258,8 @@ class WadoService:
                                           lambda token: cache.keys.events(ref.series_uid, token),
                                           functools.partial(self._fill, ref), complete):
             if event.kind in ("done", "failed"):
-                return
+                break
+        return True
 
     async def _read_ahead(self, series: str, sops: list[str]
                           ) -> AsyncIterator[tuple[str, CachedInstance | None]]:
@@ -284,7 +288,7 @@ class WadoService:
         """An instance a fill announced: handed over directly when the fill ran in this
         process, else read from the cache; fetched on its own if the cache could not keep it."""
         assert self._cache is not None
-        fresh = self._fresh.get(ref.series_uid, sop)
+        fresh = self._fresh.get(ref.series_uid, sop) or self._being_written(ref.series_uid, sop)
         if fresh is not None:
             return fresh
         item = await self._cache.get_instance(ref.series_uid, sop)
@@ -296,6 +300,13 @@ class WadoService:
         log.info("instance %s announced but not in the cache (size cap or eviction)", sop)
         return await self._direct_instance(InstanceRef(ref.study_uid, ref.series_uid, sop))
 
+    def _being_written(self, series_uid: str, sop: str) -> ReceivedInstance | None:
+        """An instance a fill of this process has queued for the cache but not yet written."""
+        for writer in self._writing:
+            if writer.series == series_uid and (item := writer.pending(sop)) is not None:
+                return _received(item)
+        return None
+
     async def _direct_instance(self, ref: InstanceRef) -> ReceivedInstance:
         found = [item async for item in self._retrieval.received(ref)]
         for item in found:
@@ -306,7 +317,8 @@ class WadoService:
     async def _cached_instance(self, ref: InstanceRef) -> ReceivedInstance:
         cache, flights = self._cache, self._flights
         assert cache is not None and flights is not None
-        fresh = self._fresh.get(ref.series_uid, ref.sop_instance_uid)
+        fresh = (self._fresh.get(ref.series_uid, ref.sop_instance_uid)
+                 or self._being_written(ref.series_uid, ref.sop_instance_uid))
         if fresh is not None:
             self._metrics.inc("cache_hits_total", kind="instance")
             return fresh
@@ -357,12 +369,18 @@ class WadoService:
         """Retrieve ``ref`` from the PACS into the cache, announcing each verified instance."""
         cache = self._cache
         assert cache is not None
-        written: list[str] = []
         handed: list[tuple[str, str]] = []
         items: list[tuple[str, str, str]] = []
         report: dict[str, int] = {}
         loop = asyncio.get_running_loop()
         by_get = isinstance(ref, SeriesRef) and self._peer.retrieve_method != "move"
+
+        def hand_over(item: CachedInstance) -> None:  # too big to cache: for local followers
+            handed.append((ref.series_uid, item.sop_instance_uid))
+            self._handoff[handed[-1]] = _received(item)
+
+        writer = WriteBehind(cache, ref.series_uid, ctx, on_declined=hand_over)
+        self._writing.add(writer)
         try:
             known = None
             if by_get:
@@ -373,16 +391,12 @@ class WadoService:
                     log.warning("instance %s from PACS %s failed verification; not cached",
                                 item.sop_instance_uid, self._peer.name)
                     continue
-                cached = CachedInstance(item.sop_instance_uid, item.sop_class_uid,
-                                        item.transfer_syntax, item.data)
-                if await cache.put_instance(ref.series_uid, cached):
-                    written.append(item.sop_instance_uid)
-                    self._fresh.put(ref.series_uid, item)
-                else:  # too big to cache: hand it to this process's followers directly
-                    handed.append((ref.series_uid, item.sop_instance_uid))
-                    self._handoff[handed[-1]] = item
+                self._fresh.put(ref.series_uid, item)
                 items.append((item.sop_instance_uid, item.sop_class_uid, item.transfer_syntax))
-                await ctx.publish(FillEvent("instance", sop=item.sop_instance_uid))
+                await writer.add(CachedInstance(item.sop_instance_uid, item.sop_class_uid,
+                                                item.transfer_syntax, item.data))
+            await writer.finish()
+            written = writer.written
             if isinstance(ref, SeriesRef):
                 complete = (report.get("received") == report.get("expected") == len(written)
                             and not report.get("failed"))
@@ -397,13 +411,17 @@ class WadoService:
         except GatewayError as exc:
             if exc.detail != exc.message:  # what the clients will not be told (PACS address)
                 log.warning("cache fill of %s failed: %s", describe(ref), exc.detail)
-            if written:  # a failed retrieval leaves no partial entry behind
-                self._fresh.forget(ref.series_uid, written)
+            writer.stop()
+            await writer.settle()
+            if writer.written:  # a failed retrieval leaves no partial entry behind
+                self._fresh.forget(ref.series_uid, writer.written)
                 await cache.backend.delete(
-                    *[cache.keys.instance(ref.series_uid, s) for s in written])
+                    *[cache.keys.instance(ref.series_uid, s) for s in writer.written])
             await ctx.publish(FillEvent("failed", http_status=exc.http_status,
                                         dimse_status=exc.dimse_status, message=exc.message))
         finally:
+            writer.stop()
+            self._writing.discard(writer)
             for key in handed:  # followers have had the fill's events; keep briefly for laggards
                 loop.call_later(HANDOFF_GRACE_S, self._handoff.pop, key, None)
 

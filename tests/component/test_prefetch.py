@@ -63,3 +63,73 @@ def _first_series(samples: list[Dataset], study: str) -> str:
     series = sorted({(int(d.SeriesNumber), str(d.SeriesInstanceUID)) for d in samples
                      if str(d.StudyInstanceUID) == study})
     return series[0][1]
+
+
+def _study_with_most_series(samples: list[Dataset]) -> tuple[str, list[str]]:
+    """The sample study with the most series, and its series in the PACS's order."""
+    by_study: dict[str, set[tuple[int, str]]] = {}
+    for d in samples:
+        by_study.setdefault(str(d.StudyInstanceUID), set()).add(
+            (int(d.SeriesNumber), str(d.SeriesInstanceUID)))
+    study = max(by_study, key=lambda s: len(by_study[s]))
+    return study, [uid for _, uid in sorted(by_study[study])]
+
+
+async def test_series_query_prefetches_the_study(gateway: GatewayFactory,
+                                                 samples: list[Dataset]) -> None:
+    """``/studies/{s}/series`` (what a viewer asks before each series' metadata) starts filling
+    the listed series; once done, the metadata and instances of every series cost the PACS
+    nothing, and a second listing starts no second fill."""
+    pacs = DemoPacs(samples, ae_title="DEMO_PACS")
+    pacs.start("127.0.0.1", 0)
+    try:
+        study, series = _study_with_most_series(samples)
+        assert len(series) >= 2
+        async with gateway(gateway_settings(peer_config(pacs.port))) as client:
+            listed = await client.get(f"/dicomweb/studies/{study}/series")
+            assert listed.status_code == 200
+            assert await _until(lambda: pacs.operation_counts["C-GET"] >= len(series))
+            metrics = ""
+            for _ in range(100):  # until every prefetch has finished
+                metrics = (await client.get("/metrics")).text
+                if "cache_fills_in_progress 0" in metrics:
+                    break
+                await asyncio.sleep(0.05)
+            assert f'cache_prefetches_total{{trigger="series_query"}} {len(series)}\n' in metrics
+            gets, finds = pacs.operation_counts["C-GET"], pacs.operation_counts["C-FIND"]
+            assert gets == len(series)  # one C-GET per series, no more
+            for uid in series:
+                metadata = await client.get(f"/dicomweb/studies/{study}/series/{uid}/metadata")
+                assert metadata.status_code == 200 and metadata.json()
+            again = await client.get(f"/dicomweb/studies/{study}/series")
+            assert again.status_code == 200
+            await asyncio.sleep(0.3)
+            assert pacs.operation_counts["C-GET"] == gets
+            # the second listing is one search; its prefetch finds every series cached
+            assert pacs.operation_counts["C-FIND"] <= finds + 1
+    finally:
+        pacs.stop()
+
+
+async def test_series_query_prefetch_is_bounded_and_can_be_off(gateway: GatewayFactory,
+                                                               samples: list[Dataset]) -> None:
+    pacs = DemoPacs(samples, ae_title="DEMO_PACS")
+    pacs.start("127.0.0.1", 0)
+    try:
+        study, series = _study_with_most_series(samples)
+        one = gateway_settings(peer_config(pacs.port), prefetch_study_max_series=1)
+        async with gateway(one) as client:
+            assert (await client.get(f"/dicomweb/studies/{study}/series")).status_code == 200
+            assert await _until(lambda: pacs.operation_counts["C-GET"] >= 1)
+            await asyncio.sleep(0.5)
+            assert pacs.operation_counts["C-GET"] == 1
+        pacs.reset_operation_counts()
+        no_instances = gateway_settings(peer_config(pacs.port), prefetch_study_max_instances=0)
+        off = gateway_settings(peer_config(pacs.port), prefetch_on_series_query=False)
+        for settings in (no_instances, off):
+            async with gateway(settings) as client:
+                assert (await client.get(f"/dicomweb/studies/{study}/series")).status_code == 200
+                await asyncio.sleep(0.5)
+                assert pacs.operation_counts["C-GET"] == 0
+    finally:
+        pacs.stop()

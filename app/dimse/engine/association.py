@@ -118,6 +118,17 @@ class AssociationRequest:
     extended: tuple[tuple[str, bytes], ...] = ()
     max_receive: int = 0
 
+    def covers(self, other: AssociationRequest) -> bool:
+        """Whether an association negotiated for this request can carry ``other``'s operations:
+        the same AE titles and PDU size, and every context, SCP role and extended item that
+        ``other`` proposes proposed here too (whether the PACS accepted them is checked on the
+        association)."""
+        return (self.calling_ae == other.calling_ae and self.called_ae == other.called_ae
+                and self.max_receive == other.max_receive
+                and set(other.contexts) <= set(self.contexts)
+                and set(other.scp_roles) <= set(self.scp_roles)
+                and set(other.extended) <= set(self.extended))
+
     def primitive(self) -> A_ASSOCIATE:
         """The A-ASSOCIATE request primitive for pynetdicom's PDU encoder."""
         primitive = A_ASSOCIATE()
@@ -442,6 +453,11 @@ class Association:
         """AA-6/AA-7: awaiting close, anything but A-ABORT is ignored."""
 
     # -- operations' interface ------------------------------------------------------------------
+    @property
+    def requested(self) -> AssociationRequest | None:
+        """What this side proposed when it requested the association (None as acceptor)."""
+        return self._requested
+
     @property
     def is_established(self) -> bool:
         """Whether new operations may use this association."""

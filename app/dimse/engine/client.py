@@ -79,7 +79,8 @@ class AsyncPeerClient:
         self._max_receive = max_receive
         self._use_quickack = use_quickack
         self.pool = AssociationPool(self._open, limit=peer.max_associations,
-                                    idle_timeout=peer.association_idle_timeout)
+                                    idle_timeout=peer.association_idle_timeout,
+                                    max_idle=peer.max_idle_associations)
         self._relational: bool | None = None
         self._relational_until = 0.0  # monotonic time after which it is asked again
         self._where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
@@ -199,9 +200,13 @@ class AsyncPeerClient:
             maxsize: int = 8) -> OperationStream[ReceivedInstance, RetrieveOutcome]:
         """A stream of instances retrieved by C-GET; leaving it early aborts the association."""
         classes = list(dict.fromkeys(sop for sop, _ in storage))
-        contexts = [ContextProposal(GET_MODEL, QUERY_SYNTAXES)]
+        # The query context rides along, so that the pooled association left by a retrieval
+        # also carries the C-FIND that precedes the next one (one association, one PACS worker).
+        contexts = [ContextProposal(FIND_MODEL, QUERY_SYNTAXES),
+                    ContextProposal(GET_MODEL, QUERY_SYNTAXES)]
         contexts += [ContextProposal(sop, tuple(ts)) for sop, ts in storage]
-        request = self._request(contexts, scp_roles=classes)
+        request = self._request(contexts, scp_roles=classes,
+                                extended=[(FIND_MODEL, RELATIONAL)] if self._relational else ())
 
         async def run(sink: Sink[ReceivedInstance]) -> RetrieveOutcome:
             async def body(assoc: Association, progress: Progress) -> RetrieveOutcome:

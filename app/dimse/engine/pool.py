@@ -1,6 +1,8 @@
 """Association reuse per PACS (PS3.7 allows many operations on one association): established
 associations are kept idle by what they negotiated, checked before reuse, released after an
-idle time, and discarded after any error or abort. At most ``max_associations`` are open."""
+idle time, and discarded after any error or abort. At most ``max_associations`` are open, and
+at most ``max_idle`` of them wait idle: a PACS serves each open association with a worker (Orthanc
+has 4 by default), so associations parked for reuse must not keep other clients out."""
 
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ Opener = Callable[[AssociationRequest], Awaitable[Association]]
 class AssociationPool:
     """Idle associations of one PACS, keyed by their association request."""
 
-    def __init__(self, opener: Opener, *, limit: int, idle_timeout: float) -> None:
+    def __init__(self, opener: Opener, *, limit: int, idle_timeout: float,
+                 max_idle: int = 1) -> None:
         self._opener = opener
         self._limit = limit
         self._idle_timeout = idle_timeout
+        self._max_idle = max_idle
         self._slots = asyncio.Semaphore(limit)
         self._leased = 0
         self._idle: dict[AssociationRequest, list[tuple[Association, asyncio.TimerHandle]]] = {}
@@ -52,11 +56,8 @@ class AssociationPool:
         await self._slots.acquire()
         self._leased += 1
         try:
-            idle = self._idle.get(request)
-            while idle:
-                assoc, expiry = idle.pop()
-                if not idle:
-                    del self._idle[request]
+            while (found := self._idle_for(request)) is not None:
+                key, assoc, expiry = found
                 expiry.cancel()
                 if assoc.is_established:
                     self.reused += 1
@@ -71,14 +72,38 @@ class AssociationPool:
             self._slots.release()
             raise
 
+    def _idle_for(self, request: AssociationRequest
+                  ) -> tuple[AssociationRequest, Association, asyncio.TimerHandle] | None:
+        """Take the newest idle association that can carry ``request``: one negotiated for it,
+        else one whose negotiation covers it and whose PACS accepted each of its SOP classes
+        (a C-GET association also proposes C-FIND, so one association serves a retrieval's
+        query and its C-GET)."""
+        keys = [request] if request in self._idle else []
+        keys += [key for key in self._idle if key != request and key.covers(request)]
+        for key in keys:
+            entries = self._idle[key]
+            for index in range(len(entries) - 1, -1, -1):
+                assoc, expiry = entries[index]
+                if key != request and not _accepts(assoc, request):
+                    continue
+                del entries[index]
+                if not entries:
+                    del self._idle[key]
+                return key, assoc, expiry
+        return None
+
     def give_back(self, assoc: Association, request: AssociationRequest, reusable: bool) -> None:
-        """Return a leased association: kept idle when reusable, else closed."""
+        """Return a leased association: kept idle when reusable (under what it negotiated, which
+        may cover more than ``request``), else closed."""
+        request = assoc.requested or request
         self._leased -= 1
         self._slots.release()
-        if reusable and self._idle_timeout > 0 and assoc.is_established:
+        if (reusable and self._idle_timeout > 0 and self._max_idle > 0
+                and assoc.is_established):
             expiry = asyncio.get_running_loop().call_later(
                 self._idle_timeout, self._expire, request, assoc)
             self._idle.setdefault(request, []).append((assoc, expiry))
+            self._close_oldest_idle(self._max_idle)
             return
         self._close(assoc, graceful=reusable)
 
@@ -107,8 +132,12 @@ class AssociationPool:
 
     def _make_room(self) -> None:
         """Close the oldest idle associations so that a new one stays within the limit."""
-        while self._leased + self.idle_count > self._limit and self._idle:
-            request = next(iter(self._idle))
+        self._close_oldest_idle(self._limit - self._leased)
+
+    def _close_oldest_idle(self, keep: int) -> None:
+        """Close idle associations, oldest first, until at most ``keep`` are left."""
+        while self.idle_count > max(keep, 0) and self._idle:
+            request = min(self._idle, key=lambda r: self._idle[r][0][1].when())
             entries = self._idle[request]
             if not entries:  # pragma: no cover - emptied lists are removed where emptied
                 del self._idle[request]
@@ -146,3 +175,9 @@ class AssociationPool:
         self._idle.clear()
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=5)
+
+
+def _accepts(assoc: Association, request: AssociationRequest) -> bool:
+    """Whether ``assoc`` has an accepted context for every SOP class ``request`` proposes."""
+    accepted = {cx.abstract_syntax for cx in assoc.contexts.values()}
+    return all(p.abstract_syntax in accepted for p in request.contexts)

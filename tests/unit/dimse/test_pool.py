@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.dimse.engine.association import AssociationRequest, ContextProposal, State
+from app.dimse.engine.association import (
+    AcceptedContext,
+    AssociationRequest,
+    ContextProposal,
+    State,
+)
 from app.dimse.engine.pool import AssociationPool
 
 
@@ -14,8 +19,12 @@ class StubAssociation:
     """What the pool looks at: established or not, abort and release."""
 
     def __init__(self, request: AssociationRequest) -> None:
-        self.request = request
+        self.requested = request
         self.state = State.STA6
+        self.contexts = {2 * i + 1: AcceptedContext(2 * i + 1, p.abstract_syntax,
+                                                     p.transfer_syntaxes[0], True, False)
+                         for i, p in enumerate(request.contexts)
+                         if p.abstract_syntax != REJECTED}
         self.aborted = self.released = False
 
     @property
@@ -31,8 +40,12 @@ class StubAssociation:
         self.state = State.STA1
 
 
-def request(model: str) -> AssociationRequest:
-    return AssociationRequest("GW", "PACS", (ContextProposal(model, ("1.2.840.10008.1.2",)),))
+REJECTED = "1.2.3.99"  # a SOP class the stand-in PACS does not accept
+
+
+def request(*models: str) -> AssociationRequest:
+    return AssociationRequest("GW", "PACS", tuple(ContextProposal(m, ("1.2.840.10008.1.2",))
+                                                  for m in models))
 
 
 async def opener(req: AssociationRequest) -> Any:
@@ -43,7 +56,7 @@ FIND, GET, ECHO = request("1.2.3.1"), request("1.2.3.3"), request("1.2.840.10008
 
 
 async def test_reuse_by_request_and_room_made_within_the_limit() -> None:
-    pool = AssociationPool(opener, limit=2, idle_timeout=30)
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, max_idle=2)
     find, _ = await pool.acquire(FIND)
     pool.give_back(find, FIND, reusable=True)
     again, reused = await pool.acquire(FIND)
@@ -63,7 +76,7 @@ async def test_reuse_by_request_and_room_made_within_the_limit() -> None:
 async def test_a_stale_entry_leaves_no_empty_list_behind() -> None:
     """A pooled association found dead is dropped; making room later must not trip over the
     emptied entry (it once raised IndexError and answered 500)."""
-    pool = AssociationPool(opener, limit=2, idle_timeout=30)
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, max_idle=2)
     find, _ = await pool.acquire(FIND)
     pool.give_back(find, FIND, reusable=True)
     get, _ = await pool.acquire(GET)
@@ -88,4 +101,54 @@ async def test_not_reusable_is_closed_and_idle_expires() -> None:
     assert pool.idle_count == 1
     await asyncio.sleep(0.2)
     assert pool.idle_count == 0 and second.released
+    await pool.close()
+
+
+async def test_at_most_max_idle_wait_and_the_oldest_goes_first() -> None:
+    """Idle associations hold PACS workers (Orthanc has 4): beyond ``max_idle`` the oldest
+    idle one is released, whatever its negotiation; ``max_idle=0`` keeps none."""
+    pool = AssociationPool(opener, limit=4, idle_timeout=30, max_idle=1)
+    find, _ = await pool.acquire(FIND)
+    get, _ = await pool.acquire(GET)
+    pool.give_back(find, FIND, reusable=True)
+    pool.give_back(get, GET, reusable=True)
+    await asyncio.sleep(0)
+    assert pool.idle_count == 1 and find.released and not get.released
+    again, reused = await pool.acquire(GET)
+    assert again is get and reused
+    pool.give_back(again, GET, reusable=True)
+    await pool.close()
+
+    none_kept = AssociationPool(opener, limit=4, idle_timeout=30, max_idle=0)
+    echo, _ = await none_kept.acquire(ECHO)
+    none_kept.give_back(echo, ECHO, reusable=True)
+    await asyncio.sleep(0)
+    assert none_kept.idle_count == 0 and echo.released
+    await none_kept.close()
+
+
+async def test_an_association_whose_negotiation_covers_a_request_carries_it() -> None:
+    """A C-GET association also proposes the query context: the C-FIND that precedes the next
+    retrieval reuses it rather than opening a second association; a class the PACS rejected on
+    it, or one it never proposed, needs a new association."""
+    pool = AssociationPool(opener, limit=4, idle_timeout=30, max_idle=1)
+    get_with_find = request("1.2.3.1", "1.2.3.3", "1.2.840.10008.5.1.4.1.1.2")
+    retrieval, _ = await pool.acquire(get_with_find)
+    pool.give_back(retrieval, get_with_find, reusable=True)
+    query, reused = await pool.acquire(FIND)
+    assert reused and query is retrieval
+    pool.give_back(query, FIND, reusable=True)
+    again, reused = await pool.acquire(get_with_find)
+    assert reused and again is retrieval
+    pool.give_back(again, get_with_find, reusable=True)
+    other, reused = await pool.acquire(request("1.2.3.1", "1.2.3.5"))
+    assert not reused and other is not retrieval
+    pool.give_back(other, other.requested, reusable=False)
+
+    rejected = request("1.2.3.1", "1.2.3.3", REJECTED)
+    partly, _ = await pool.acquire(rejected)
+    pool.give_back(partly, rejected, reusable=True)
+    needs, reused = await pool.acquire(request("1.2.3.3", REJECTED))
+    assert not reused and needs is not partly
+    pool.give_back(needs, needs.requested, reusable=False)
     await pool.close()
