@@ -415,7 +415,7 @@ class RetrieveService:
         if auto and count == 0 and refuses_get(outcome) and self._storage_scp:
             # Without the storage SCP, the one-instance C-GET retries below are all there is.
             raise GetRefused(retrieve_failure(outcome.status, operation),
-                             f"C-GET answered 0x{outcome.status:04X} before any sub-operation",
+                             f"C-GET answered 0x{outcome.status:04X} and delivered nothing",
                              certain=False)
         if auto and count:
             self._capabilities.learn_get_accepted()
