@@ -14,6 +14,11 @@ HELP: dict[str, str] = {
     "dimse_retrievals_total": "C-GET/C-MOVE retrievals started",
     "dimse_retrieve_partial_total": "retrievals where some sub-operations failed",
     "dimse_retrieve_lost_total": "retrievals the PACS reported sent but nothing arrived",
+    "dimse_get_refusals_total": "C-GETs a PACS refused before any instance (retrieve_method "
+                                "auto), each followed by a C-MOVE when the storage SCP runs",
+    "qido_capped_subqueries_total": "StudyDate/StudyTime sub-queries completing capped C-FINDs",
+    "qido_capped_incomplete_total": "capped C-FINDs left incomplete by the sub-query bounds",
+    "dimse_capability_learned_total": "capabilities learned about a PACS (e.g. C-GET refused)",
     "cache_prefetches_total": "series prefetches started, by what triggered them",
 }
 

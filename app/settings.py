@@ -72,8 +72,9 @@ class PacsPeer(BaseModel):
     ae_title: AETitle
     host: str = "127.0.0.1"
     port: Port = 104
-    retrieve_method: Literal["get", "move"] = "get"
+    retrieve_method: Literal["auto", "get", "move"] = "auto"
     move_fallback: bool = False
+    capability_ttl: PositiveSeconds = 3600.0
     max_associations: Annotated[int, Field(ge=1, le=64)] = 8
     connect_timeout: PositiveSeconds = 5.0
     acse_timeout: PositiveSeconds = 10.0
@@ -84,6 +85,8 @@ class PacsPeer(BaseModel):
     query_character_set: str = "ISO_IR 192"
     stable_find_order: bool = True
     max_find_results: Annotated[int, Field(ge=1)] = 10_000
+    capped_find_max_queries: Annotated[int, Field(ge=0)] = 256
+    capped_find_max_depth: Annotated[int, Field(ge=1, le=64)] = 40
     compute_missing_counts: bool = True
     max_uids_per_query: Annotated[int, Field(ge=1, le=512)] = 64
     association_idle_timeout: Annotated[float, Field(ge=0)] = 5.0
@@ -200,7 +203,10 @@ class Settings(BaseSettings):
     @property
     def storage_scp_wanted(self) -> bool:
         """Whether to run the storage SCP: as configured, or (unset) when a PACS uses C-MOVE
-        (``retrieve_method = "move"`` or ``move_fallback``)."""
+        (``retrieve_method = "move"`` or ``move_fallback``). ``retrieve_method = "auto"`` alone
+        does not open a port nobody asked for: its C-MOVE fallback needs the storage SCP
+        enabled explicitly, and without it a PACS that refuses C-GET is answered with a 502
+        that says so."""
         if self.storage_scp_enabled is not None:
             return self.storage_scp_enabled
         return any(p.retrieve_method == "move" or p.move_fallback for p in self.pacs)

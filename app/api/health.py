@@ -26,7 +26,8 @@ async def healthz() -> dict[str, str]:
                              "content": {"application/json": {}}},
                        **errors(COMMON_ERRORS)})
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
-    """200 when every PACS answers C-ECHO, else 503 with what failed; the cache's state too.
+    """200 when every PACS answers C-ECHO, else 503 with what failed; the cache's state too,
+    and the operation each PACS is retrieved with (``retrieve``: C-GET or C-MOVE).
 
     Each failure is told to clients in general terms ("PACS main is unavailable"); its detail
     (AE title, host, port, the reason) goes to the log when a PACS stops answering, and into the
@@ -49,6 +50,8 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
             if peer.name not in failing:
                 failing.add(peer.name)
                 log.warning("readiness: %s", exc.detail)
+    for name, report in peers.items():  # how each PACS is retrieved from (learned for "auto")
+        report["retrieve"] = services.retrieve_operation(name)
     request.app.state.readyz_failing = failing
     cache = await services.cache_health()
     # A degraded cache still serves (pass-through): reported, but the gateway stays ready.

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -56,6 +56,9 @@ _STUDY_ROOT = frozenset(
         StudyRootQueryRetrieveInformationModelGet,
         StudyRootQueryRetrieveInformationModelMove,
     }
+)
+_GET_MODELS = frozenset(
+    {PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet}
 )
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
 
@@ -187,6 +190,8 @@ class DemoPacs:
         strict_unique_keys: bool = False,
         relational_queries: bool = False,
         omit_sop_class: bool = False,
+        refuse_get: int | Literal["context"] | None = None,
+        find_limit: int = 0,
     ) -> None:
         """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
         C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests.
@@ -194,7 +199,14 @@ class DemoPacs:
         ``strict_unique_keys`` answers A900 to a UID list above the query level;
         ``relational_queries`` agrees to relational queries when asked (PS3.4 C.5.1.1);
         ``omit_sop_class`` leaves SOPClassUID and SOPClassesInStudy out of C-FIND answers
-        (like dcmqrscp), so a C-GET client must guess the storage classes to propose."""
+        (like dcmqrscp), so a C-GET client must guess the storage classes to propose.
+        ``refuse_get`` imitates a PACS without C-GET: ``"context"`` rejects the Q/R GET
+        presentation contexts at association time (as dcmqrscp ``--disable-get`` does); a
+        status (e.g. 0xA702 or 0xC000) answers every C-GET with it before any sub-operation.
+        ``find_limit`` (> 0) caps C-FIND answers like Orthanc's ``LimitFindResults``: past that
+        many matches the C-FIND ends with Cancel (FE00) although nobody asked."""
+        self._find_limit = max(0, find_limit)
+        self._refuse_get = refuse_get
         self._relational_queries = relational_queries
         self._omit_sop_class = omit_sop_class
         self._omit_counts = omit_counts
@@ -277,6 +289,8 @@ class DemoPacs:
         ae.network_timeout = 120
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for model in sorted(_PATIENT_ROOT | _STUDY_ROOT):
+            if self._refuse_get == "context" and model in _GET_MODELS:
+                continue
             ae.add_supported_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         # SCP for C-STORE into the PACS; with role selection, also SCU on C-GET associations.
         for cx in AllStoragePresentationContexts:
@@ -365,9 +379,9 @@ class DemoPacs:
             yield _FIND_UNABLE_TO_PROCESS, None
             return
         try:
-            for entity in matches:
+            for index, entity in enumerate(matches):
                 self._pause()
-                if self._cancels.is_cancelled(event):
+                if self._cancels.is_cancelled(event) or 0 < self._find_limit <= index:
                     yield _CANCEL, None
                     return
                 yield _PENDING, answer(entity, identifier, level)
@@ -392,6 +406,10 @@ class DemoPacs:
     def _on_get(self, event: Event) -> Iterator[Any]:
         """C-GET SCP (PS3.4 C.4.3): sub-operations on the requestor's own association."""
         self._count("C-GET")
+        if isinstance(self._refuse_get, int):
+            yield 1  # pynetdicom answers Success at once to zero sub-operations
+            yield self._refuse_get, None
+            return
         try:
             matches = self._retrieve_matches(event)
         except IdentifierError as exc:

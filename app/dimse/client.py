@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,6 +41,7 @@ class PeerClient:
         self._executor = executor
         self._limiter = asyncio.Semaphore(peer.max_associations)
         self._relational: bool | None = None
+        self._relational_until = 0.0  # monotonic time after which it is asked again
 
     async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run a short blocking DIMSE call in the pool, holding an association slot."""
@@ -56,16 +58,18 @@ class PeerClient:
         return float(await self._call(c_echo, self._ae, self.peer))
 
     async def supports_relational(self) -> bool:
-        """Whether the PACS accepts relational queries (asked once, then remembered)."""
+        """Whether the PACS accepts relational queries (asked once, then remembered for the
+        peer's ``capability_ttl``)."""
         if self.peer.relational_queries == "never":
             return False
-        if self._relational is None:
+        if self._relational is None or time.monotonic() >= self._relational_until:
             try:
                 self._relational = bool(
                     await self._call(peer_accepts_relational, self._ae, self.peer)
                 )
             except GatewayError:
                 return False
+            self._relational_until = time.monotonic() + self.peer.capability_ttl
         return self._relational
 
     def find(

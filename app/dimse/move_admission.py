@@ -49,9 +49,9 @@ RESOLVE_TTL_S = 60.0
 
 
 def may_use_move(peer: PacsPeer) -> bool:
-    """Whether ``peer`` may deliver C-MOVE sub-operations (it retrieves with C-MOVE, or falls
-    back to it)."""
-    return peer.retrieve_method == "move" or peer.move_fallback
+    """Whether ``peer`` may deliver C-MOVE sub-operations (it retrieves with C-MOVE, or may fall
+    back to it: ``move_fallback``, or ``retrieve_method = "auto"`` when it refuses C-GET)."""
+    return peer.retrieve_method in ("move", "auto") or peer.move_fallback
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,12 @@ def refused(peer_name: str, detail: str) -> UpstreamError:
     return UpstreamError(f"PACS {peer_name} refused the association", detail=detail)
 
 
-def no_contexts(peer_name: str, detail: str) -> UpstreamError:
+class ContextsRejected(UpstreamError):
+    """502: the PACS accepted none of the presentation contexts proposed (a type of its own so
+    that the services can tell "refuses this service" from other association failures)."""
+
+
+def no_contexts(peer_name: str, detail: str) -> ContextsRejected:
     """502 for a PACS that accepted none of the proposed presentation contexts."""
-    return UpstreamError(f"PACS {peer_name} accepted none of the proposed presentation contexts",
-                         detail=detail)
+    return ContextsRejected(
+        f"PACS {peer_name} accepted none of the proposed presentation contexts", detail=detail)

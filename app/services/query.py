@@ -15,7 +15,7 @@ cache, and the others wait for its result (kept briefly even when ``qido_cache_t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from app.dimse.client import Client
 from app.dimse.find import FindOutcome
 from app.errors import GatewayError
 from app.metrics import Metrics
+from app.services.capped import INCOMPLETE_WARNING, CappedFind
 from app.services.counts import CountsComputer, SeriesMemo
 from app.services.fill_errors import error_from_event, failure_event
 
@@ -57,9 +58,7 @@ SHARED_RESULT_TTL = 60.0
 """Seconds a coalesced search's result is kept for the identical searches that waited for it."""
 
 
-CAPPED_WARNING = (
-    "The PACS limited the number of matches it returned; the results may be incomplete."
-)
+CAPPED_WARNING = INCOMPLETE_WARNING
 UNSUPPORTED_KEYS_WARNING = "The PACS did not support some optional return keys."
 # Warnings noticed while the C-FINDs of one search run (each search runs in its own task context).
 _search_notes: ContextVar[set[str]] = ContextVar("search_notes")
@@ -73,8 +72,10 @@ def _note(text: str) -> None:
         notes.add(text)
 
 
-def _note_outcome(outcome: FindOutcome) -> None:
-    if outcome.capped:
+def _note_outcome(outcome: FindOutcome, *, capped_handled: bool = False) -> None:
+    """Warnings a C-FIND's outcome calls for; ``capped_handled``: a cap is being dealt with
+    (app.services.capped), so it is not reported as such."""
+    if outcome.capped and not capped_handled:
         _note(CAPPED_WARNING)
     if outcome.optional_keys_unsupported:
         _note(UNSUPPORTED_KEYS_WARNING)
@@ -100,6 +101,8 @@ class QueryService:
         self._flights = flights
         self._metrics = metrics if metrics is not None else Metrics()
         self._counts = CountsComputer(client, _note_outcome)
+        self._capped = CappedFind(client, self._metrics, _note,
+                                  lambda outcome: _note_outcome(outcome, capped_handled=True))
 
     # -- public -----------------------------------------------------------------------------
 
@@ -286,10 +289,31 @@ class QueryService:
             for ds in await self._collect(ident, level, relational=relational):
                 yield ds
             return
+        async for ds in self._matches(ident, level, relational=relational):
+            yield ds
+
+    async def _matches(
+        self, ident: Dataset, level: QueryLevel, *, relational: bool = False
+    ) -> AsyncGenerator[Dataset, None]:
+        """Matches of one C-FIND as they arrive. When the PACS caps a STUDY-level answer, the
+        matches it left out follow, found by StudyDate/StudyTime range sub-queries
+        (app.services.capped); leave early to C-CANCEL."""
+        seen: set[str] = set()
+        uid_tag = UNIQUE_KEY[level]
         async with self._client.find(ident, relational=relational) as stream:
             async for ds in stream:
+                uid = ds.get(uid_tag)
+                if uid is not None and uid.value:
+                    seen.add(str(uid.value).strip())
                 yield ds
-            _note_outcome(stream.result)
+            outcome = stream.result
+        split = (outcome.capped and level == QueryLevel.STUDY and not relational
+                 and self._capped.enabled)
+        _note_outcome(outcome, capped_handled=split)
+        if split:
+            async with aclosing(self._capped.remaining(ident, seen)) as rest:
+                async for ds in rest:
+                    yield ds
 
     async def _collect(
         self, ident: Dataset, level: QueryLevel, *, relational: bool = False
@@ -297,15 +321,13 @@ class QueryService:
         """All matches of one C-FIND (at most max_find_results), in a stable order."""
         out: list[Dataset] = []
         cap = self._peer.max_find_results
-        async with self._client.find(ident, relational=relational) as stream:
-            async for ds in stream:
+        async with aclosing(self._matches(ident, level, relational=relational)) as matches:
+            async for ds in matches:
                 out.append(ds)
                 if len(out) >= cap:
                     log.warning("C-FIND on %s capped at %d matches", self._peer.name, cap)
                     _note(CAPPED_WARNING)
                     break
-            else:
-                _note_outcome(stream.result)
         if not self._peer.stable_find_order:
             tag = UNIQUE_KEY[level]
             out.sort(key=lambda d: str(d.get(tag).value) if tag in d else "")

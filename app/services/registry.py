@@ -15,6 +15,7 @@ from app.dicomweb.refs import SeriesRef
 from app.dimse.client import DimseClients
 from app.errors import GatewayError
 from app.metrics import Metrics
+from app.services.capabilities import PeerCapabilities
 from app.services.move_relay import MoveRelay
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
@@ -59,10 +60,13 @@ class Services:
             if p.move_fallback and not settings.storage_scp_wanted:
                 log.warning("PACS %s: move_fallback is ignored while the storage SCP is off "
                             "(storage_scp_enabled = false)", p.name)
+        self.capabilities = {p.name: PeerCapabilities(p, metrics) for p in settings.pacs}
         self._wado = {
             p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
                                                 settings.ae_title,
-                                                p.move_fallback and settings.storage_scp_wanted),
+                                                p.move_fallback and settings.storage_scp_wanted,
+                                                storage_scp=settings.storage_scp_wanted,
+                                                capabilities=self.capabilities[p.name]),
                                 metrics,
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
@@ -115,6 +119,15 @@ class Services:
             task = asyncio.get_running_loop().create_task(one(study))
             self._prefetch_tasks.add(task)
             task.add_done_callback(self._prefetch_tasks.discard)
+
+    def retrieve_operation(self, name: str | None = None) -> str:
+        """How a peer is retrieved from now: "C-MOVE" for retrieve_method "move", and for
+        "auto" while the PACS is known to refuse C-GET; "C-GET" otherwise."""
+        peer = self.settings.peer(name)
+        if peer.retrieve_method == "move" or (
+                peer.retrieve_method == "auto" and self.capabilities[peer.name].get_refused):
+            return "C-MOVE"
+        return "C-GET"
 
     def prefetch_series(self, name: str | None, study_uid: str,
                         series: list[tuple[str, int | None]]) -> None:

@@ -27,9 +27,16 @@ from app.dicomweb.transfer_syntax import (
 )
 from app.dimse.client import Client, RetrieveStream
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.status import Category, category, nothing_found, retrieve_failure
-from app.errors import GatewayError, UpstreamError
+from app.dimse.status import (
+    Category,
+    ContextsRejected,
+    category,
+    nothing_found,
+    retrieve_failure,
+)
+from app.errors import GatewayError, NotFound, UpstreamError, UpstreamNotSupported
 from app.metrics import Metrics
+from app.services.capabilities import PeerCapabilities
 from app.services.move_relay import MoveRelay
 from app.settings import PacsPeer
 
@@ -107,6 +114,28 @@ def _classes_of(items: list[InventoryItem]) -> list[str]:
     return sorted(classes)
 
 
+class GetRefused(Exception):
+    """A C-GET of an "auto" PACS was refused before any instance arrived: its association
+    rejected the Query/Retrieve GET context (``certain``), or its final status was a Refused
+    or Error one with no sub-operation at all (see ``refuses_get``)."""
+
+    def __init__(self, error: GatewayError, reason: str, *, certain: bool) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+        self.certain = certain
+
+
+def refuses_get(outcome: RetrieveOutcome) -> bool:
+    """Whether a C-GET's outcome reads as the PACS refusing C-GET itself: nothing received,
+    no sub-operation completed, and a final status of Refused: Out of Resources (A7xx), Error:
+    Unable to process (Cxxx) or SOP Class not supported (0122) (PS3.4 C.4.3.1.4). The failed
+    count is not looked at: a PACS that refuses may count every instance as failed."""
+    status = outcome.status
+    return (outcome.received == 0 and outcome.completed == outcome.warning == 0
+            and (0xA700 <= status <= 0xA7FF or 0xC000 <= status <= 0xCFFF or status == 0x0122))
+
+
 def describe(ref: Ref) -> str:
     """A human name for a resource, for error messages."""
     if isinstance(ref, InstanceRef):
@@ -121,14 +150,20 @@ class RetrieveService:
 
     def __init__(self, client: Client, metrics: Metrics,
                  relay: MoveRelay | None = None, local_ae_title: str = "",
-                 move_fallback: bool = False) -> None:
-        """``move_fallback``: C-MOVE what a C-GET did not deliver (the storage SCP runs)."""
+                 move_fallback: bool = False, storage_scp: bool = True,
+                 capabilities: PeerCapabilities | None = None) -> None:
+        """``move_fallback``: C-MOVE what a C-GET did not deliver (the storage SCP runs);
+        ``storage_scp``: whether the gateway's storage SCP runs (C-MOVE is possible at all);
+        ``capabilities``: what was learned about the PACS (shared with other services)."""
         self._client = client
         self._peer = client.peer
         self._metrics = metrics
         self._relay = relay
         self._local_ae = local_ae_title
         self._move_fallback = move_fallback
+        self._storage_scp = storage_scp
+        self._capabilities = (capabilities if capabilities is not None
+                              else PeerCapabilities(client.peer, metrics))
 
     @property
     def peer(self) -> PacsPeer:
@@ -262,8 +297,85 @@ class RetrieveService:
         when the PACS answers it, so the first instance is not delayed by listing every
         instance; the IMAGE-level inventory is used otherwise, and always for C-MOVE (whose
         sub-operations may need routing by UID). ``known`` is a summary the caller already has
-        (from the cache): then that C-FIND is not sent."""
-        move = self._peer.retrieve_method == "move"
+        (from the cache): then that C-FIND is not sent.
+
+        ``retrieve_method = "auto"``: C-GET unless the PACS is known to refuse it; a C-GET
+        refused before any instance arrived (see ``GetRefused``) is followed by a C-MOVE of
+        the same resource, and the refusal remembered for ``capability_ttl``."""
+        if self._uses_move():
+            async for instance in self._received(ref, True, series_of, report, known):
+                yield instance
+            return
+        try:
+            async for instance in self._received(ref, False, series_of, report, known):
+                yield instance
+        except GetRefused as refusal:
+            async for instance in self._after_refusal(refusal, ref, series_of, report):
+                yield instance
+
+    def _uses_move(self) -> bool:
+        """Whether this retrieval goes straight to C-MOVE."""
+        method = self._peer.retrieve_method
+        return method == "move" or (method == "auto" and self._capabilities.get_refused)
+
+    async def _after_refusal(self, refusal: GetRefused, ref: Ref,
+                             series_of: dict[str, str] | None, report: dict[str, int] | None,
+                             ) -> AsyncIterator[ReceivedInstance]:
+        """C-MOVE after a refused C-GET. A refusal the association made (no GET context) is
+        learned at once; one told by a status (which a PACS may also give for one instance it
+        cannot send) is learned only when the C-MOVE then delivers."""
+        self._metrics.inc("dimse_get_refusals_total", peer=self._peer.name)
+        if refusal.certain:
+            self._capabilities.learn_get_refused(refusal.reason)
+        if not self._storage_scp:
+            raise self._storage_scp_off(refusal.reason, refusal.error)
+        log.info("PACS %s refused the C-GET of %s (%s): trying C-MOVE", self._peer.name,
+                 describe(ref), refusal.reason)
+        delivered = False
+        try:
+            async for instance in self._received(ref, True, series_of, report, None):
+                if not delivered and not refusal.certain:
+                    self._capabilities.learn_get_refused(refusal.reason)
+                delivered = True
+                yield instance
+        except GatewayError as exc:
+            if delivered or isinstance(exc, NotFound):
+                raise
+            if refusal.certain:  # the C-MOVE's own error, saying why it was tried
+                raise type(exc)(f"PACS {self._peer.name} refuses C-GET ({refusal.reason}); the "
+                                f"C-MOVE instead failed: {exc.message}", detail=exc.detail,
+                                dimse_status=exc.dimse_status) from exc
+            first = refusal.error
+            raise type(first)(f"{first.message}; a C-MOVE instead failed too: {exc.message}",
+                              detail=f"{first.detail}; C-MOVE: {exc.detail}",
+                              dimse_status=first.dimse_status) from exc
+
+    def _storage_scp_off(self, refusal: str | None, error: GatewayError | None = None
+                         ) -> UpstreamError:
+        """502 for a C-MOVE the gateway cannot receive: its storage SCP is off. ``refusal``:
+        why C-GET is not used ("auto"), None when C-MOVE is configured."""
+        if refusal is None:
+            return UpstreamError(
+                f"PACS {self._peer.name} is retrieved from by C-MOVE (retrieve_method = "
+                "\"move\"), but the gateway's storage SCP is off (storage_scp_enabled = false)")
+        return UpstreamError(
+            f"PACS {self._peer.name} refuses C-GET ({refusal}) and the gateway cannot retrieve "
+            "by C-MOVE instead: its storage SCP is off (set storage_scp_enabled = true and "
+            "declare the gateway's AE title on the PACS)",
+            detail=error.detail if error is not None else None,
+            dimse_status=error.dimse_status if error is not None else None)
+
+    async def _received(
+        self, ref: Ref, move: bool, series_of: dict[str, str] | None,
+        report: dict[str, int] | None, known: Summary | None,
+    ) -> AsyncIterator[ReceivedInstance]:
+        """One retrieval of ``ref`` by C-MOVE or C-GET (see ``received``); a C-GET of an
+        "auto" PACS refused before any instance raises GetRefused instead of its error."""
+        if move and not self._storage_scp:
+            raise self._storage_scp_off(
+                None if self._peer.retrieve_method == "move" else
+                self._capabilities.get_refusal_reason or "it was found to refuse C-GET")
+        auto = not move and self._peer.retrieve_method == "auto"
         summary = None
         if not move and isinstance(ref, (SeriesRef, StudyRef)):
             summary = known if known is not None else await self.summary(ref)
@@ -288,12 +400,25 @@ class RetrieveService:
         self._metrics.inc("dimse_retrievals_total", peer=self._peer.name, operation=operation)
         count = 0
         arrived: set[str] = set()
-        async with relayed, stream:
-            async for instance in stream:
-                count += 1
-                arrived.add(instance.sop_instance_uid)
-                yield instance
-            outcome: RetrieveOutcome = stream.result
+        try:
+            async with relayed, stream:
+                async for instance in stream:
+                    count += 1
+                    arrived.add(instance.sop_instance_uid)
+                    yield instance
+                outcome: RetrieveOutcome = stream.result
+        except (UpstreamNotSupported, ContextsRejected) as exc:
+            if auto and count == 0:  # the association refused the Q/R GET context
+                raise GetRefused(exc, "its association refused the C-GET service",
+                                 certain=True) from exc
+            raise
+        if auto and count == 0 and refuses_get(outcome) and self._storage_scp:
+            # Without the storage SCP, the one-instance C-GET retries below are all there is.
+            raise GetRefused(retrieve_failure(outcome.status, operation),
+                             f"C-GET answered 0x{outcome.status:04X} and delivered nothing",
+                             certain=False)
+        if auto and count:
+            self._capabilities.learn_get_accepted()
         if expected is None:  # the PACS gave no count: its own sub-operation counters say
             expected = max(count, outcome.completed + outcome.failed + outcome.warning)
         if outcome.failed and not move:

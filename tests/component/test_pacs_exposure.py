@@ -46,7 +46,8 @@ async def test_readyz_hides_the_pacs_address_by_default(
             second = await client.get("/readyz")
     assert first.status_code == second.status_code == 503
     assert first.json()["pacs"]["demo"] == {"status": "unavailable",
-                                            "error": "PACS demo is unavailable"}
+                                            "error": "PACS demo is unavailable",
+                                            "retrieve": "C-GET"}
     assert not _leaks(first.text, port)
     readiness = [rec.getMessage() for rec in caplog.records
                  if rec.getMessage().startswith("readiness:")]

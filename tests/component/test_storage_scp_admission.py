@@ -289,13 +289,20 @@ async def test_move_source_hosts_replace_the_pacs_host(
             series_path(ct), headers={"Accept": MULTIPART_DICOM})), ct)
 
 
+@pytest.mark.parametrize("method", ["get", "auto"])
 async def test_a_pacs_retrieving_with_c_get_may_not_deliver(
-        sample_pacs: DemoPacs, pacs: DemoPacs, ct: list[Dataset]) -> None:
+        sample_pacs: DemoPacs, pacs: DemoPacs, ct: list[Dataset], method: str) -> None:
+    """A "get" PACS may not even associate; an "auto" one may (it falls back to C-MOVE when
+    it refuses C-GET), but an instance no C-MOVE of the gateway asked for is still refused."""
     settings = settings_for(pacs)
-    get_peer = peer_config(sample_pacs.port, ae_title="GET_PACS", name="getter")
+    get_peer = peer_config(sample_pacs.port, ae_title="GET_PACS", name="getter",
+                           retrieve_method=method)
     settings = settings.model_copy(update={"pacs": [*settings.pacs, type(settings.pacs[0])(
         **get_peer)]})
     async with open_gateway(settings) as gw:
         attempt = await asyncio.to_thread(send, "127.0.0.1", gw.port, "GET_PACS",
                                           [forged(ct[0])])
-        assert attempt.rejected
+        if method == "get":
+            assert attempt.rejected
+        else:
+            assert not attempt.rejected and attempt.statuses == [NOT_EXPECTED]

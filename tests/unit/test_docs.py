@@ -19,6 +19,7 @@ from pydicom.datadict import keyword_for_tag
 from app.api import qido
 from app.cli import build_parser
 from app.dicomweb.attributes import ALL_RETURN_KEYS, REQUIRED_RETURN_KEYS
+from app.services import capped
 from app.settings import PacsPeer, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,8 @@ def test_conformance_lists_the_attributes_the_code_requests() -> None:
 
 @pytest.mark.parametrize(
     "warning",
-    [qido.FUZZY_WARNING, qido.MORE_WARNING, qido.EMPTY_VALUE_WARNING, qido.MULTIPLE_VALUE_WARNING],
+    [qido.FUZZY_WARNING, qido.MORE_WARNING, qido.EMPTY_VALUE_WARNING, qido.MULTIPLE_VALUE_WARNING,
+     capped.INCOMPLETE_WARNING, capped.EMPTY_DATES_WARNING],
 )
 def test_conformance_quotes_the_warning_texts(warning: str) -> None:
     assert warning in CONFORMANCE.read_text(encoding="utf-8")

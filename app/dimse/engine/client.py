@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -81,6 +82,7 @@ class AsyncPeerClient:
                                     idle_timeout=peer.association_idle_timeout,
                                     max_idle=peer.max_idle_associations)
         self._relational: bool | None = None
+        self._relational_until = 0.0  # monotonic time after which it is asked again
         self._where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
 
     # -- associations --------------------------------------------------------------------------
@@ -158,10 +160,11 @@ class AsyncPeerClient:
                              extended=[(FIND_MODEL, RELATIONAL)] if relational else ())
 
     async def supports_relational(self) -> bool:
-        """Whether the PACS accepts relational queries (asked once, then remembered)."""
+        """Whether the PACS accepts relational queries (asked once, then remembered for the
+        peer's ``capability_ttl``)."""
         if self.peer.relational_queries == "never":
             return False
-        if self._relational is None:
+        if self._relational is None or time.monotonic() >= self._relational_until:
             async def body(assoc: Association, progress: Progress) -> bool:
                 progress.finished = True  # nothing was sent: the association stays clean
                 info = assoc.peer_extended.get(FIND_MODEL, b"")
@@ -172,6 +175,7 @@ class AsyncPeerClient:
                                                        body)
             except (GatewayError, TimeoutError):
                 return False
+            self._relational_until = time.monotonic() + self.peer.capability_ttl
         return self._relational
 
     def find(self, identifier: Dataset, *, relational: bool = False, maxsize: int = 64

@@ -56,9 +56,11 @@ def test_move_sources_are_the_peers_that_use_c_move() -> None:
     peers = [PacsPeer(name="a", ae_title="A", host="pacs.example", retrieve_method="move"),
              PacsPeer(name="b", ae_title="B", retrieve_method="get"),
              PacsPeer(name="c", ae_title="C", retrieve_method="move",
-                      move_source_hosts=["10.1.1.1", "*"])]
+                      move_source_hosts=["10.1.1.1", "*"]),
+             PacsPeer(name="d", ae_title="D", host="auto.example")]
     assert move_sources(peers) == [MoveSource("a", "A", ("pacs.example",)),
-                                   MoveSource("c", "C", ("10.1.1.1", "*"))]
+                                   MoveSource("c", "C", ("10.1.1.1", "*")),
+                                   MoveSource("d", "D", ("auto.example",))]
 
 
 def test_unknown_calling_ae_is_refused() -> None:
