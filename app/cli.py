@@ -1,5 +1,6 @@
-"""`dicomweb-gateway serve | demo | echo | cache`: run the DICOMweb gateway in front of a PACS (or
-an embedded demo PACS), C-ECHO the configured PACS, or inspect and empty the cache."""
+"""`dicomweb-gateway serve | demo | echo | cache | prefetch`: run the DICOMweb gateway in front of a
+PACS (or an embedded demo PACS), C-ECHO the configured PACS, inspect and empty the cache, or have
+a running gateway prefetch a worklist into its cache."""
 
 from __future__ import annotations
 
@@ -182,6 +183,202 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _size(text: str) -> int:
+    """An argparse type: a byte count, ``500M``, ``2G``, ``1.5GiB`` (units of 1024)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500M, 2G, 1048576)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _duration(text: str) -> float:
+    """An argparse type: seconds, or ``90s``, ``15m``, ``1h``, ``1d``."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text, re.IGNORECASE)
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 15m, 1h, 90s)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _prefetch_summary(progress: dict[str, object]) -> str:
+    studies = progress.get("studies") or {}
+    series = progress.get("series") or {}
+    assert isinstance(studies, dict) and isinstance(series, dict)
+    text = (f"prefetch run {progress.get('run')} {progress.get('state')}: "
+            f"{studies.get('done')}/{studies.get('total')} studies, "
+            f"{series.get('done')}/{series.get('total')} series ({series.get('filled')} filled, "
+            f"{series.get('skipped')} already cached, {series.get('failed')} failed), "
+            f"{_human_bytes(float(progress.get('bytes') or 0))} in "  # type: ignore[arg-type]
+            f"{float(progress.get('elapsed') or 0):.1f} s "  # type: ignore[arg-type]
+            f"({_human_bytes(float(progress.get('rate') or 0))}/s)")  # type: ignore[arg-type]
+    if progress.get("stopped_by"):
+        text += f"; stopped by {progress['stopped_by']}"
+    if progress.get("error"):
+        text += f"; error: {progress['error']}"
+    return text
+
+
+def _prefetch_once(client: object, base: str, body: dict[str, object], show_bar: bool,
+                   poll: float) -> int:
+    """One run: start it, follow its progress (a bar on a terminal), print the summary."""
+    import time
+
+    import httpx
+
+    assert isinstance(client, httpx.Client)
+    response = client.post(base, json=body)
+    if response.status_code != 202:
+        print(f"dicomweb-gateway: prefetch refused ({response.status_code}): "
+              f"{_problem_text(response)}", file=sys.stderr)
+        return 1
+    run = response.json()["run"]
+    progress: dict[str, object] = response.json()
+    bar = None
+    if show_bar:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        bar = Progress(TextColumn("[bold]prefetch[/]"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("series  {task.fields[studies]} studies  {task.fields[size]}"
+                                  "  {task.fields[rate]}  ETA {task.fields[eta]}"),
+                       TimeElapsedColumn(), transient=False)
+        task = bar.add_task("prefetch", total=None, studies="0/0", size="0 B", rate="",
+                            eta="-")
+        bar.start()
+    try:
+        while True:
+            state = progress.get("state")
+            if bar is not None:
+                series = progress.get("series") or {}
+                studies = progress.get("studies") or {}
+                assert isinstance(series, dict) and isinstance(studies, dict)
+                eta = progress.get("eta")
+                bar.update(task, total=series.get("total") or None,
+                           completed=series.get("done") or 0,
+                           studies=f"{studies.get('done')}/{studies.get('total')}",
+                           size=_human_bytes(float(progress.get("bytes") or 0)),  # type: ignore[arg-type]
+                           rate=f"{_human_bytes(float(progress.get('rate') or 0))}/s",  # type: ignore[arg-type]
+                           eta=f"{eta:.0f} s" if isinstance(eta, (int, float)) else "-")
+            if state in ("done", "failed", "cancelled"):
+                break
+            time.sleep(poll)
+            current = client.get(base)
+            if current.status_code != 200:
+                print(f"dicomweb-gateway: reading progress failed ({current.status_code}): "
+                      f"{_problem_text(current)}", file=sys.stderr)
+                return 1
+            progress = current.json()
+            if progress.get("run") != run:  # the gateway restarted, or another run started
+                print("dicomweb-gateway: the prefetch run is gone (gateway restarted?)",
+                      file=sys.stderr)
+                return 1
+    finally:
+        if bar is not None:
+            bar.stop()
+    print(_prefetch_summary(progress))
+    series = progress.get("series") or {}
+    failed = series.get("failed") if isinstance(series, dict) else 0
+    return 0 if progress.get("state") == "done" and not failed else 1
+
+
+def _problem_text(response: object) -> str:
+    """The message of a DICOM JSON error body, else the body's text."""
+    import httpx
+
+    assert isinstance(response, httpx.Response)
+    try:
+        return str(response.json()["00000902"]["Value"][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return response.text[:300]
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    """`prefetch --url URL --query Q | --study UID...`: have a running gateway fill its cache
+    with a worklist, following the progress; ``--every`` repeats it until interrupted."""
+    from urllib.parse import parse_qsl
+
+    import httpx
+
+    settings = load_settings()
+    if settings.admin_token is None:
+        raise ConfigurationError(
+            "admin_token: set DWG_ADMIN_TOKEN (or admin_token in DWG_CONFIG_FILE) to the "
+            "running gateway's admin token")
+    if bool(args.query) == bool(args.study):
+        raise ConfigurationError("prefetch: give --query 'StudyDate=today&...' or --study UID")
+    body: dict[str, object] = {}
+    if args.query:
+        query: dict[str, list[str]] = {}
+        for name, value in parse_qsl(args.query.lstrip("?"), keep_blank_values=True):
+            query.setdefault(name, []).append(value)
+        body["query"] = {k: v[0] if len(v) == 1 else v for k, v in query.items()}
+    else:
+        body["studies"] = args.study
+    for name in ("max_studies", "max_bytes", "concurrency", "pacs"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    base = args.url.rstrip("/") + "/admin/prefetch"
+    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    show_bar = sys.stdout.isatty() and not args.no_progress
+    try:
+        with httpx.Client(timeout=30, headers=headers) as client:
+            return _prefetch_runs(client, base, body, show_bar, args)
+    except KeyboardInterrupt:
+        print("interrupted; a run already started goes on in the gateway (GET /admin/prefetch); "
+              "running the same prefetch again resumes: cached series are skipped",
+              file=sys.stderr)
+        return 130
+
+
+def _prefetch_runs(client: object, base: str, body: dict[str, object], show_bar: bool,
+                   args: argparse.Namespace) -> int:
+    """One run, or one every ``--every`` until interrupted."""
+    import time
+
+    import httpx
+
+    while True:
+        started = time.monotonic()
+        try:
+            code = _prefetch_once(client, base, body, show_bar, args.poll)
+        except httpx.HTTPError as exc:
+            print(f"dicomweb-gateway: {args.url}: {exc}", file=sys.stderr)
+            code = 1
+        if args.every is None:
+            return code
+        pause = max(args.every - (time.monotonic() - started), 0.0)
+        print(f"next prefetch run in {pause:.0f} s (Ctrl-C to stop)")
+        sys.stdout.flush()
+        _wait(pause)
+
+
+def _wait(seconds: float) -> None:
+    """The pause between scheduled runs (a seam for tests)."""
+    import time
+
+    time.sleep(seconds)
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port number."""
     if not text.isascii() or not text.isdigit() or not 0 < int(text[:6]) <= 65535:
@@ -219,6 +416,29 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--url", help="a running gateway's root URL, to use its admin endpoints "
                                      "(sends the admin_token setting, DWG_ADMIN_TOKEN)")
     cache.set_defaults(func=cmd_cache)
+    prefetch = sub.add_parser(
+        "prefetch", help="have a running gateway fill its cache with a worklist (admin API)")
+    prefetch.add_argument("--url", required=True,
+                          help="the running gateway's root URL (its admin endpoints must be on; "
+                               "sends the admin_token setting, DWG_ADMIN_TOKEN)")
+    prefetch.add_argument("--query", help="a QIDO-RS study query, e.g. "
+                                          "'StudyDate=today&ModalitiesInStudy=CT' (relative "
+                                          "dates: today, yesterday, today-7, ranges of them)")
+    prefetch.add_argument("--study", action="append", metavar="UID",
+                          help="a StudyInstanceUID to prefetch (repeatable)")
+    prefetch.add_argument("--max-studies", type=int, help="at most this many studies (default 50)")
+    prefetch.add_argument("--max-bytes", type=_size, metavar="SIZE",
+                          help="start no series once this much was filled (e.g. 2G)")
+    prefetch.add_argument("--concurrency", type=int,
+                          help="series (associations) at once; default 1, leaving the rest of "
+                               "the PACS's associations to interactive users")
+    prefetch.add_argument("--pacs", help="which PACS (default: the default PACS)")
+    prefetch.add_argument("--every", type=_duration, metavar="DURATION",
+                          help="repeat the run every DURATION (e.g. 15m) until interrupted")
+    prefetch.add_argument("--no-progress", action="store_true",
+                          help="no progress bar, only the summary")
+    prefetch.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    prefetch.set_defaults(func=cmd_prefetch)
     return parser
 
 

@@ -63,6 +63,13 @@ class NotFound(GatewayError):
     title = "Not Found"
 
 
+class Conflict(GatewayError):
+    """The request conflicts with the current state, e.g. a prefetch run already running (409)."""
+
+    http_status = 409
+    title = "Conflict"
+
+
 class NotAcceptable(GatewayError):
     """No representation the client accepts can be produced (406)."""
 

@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, generate_unique_id_function=operation_id())
     if settings.cache_admin_enabled:
         app.include_router(admin.router, generate_unique_id_function=operation_id())
+        app.include_router(admin.prefetch_router, generate_unique_id_function=operation_id())
     dicomweb_routers = (qido.router, wado.router, rendered.router, wado_uri.router)
     served = [r for router in dicomweb_routers for r in router.routes if isinstance(r, APIRoute)]
     # OPTIONS on the service root and on each resource: the Capabilities Description (PS3.18

@@ -23,10 +23,12 @@ from app.api.params import COMMON_ERRORS, errors
 from app.api.state import ServicesDep
 from app.dicomweb.refs import check_uid
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized, UnsupportedMediaType
+from app.services.worklist_prefetch import PrefetchRequest
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="The admin_token setting")
 MAX_BODY = 4096  # an evict request is a few UIDs
+MAX_PREFETCH_BODY = 1 << 20  # a worklist of a few thousand StudyInstanceUIDs
 
 
 def _origin_of(url: str) -> str:
@@ -74,11 +76,11 @@ class EvictRequest(BaseModel):
     pacs: str | None = Field(None, max_length=64, description="PACS name (default: the default)")
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     """The request's JSON object body ({} when empty); 400 when malformed or too large."""
     raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise BadRequest(f"admin request body larger than {MAX_BODY} bytes")
+    if len(raw) > limit:
+        raise BadRequest(f"admin request body larger than {limit} bytes")
     if not raw.strip():
         return {}
     try:
@@ -145,3 +147,68 @@ async def cache_clear(services: ServicesDep) -> JSONResponse:
     removed = await services.backend.clear()
     log.info("admin: cleared the cache (%d keys)", removed)
     return JSONResponse({"removed": removed})
+
+
+prefetch_router = APIRouter(
+    prefix="/admin/prefetch", tags=["admin"], dependencies=[Depends(require_admin)],
+    responses=errors({**COMMON_ERRORS, 401: "Missing or wrong admin token",
+                      403: "Request from a foreign Origin"}))
+
+
+class PrefetchBody(BaseModel):
+    """A worklist to prefetch: a QIDO-style study query or StudyInstanceUIDs, and bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: dict[str, str | int | list[str]] | None = Field(
+        None, description="study-level QIDO-RS query parameters, e.g. "
+                          '{"StudyDate": "today", "ModalitiesInStudy": "CT"}; relative dates '
+                          "(today, yesterday, today-N, ranges of them) are resolved")
+    studies: list[str] | None = Field(None, max_length=10_000,
+                                      description="StudyInstanceUIDs to prefetch")
+    max_studies: int | None = Field(None, description="at most this many studies (default 50)")
+    max_bytes: int | None = Field(None, description="start no series once this many bytes "
+                                                    "were filled (default: no limit)")
+    concurrency: int | None = Field(None, description="series retrieved at once: the "
+                                                      "association budget (default 1)")
+    pacs: str | None = Field(None, max_length=64, description="PACS name (default: the default)")
+
+
+_PREFETCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": PrefetchBody.model_json_schema()}}}}
+
+
+@prefetch_router.post("", summary="Start prefetching a worklist into the cache",
+                      status_code=202, openapi_extra=_PREFETCH_BODY,
+                      responses=errors({400: "Neither or both of query and studies, a bad "
+                                             "query, UID or limit, or a malformed body",
+                                        404: "Unknown PACS name",
+                                        409: "A prefetch is already running, or caching is off",
+                                        415: "A body that is not application/json"}))
+async def start_prefetch(request: Request, services: ServicesDep) -> JSONResponse:
+    """Resolve the studies and fill the cache with them in the background; 202 with the run's
+    progress (poll ``GET /admin/prefetch``)."""
+    try:
+        body = PrefetchBody.model_validate(await _json_body(request, MAX_PREFETCH_BODY))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"admin request body: {where}: {first['msg']}") from None
+    wanted = PrefetchRequest.of(body.query, body.studies, max_studies=body.max_studies,
+                                max_bytes=body.max_bytes, concurrency=body.concurrency,
+                                pacs=body.pacs)
+    try:
+        progress = services.worklist.start(wanted)
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    log.info("admin: worklist prefetch %d started (%d studies listed, query %s)", progress.run,
+             len(wanted.studies), dict(wanted.query))
+    return JSONResponse(progress.as_json(), status_code=202)
+
+
+@prefetch_router.get("", summary="Progress of the current or last worklist prefetch")
+async def prefetch_progress(services: ServicesDep) -> JSONResponse:
+    """Studies and series done and total, bytes, rate and ETA; ``{"state": "idle"}`` before the
+    first run."""
+    progress = services.worklist.progress
+    return JSONResponse(progress.as_json() if progress is not None else {"state": "idle"})

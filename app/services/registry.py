@@ -20,6 +20,7 @@ from app.services.move_relay import MoveRelay
 from app.services.query import QueryService
 from app.services.retrieve import RetrieveService
 from app.services.wado import WadoService
+from app.services.worklist_prefetch import WorklistPrefetcher
 from app.settings import PacsPeer, Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Services:
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
         }
+        self.worklist = WorklistPrefetcher(self.query, self.retrieve, self.cache, metrics)
         metrics.gauge("dimse_move_retrievals_in_progress", lambda: len(dimse.router),
                       "C-MOVE retrievals waiting for sub-operations")
         if self.flights is not None:
@@ -203,6 +205,7 @@ class Services:
 
     async def close(self) -> None:
         """Stop prefetches and fills, release connections and worker threads."""
+        await self.worklist.close()
         prefetches = list(self._prefetch_tasks)
         for task in prefetches:
             task.cancel()

@@ -30,7 +30,7 @@ def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help(capsys)
-    for command in ("serve", "demo", "echo", "cache"):
+    for command in ("serve", "demo", "echo", "cache", "prefetch"):
         assert command in text.split("positional arguments")[0], command
         assert command in text.split("positional arguments")[1], command
 
@@ -90,3 +90,39 @@ def test_serve_on_a_busy_port_says_so(clean_env: pytest.MonkeyPatch,
 def test_unknown_host_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--host", "no-such-host.invalid", "--port", "8080"]) == 2
     assert "--host" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("1048576", 1 << 20), ("500M", 500 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29),
+    ("10k", 10 << 10), ("1T", 1 << 40), ("3 MB", 3 << 20),
+])
+def test_prefetch_sizes(text: str, size: int) -> None:
+    assert cli._size(text) == size
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("1d", 86400), ("0.5m", 30),
+])
+def test_prefetch_durations(text: str, seconds: float) -> None:
+    assert cli._duration(text) == seconds
+
+
+@pytest.mark.parametrize("argv", [
+    ["--max-bytes", "lots"], ["--max-bytes", "0"], ["--every", "soon"], ["--every", "0"],
+    ["--every=-5m"],
+])
+def test_prefetch_bad_sizes_and_durations_are_usage_errors(
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["prefetch", "--url", "http://127.0.0.1:1", "--query", "StudyDate=today",
+                  *argv])
+    assert done.value.code == 2
+    assert "not a" in capsys.readouterr().err
+
+
+def test_prefetch_help_names_the_budgets(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys, "prefetch").split())
+    for option in ("--query", "--study", "--max-studies", "--max-bytes", "--concurrency",
+                   "--every", "--url"):
+        assert option in text
+    assert "interactive users" in text
