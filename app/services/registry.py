@@ -73,7 +73,10 @@ class Services:
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
         }
-        self.worklist = WorklistPrefetcher(self.query, self.retrieve, self.cache, metrics)
+        flights_now = self.flights
+        self.worklist = WorklistPrefetcher(
+            self.query, self.retrieve, self.cache, metrics,
+            fills_running=lambda: flights_now.running if flights_now is not None else 0)
         metrics.gauge("dimse_move_retrievals_in_progress", lambda: len(dimse.router),
                       "C-MOVE retrievals waiting for sub-operations")
         if self.flights is not None:

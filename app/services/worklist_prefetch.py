@@ -15,6 +15,10 @@ C-FIND per study, cached), then fills the cache study by study, series by series
   associations the run may hold (the association budget). Default 1, so interactive users keep
   the rest of the pool and of the PACS's association limit.
 
+Prefetch yields to interactive requests: before it starts a series, it waits while other cache
+fills run in this process (a viewer's retrievals, or on-search prefetches), up to
+``YIELD_AT_MOST`` seconds each time, so a viewer opening a study is not queued behind it.
+
 Resume: a series already complete in the cache is skipped (WadoService.warm does nothing for it),
 so running the same worklist again after an interruption continues where the last run stopped.
 """
@@ -45,6 +49,8 @@ DEFAULT_MAX_STUDIES = 50
 MAX_STUDIES = 10_000
 MAX_CONCURRENCY = 8
 FINISHED = ("done", "failed", "cancelled")
+YIELD_AT_MOST = 30.0  # seconds a series waits for interactive fills before starting anyway
+YIELD_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class PrefetchProgress:
     series_in_flight: int = 0
     peak_in_flight: int = 0
     bytes_filled: int = 0
+    yielded: float = 0.0  # seconds spent waiting for interactive fills
     stopped_by: str | None = None  # "max_bytes" when the budget stopped the run early
     error: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +155,7 @@ class PrefetchProgress:
                        "failed": self.series_failed, "in_flight": self.series_in_flight,
                        "peak_in_flight": self.peak_in_flight},
             "bytes": self.bytes_filled, "rate": round(self.rate(), 1), "eta": self.eta(),
+            "yielded": round(self.yielded, 3),
             "stopped_by": self.stopped_by, "error": self.error, "limits": self.limits,
         }
 
@@ -158,11 +166,13 @@ class WorklistPrefetcher:
     def __init__(self, query: Callable[[str | None], QueryService],
                  wado: Callable[[str | None], WadoService],
                  cache: Callable[[str | None], GatewayCache | None], metrics: Metrics,
+                 fills_running: Callable[[], int] = lambda: 0,
                  today: Callable[[], date] = date.today) -> None:
         self._query = query
         self._wado = wado
         self._cache = cache
         self._metrics = metrics
+        self._fills_running = fills_running
         self._today = today
         self._runs = 0
         self.progress: PrefetchProgress | None = None
@@ -259,6 +269,17 @@ class WorklistPrefetcher:
                      progress.series_total, progress.series_filled, progress.series_skipped,
                      progress.series_failed, progress.bytes_filled)
 
+    async def _yield(self, progress: PrefetchProgress) -> None:
+        """Wait while fills other than this run's own run in this process (at most
+        ``YIELD_AT_MOST`` seconds)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # Polled: the fill count is read from SingleFlight, which signals no change of it.
+        while (self._fills_running() > progress.series_in_flight  # noqa: ASYNC110
+               and loop.time() - start < YIELD_AT_MOST):
+            await asyncio.sleep(YIELD_POLL)
+        progress.yielded += loop.time() - start
+
     async def _studies(self, request: PrefetchRequest) -> list[str]:
         """The StudyInstanceUIDs to prefetch, at most ``max_studies``, in the PACS's order."""
         if request.studies:
@@ -317,6 +338,7 @@ class WorklistPrefetcher:
                     slots.release()
                     progress.stopped_by = "max_bytes"
                     break
+                await self._yield(progress)
                 progress.series_in_flight += 1
                 progress.peak_in_flight = max(progress.peak_in_flight,
                                               progress.series_in_flight)

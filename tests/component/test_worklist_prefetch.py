@@ -157,7 +157,28 @@ async def test_default_concurrency_is_one_series_at_a_time(
         progress = await _finished(client)
         assert progress["state"] == "done"
         assert progress["series"]["peak_in_flight"] == 1
+        assert progress["yielded"] < 1.0  # its own fills are not "interactive"
         assert progress["series"]["filled"] == len({str(d.SeriesInstanceUID) for d in samples})
+
+
+async def test_prefetch_yields_to_interactive_fills(
+        gateway: GatewayFactory, pacs: DemoPacs, samples: list[Dataset]) -> None:
+    """While other fills run in the process (a viewer's), no new series starts."""
+    settings = gateway_settings(peer_config(pacs.port), cache_admin_enabled=True,
+                                admin_token=TOKEN, cache_backend="memory")
+    study = str(samples[0].StudyInstanceUID)
+    async with gateway(settings) as client:
+        worklist = client._transport.app.state.services.worklist  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        busy_until = loop.time() + 0.5
+        real = worklist._fills_running
+        worklist._fills_running = lambda: real() + (1 if loop.time() < busy_until else 0)
+        r = await client.post("/admin/prefetch", headers=AUTH, json={"studies": [study]})
+        assert r.status_code == 202
+        progress = await _finished(client)
+        assert progress["state"] == "done"
+        assert progress["yielded"] >= 0.4
+        assert progress["series"]["filled"] >= 1
 
 
 async def test_the_byte_budget_stops_new_series(
