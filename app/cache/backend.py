@@ -29,6 +29,11 @@ class CacheBackend(ABC):
         """Values of several keys, None for each absent one."""
         return [await self.get(k) for k in keys]
 
+    async def sizes(self, keys: Sequence[str]) -> list[int]:
+        """The length in bytes of each key's value, 0 for an absent one (backends answer it
+        without sending the values, and without counting it as a read)."""
+        return [len(v) if v is not None else 0 for v in await self.get_many(keys)]
+
     @abstractmethod
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Store ``value``; False when the backend declined it (e.g. over the size cap)."""

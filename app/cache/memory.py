@@ -72,6 +72,13 @@ class MemoryBackend(CacheBackend):
     async def delete(self, *keys: str) -> int:
         return sum(1 for k in keys if self._drop(k))
 
+    async def sizes(self, keys: Sequence[str]) -> list[int]:
+        out = []
+        for key in keys:
+            item = self._data.get(key)
+            out.append(len(item[0]) if item is not None and not self._expired(item[1]) else 0)
+        return out
+
     async def exists(self, keys: Sequence[str]) -> int:
         count = 0
         for key in keys:

@@ -103,6 +103,16 @@ class RedisBackend(CacheBackend):
         values = await self._call(self._redis.mget(list(keys)))
         return [bytes(v) if v is not None else None for v in values]
 
+    async def sizes(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        if self._cluster:
+            return [int(await self._call(self._redis.strlen(k))) for k in keys]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.strlen(key)
+        return [int(n) for n in await self._call(pipe.execute())]
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         if self._max_object is not None and len(value) > self._max_object:
             return False

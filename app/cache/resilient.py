@@ -107,6 +107,9 @@ class ResilientBackend(CacheBackend):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return await self._run(lambda b: b.get_many(keys))
 
+    async def sizes(self, keys: Sequence[str]) -> list[int]:
+        return await self._run(lambda b: b.sizes(keys))
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return await self._run(lambda b: b.set(key, value, ttl))
 

@@ -225,18 +225,15 @@ class GatewayCache:
             return None
         return index
 
-    async def series_bytes(self, series: str, batch: int = 16) -> int:
-        """Bytes the cache holds for a series' instances (their stored Part 10 entries, read
-        ``batch`` at a time so memory stays bounded); 0 when the series is not indexed."""
+    async def series_bytes(self, series: str) -> int:
+        """Bytes the cache holds for a series' instances (the lengths of their stored Part 10
+        entries, asked of the backend without reading them); 0 when the series is not
+        indexed."""
         index = await self.get_series_index(series)
         if index is None:
             return 0
-        keys = [self.keys.instance(series, sop) for sop, _, _ in index.instances]
-        total = 0
-        for start in range(0, len(keys), batch):
-            total += sum(len(b) for b in await self.backend.get_many(keys[start:start + batch])
-                         if b is not None)
-        return total
+        return sum(await self.backend.sizes(
+            [self.keys.instance(series, sop) for sop, _, _ in index.instances]))
 
     # study series lists and series summaries ------------------------------------------------
 

@@ -224,3 +224,11 @@ async def test_redis_waiters_are_forgotten(empty_redis: RedisServer) -> None:
         assert backend._waiters == {}  # internal bookkeeping: nothing left behind
     finally:
         await backend.close()
+
+
+async def test_sizes_without_reading_the_values(backend: CacheBackend) -> None:
+    """What a worklist prefetch counts: each value's length, 0 when absent."""
+    assert await backend.sizes([]) == []
+    await backend.set("dwg:t:a", b"x" * 10)
+    await backend.set("dwg:t:b", b"")
+    assert await backend.sizes(["dwg:t:a", "dwg:t:absent", "dwg:t:b"]) == [10, 0, 0]

@@ -230,3 +230,11 @@ async def test_concurrent_series_of_one_study_are_all_recorded(empty_redis: Any)
         assert [await cache.get_series_index(uid) for uid in uids] == [None] * len(uids)
     finally:
         await backend.close()
+
+
+async def test_series_bytes_sums_the_stored_instances(backend: CacheBackend) -> None:
+    cache = _cache(backend)
+    assert await cache.series_bytes(SERIES) == 0  # not indexed
+    await _fill(cache, SERIES, ["1.2.3.4.1", "1.2.3.4.2"])
+    expected = sum(len(_instance(s).data) for s in ("1.2.3.4.1", "1.2.3.4.2"))
+    assert await cache.series_bytes(SERIES) == expected
