@@ -339,6 +339,7 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
             body[name] = getattr(args, name)
     base = args.url.rstrip("/") + "/admin/prefetch"
     headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per progress poll
     show_bar = sys.stdout.isatty() and not args.no_progress
     try:
         with httpx.Client(timeout=30, headers=headers) as client:

@@ -5,6 +5,7 @@ studies' metadata and instances cost the PACS nothing. The CLI drives it end to 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from typing import Any
 
@@ -319,3 +320,33 @@ async def test_prefetch_cli_end_to_end(pacs: DemoPacs, samples: list[Dataset],
         assert captured.out.count("already cached") == 2, captured.out
         assert calls == [pytest.approx(900, abs=5)] * 2
         assert "resumes" in captured.err
+
+
+async def test_prefetch_cli_shows_a_progress_bar_on_a_terminal(
+        pacs: DemoPacs, samples: list[Dataset], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from app import cli
+    from tests.support.gateway_server import GatewayServer
+
+    settings = gateway_settings(peer_config(pacs.port), cache_admin_enabled=True,
+                                admin_token=TOKEN, cache_backend="memory")
+    study = str(samples[0].StudyInstanceUID)
+    series = len({str(d.SeriesInstanceUID) for d in samples
+                  if str(d.StudyInstanceUID) == study})
+    with GatewayServer(settings) as server:
+        monkeypatch.setenv("DWG_ADMIN_TOKEN", TOKEN)
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+        code = await asyncio.to_thread(cli.main, [
+            "prefetch", "--url", server.url, "--study", study, "--poll", "0.05"])
+        out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)  # colours
+        assert code == 0
+        bar = f"{series}/{series} series  1/1 studies"  # the summary says "studies, series"
+        assert bar in out
+        assert "prefetch run 1 done" in out  # the summary
+        code = await asyncio.to_thread(cli.main, [
+            "prefetch", "--url", server.url, "--study", study, "--no-progress"])
+        out = capsys.readouterr().out
+        assert code == 0 and bar not in out
+        assert "prefetch run 2 done" in out
