@@ -25,6 +25,7 @@ from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_sample_studies
 from app.settings import Settings, load_settings
 from tests.peers import RedisServer, require_binary
+from tests.support.redis_cache import redis_cache_settings
 from tests.support.threads import worker_pool
 
 GATEWAY_AE = "TEST_GW"
@@ -305,4 +306,4 @@ def cache_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     url: str = request.getfixturevalue("redis_url")
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         client.flushall()
-    return {"cache_backend": "redis", "redis_url": url}
+    return redis_cache_settings(url)
