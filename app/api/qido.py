@@ -18,8 +18,10 @@ from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, accept_ranges, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
-from app.dicomweb.search import parse_search
+from app.dicomweb.search import SearchQuery, parse_search
 from app.errors import NotAcceptable, NotFound
+
+STUDY_INSTANCE_UID = 0x0020000D
 from app.services.registry import Services
 
 router = APIRouter(tags=["QIDO-RS"])
@@ -108,8 +110,10 @@ async def _search(
     base = service_base_url(request, services)
     result = await services.query(name).search(query, base)
     if level == QueryLevel.STUDY and result.datasets:
-        services.prefetch_studies(name, [str(ds.StudyInstanceUID) for ds in result.datasets
-                                         if "StudyInstanceUID" in ds])
+        found = [str(ds.StudyInstanceUID) for ds in result.datasets if "StudyInstanceUID" in ds]
+        services.prefetch_studies(name, found)
+        if _names_studies(query):
+            services.prefetch_looked_up(name, found)
     if level == QueryLevel.SERIES and study is not None and result.datasets:
         services.prefetch_series(name, study, [
             (str(ds.SeriesInstanceUID), _count(ds, "NumberOfSeriesRelatedInstances"))
@@ -139,6 +143,12 @@ async def _search(
     for key, value in headers:
         response.headers.append(key, value)
     return response
+
+
+def _names_studies(query: SearchQuery) -> bool:
+    """Whether a study search asks for given StudyInstanceUIDs (a viewer opening a study)."""
+    return any(key.path.tags == (STUDY_INSTANCE_UID,) and not key.is_universal
+               and not any("*" in v or "?" in v for v in key.values) for key in query.matches)
 
 
 def _count(ds: Dataset, keyword: str) -> int | None:
