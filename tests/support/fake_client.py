@@ -208,7 +208,11 @@ class FakeClient:
     on_find: Responder = unexpected
     on_get: Responder = unexpected
     on_move: Responder = unexpected
+    relational: bool = False  # what supports_relational() answers
     calls: list[Call] = field(default_factory=list)
+
+    async def supports_relational(self) -> bool:
+        return self.relational
 
     def _stream(self, call: Call, responder: Responder) -> OperationStream[Any, Any]:
         self.calls.append(call)
