@@ -20,9 +20,9 @@ from app.dicomweb.multipart import encode_multipart, multipart_content_type, new
 from app.dicomweb.refs import check_uid
 from app.dicomweb.search import SearchQuery, parse_search
 from app.errors import NotAcceptable, NotFound
+from app.services.registry import Services
 
 STUDY_INSTANCE_UID = 0x0020000D
-from app.services.registry import Services
 
 router = APIRouter(tags=["QIDO-RS"])
 
