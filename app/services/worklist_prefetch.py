@@ -7,10 +7,11 @@ C-FIND per study, cached), then fills the cache study by study, series by series
 (WadoService.warm, single-flight with interactive requests for the same series), bounded by:
 
 - ``max_studies``: the first N studies the search answers (or the first N UIDs given);
-- ``max_bytes``: no new series starts once the bytes this run filled reach the budget (series in
-  flight finish, so a run may overshoot by at most ``concurrency`` series). Bytes are those the
-  cache holds for each series this run filled, measured after its fill (the lengths of the
-  stored Part 10 entries, asked of the backend without reading them back); series that were cached already are skipped and count no bytes;
+- ``max_bytes``: no new series starts once the bytes this run filled reach the budget (series
+  in flight finish, so a run may overshoot by at most ``concurrency`` series). Bytes are those
+  the cache holds for each series this run filled, measured after its fill (the lengths of the
+  stored Part 10 entries, asked of the backend without reading them back); series that were
+  cached already are skipped and count no bytes;
 - ``concurrency``: how many series are retrieved at once, i.e. how many of the PACS's
   associations the run may hold (the association budget). Default 1, so interactive users keep
   the rest of the pool and of the PACS's association limit.
