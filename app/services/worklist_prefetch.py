@@ -323,6 +323,10 @@ class WorklistPrefetcher:
                 progress.series_failed += 1
                 self._metrics.inc("worklist_prefetch_series_total", outcome="failed")
                 log.info("worklist prefetch: series %s failed: %s", series, exc.detail)
+            except Exception:  # one series' surprise must not end the run
+                progress.series_failed += 1
+                self._metrics.inc("worklist_prefetch_series_total", outcome="failed")
+                log.exception("worklist prefetch: series %s failed", series)
             finally:
                 progress.series_in_flight -= 1
                 progress.series_done += 1
