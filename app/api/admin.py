@@ -201,8 +201,9 @@ async def start_prefetch(request: Request, services: ServicesDep) -> JSONRespons
         progress = services.worklist.start(wanted)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
-    log.info("admin: worklist prefetch %d started (%d studies listed, query %s)", progress.run,
-             len(wanted.studies), dict(wanted.query))
+    # Parameter names only: values such as PatientName are patient data.
+    log.info("admin: worklist prefetch %d started (%d studies listed, query on %s)",
+             progress.run, len(wanted.studies), sorted({name for name, _ in wanted.query}))
     return JSONResponse(progress.as_json(), status_code=202)
 
 
