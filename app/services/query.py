@@ -15,7 +15,7 @@ cache, and the others wait for its result (kept briefly even when ``qido_cache_t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -221,7 +221,7 @@ class QueryService:
 
     # -- result streams ---------------------------------------------------------------------
 
-    async def _relational_results(self, plan: _Plan) -> AsyncIterator[Dataset]:
+    async def _relational_results(self, plan: _Plan) -> AsyncGenerator[Dataset, None]:
         """One C-FIND at the target level carrying keys of every level (relational query)."""
         ident = build_identifier(
             plan.target,
@@ -236,7 +236,7 @@ class QueryService:
 
     async def _staged_results(
         self, plan: _Plan, depth: int, uids: dict[int, str], inherited: Dataset | None
-    ) -> AsyncIterator[Dataset]:
+    ) -> AsyncGenerator[Dataset, None]:
         """Hierarchical queries from the top needed level down to the target level."""
         level = LEVELS[depth]
         if depth < plan.start_depth:
@@ -283,7 +283,7 @@ class QueryService:
 
     async def _stream(
         self, ident: Dataset, level: QueryLevel, *, relational: bool = False
-    ) -> AsyncIterator[Dataset]:
+    ) -> AsyncGenerator[Dataset, None]:
         """Matches of one C-FIND as they arrive (or sorted, for a PACS with unstable order)."""
         if not self._peer.stable_find_order:
             for ds in await self._collect(ident, level, relational=relational):
