@@ -149,7 +149,7 @@ def _dataset_start(data: bytes) -> int:
         raise Malformed("no Part-10 preamble")
     if data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
         raise Malformed("no File Meta Information Group Length")
-    meta_length = _U32.unpack_from(data, 140)[0]
+    meta_length: int = _U32.unpack_from(data, 140)[0]
     start = 144 + meta_length
     if start > len(data):
         raise Malformed("File Meta Information runs past the end")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import SupportsFloat, SupportsIndex
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydicom.dataset import Dataset
 
@@ -349,10 +351,13 @@ def _apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 
 def _first(value: object) -> float:
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__")
-                                              and not isinstance(value, (str, bytes))):
-        value = list(value)[0]  # type: ignore[call-overload]
-    return float(value)  # type: ignore[arg-type]
+    """The first value of a multi-valued element (or the one value) as a float; TypeError,
+    ValueError or IndexError when there is none."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        value = list(value)[0]
+    if not isinstance(value, (str, bytes, SupportsFloat, SupportsIndex)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
 
 
 def instance_window(ds: Dataset) -> Window | None:
@@ -380,6 +385,7 @@ def _grayscale(array: np.ndarray, ds: Dataset, index: int, window: Window | None
     else:
         values = np.asarray(apply_modality_lut(array, view), dtype=np.float64)
     chosen = window or instance_window(view)
+    display: npt.NDArray[np.float64]
     if chosen is not None:
         display = _apply_window(values, chosen)
     elif view.get("VOILUTSequence"):
