@@ -36,6 +36,7 @@ from app.api.state import ServicesDep
 from app.api.streaming import TruncatableStreamingResponse, rendered_parts
 from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import (
+    AS_STORED,
     DICOM,
     DICOM_XML,
     METADATA_OFFERS,
@@ -71,7 +72,7 @@ from app.dicomweb.ziparchive import ZipStream
 from app.errors import BadRequest, GatewayError, NotAcceptable
 from app.services.registry import Services
 from app.services.retrieve import Ref
-from app.services.wado import AS_STORED, MetadataItem, WireInstance, bulk_uri_minter
+from app.services.wado import MetadataItem, WireInstance, bulk_uri_minter
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])

@@ -21,7 +21,7 @@ from app.api.params import COMMON_ERRORS, UID_SCHEMA, errors
 from app.api.qido import peer_name
 from app.api.state import ServicesDep
 from app.api.warning import warning_value
-from app.dicomweb.mediatypes import DICOM, Offer, accept_ranges, negotiate, parse_accept
+from app.dicomweb.mediatypes import AS_STORED, DICOM, Offer, accept_ranges, negotiate, parse_accept
 from app.dicomweb.refs import InstanceRef, is_valid_uid
 from app.dicomweb.render import (
     GIF,
@@ -46,7 +46,6 @@ router = APIRouter(tags=["WADO-URI"])
 
 #: WADO-URI representations, default first (PS3.18 9.3: no contentType and */* -> image/jpeg).
 URI_OFFERS: tuple[Offer, ...] = (Offer(JPEG), Offer(DICOM), Offer(PNG), Offer(GIF))
-AS_STORED = "*"
 RENDERED_ONLY = ("frameNumber", "rows", "columns", "region", "windowCenter", "windowWidth",
                  "imageQuality", "annotation", "imageAnnotation", "presentationUID",
                  "presentationSeriesUID")

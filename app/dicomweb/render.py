@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from app.dicomweb.mediatypes import MULTIPART_RELATED, MediaRange, Offer, negotiate
 from app.dicomweb.numbers import NotANumber, NumberTooLong, parse_integer, preview
 from app.dicomweb.pixels import FrameOutOfRange, dataset_transfer_syntax, frame_count
+from app.dicomweb.tags import PIXEL_DATA, PIXEL_DATA_TAGS
 
 __all__ = [
     "GIF",
@@ -71,7 +72,6 @@ DEFAULT_JPEG_QUALITY = 90
 _PIL_FORMAT = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 _DICOM_TYPES = ("application/dicom", "application/dicom+json", "application/dicom+xml",
                 "application/octet-stream")
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 class RenderParameterError(ValueError):
@@ -283,7 +283,7 @@ def negotiate_rendered(ranges: Sequence[MediaRange]) -> tuple[str | None, bool]:
 
 def has_pixels(ds: Dataset) -> bool:
     """True when the dataset carries (integer or float) pixel data."""
-    return any(tag in ds for tag in _PIXEL_TAGS)
+    return any(tag in ds for tag in PIXEL_DATA_TAGS)
 
 
 def _frame_attributes(ds: Dataset, index: int) -> Dataset:
@@ -301,7 +301,7 @@ def _frame_attributes(ds: Dataset, index: int) -> Dataset:
         return ds
     view = Dataset()
     for elem in ds:  # top level only
-        if elem.tag not in _PIXEL_TAGS:
+        if elem.tag not in PIXEL_DATA_TAGS:
             view.add(elem)
     for group in groups:
         for sequence in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
@@ -318,7 +318,7 @@ def _decode(ds: Dataset, index: int) -> tuple[np.ndarray, str]:
     from pydicom.pixels import get_decoder
 
     syntax = dataset_transfer_syntax(ds)
-    if 0x7FE00010 not in ds:
+    if PIXEL_DATA not in ds:
         array = ds.pixel_array  # float / double float pixel data
         if frame_count(ds) > 1:
             array = array[index]

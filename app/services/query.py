@@ -34,8 +34,6 @@ from app.dicomweb.attributes import (
     level_of,
 )
 from app.dicomweb.counts import (
-    MODALITIES_IN_STUDY,
-    STUDY_RELATED_SERIES,
     has_value,
     wanted_keys,
 )
@@ -43,6 +41,7 @@ from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery, is_private
+from app.dicomweb.tags import MODALITIES_IN_STUDY, SPECIFIC_CHARACTER_SET, STUDY_RELATED_SERIES
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
@@ -437,7 +436,7 @@ def _merge(upper: Dataset | None, lower: Dataset) -> Dataset:
     for element in upper:
         if element.tag not in lower and element.tag not in DROPPED_FROM_RESULTS:
             lower.add(element)
-        elif element.tag == 0x00080005 and 0x00080005 not in lower:
+        elif element.tag == SPECIFIC_CHARACTER_SET and SPECIFIC_CHARACTER_SET not in lower:
             lower.add(element)
     return lower
 
