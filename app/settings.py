@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     readyz_details: bool = False
     prefetch_on_search: bool = False
     prefetch_on_series_query: bool = True
+    prefetch_on_study_lookup: bool = True
     prefetch_study_max_series: Annotated[int, Field(ge=0, le=1000)] = 16
     prefetch_study_max_instances: Annotated[int, Field(ge=0)] = 5000
     compress_responses: bool = True

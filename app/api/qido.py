@@ -17,7 +17,8 @@ from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import DICOM_JSON, DICOM_XML, QIDO_OFFERS, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
-from app.dicomweb.search import parse_search
+from app.dicomweb.search import SearchQuery, parse_search
+from app.dicomweb.tags import STUDY_INSTANCE_UID
 from app.errors import NotAcceptable
 
 router = APIRouter(tags=["QIDO-RS"])
@@ -87,8 +88,10 @@ async def _search(
     base = req.base_url
     result = await services.query(name).search(query, base)
     if level == QueryLevel.STUDY and result.datasets:
-        services.prefetch_studies(name, [str(ds.StudyInstanceUID) for ds in result.datasets
-                                         if "StudyInstanceUID" in ds])
+        found = [str(ds.StudyInstanceUID) for ds in result.datasets if "StudyInstanceUID" in ds]
+        services.prefetch_studies(name, found)
+        if _names_studies(query):
+            services.prefetch_looked_up(name, found)
     if level == QueryLevel.SERIES and study is not None and result.datasets:
         services.prefetch_series(name, study, [
             (str(ds.SeriesInstanceUID), _count(ds, "NumberOfSeriesRelatedInstances"))
@@ -118,6 +121,12 @@ async def _search(
     for key, value in headers:
         response.headers.append(key, value)
     return response
+
+
+def _names_studies(query: SearchQuery) -> bool:
+    """Whether a study search asks for given StudyInstanceUIDs (a viewer opening a study)."""
+    return any(key.path.tags == (STUDY_INSTANCE_UID,) and not key.is_universal
+               and not any("*" in v or "?" in v for v in key.values) for key in query.matches)
 
 
 def _count(ds: Dataset, keyword: str) -> int | None:

@@ -25,6 +25,7 @@ from app.settings import PacsPeer, Settings
 log = logging.getLogger(__name__)
 PREFETCH_MAX_STUDIES = 10
 PREFETCH_SERIES_AT_ONCE = 2
+PREFETCH_LOOKUP_MAX_STUDIES = 2  # a search naming more UIDs is a list, not a study opened
 SEARCH_EVENT_TTL = 60.0
 
 
@@ -116,9 +117,7 @@ class Services:
                     log.info("prefetch of study %s failed: %s", study, exc.detail)
 
         for study in study_uids[:PREFETCH_MAX_STUDIES]:
-            task = asyncio.get_running_loop().create_task(one(study))
-            self._prefetch_tasks.add(task)
-            task.add_done_callback(self._prefetch_tasks.discard)
+            self._track(asyncio.get_running_loop().create_task(one(study)))
 
     def retrieve_operation(self, name: str | None = None) -> str:
         """How a peer is retrieved from now: "C-MOVE" for retrieve_method "move", and for
@@ -136,11 +135,41 @@ class Services:
         ``prefetch_study_max_series`` and ``prefetch_study_max_instances`` (series without an
         instance count count as none; they still count as series). ``series``: (UID, count)
         in the order listed; each series is filled at most once (single-flight)."""
-        settings = self.settings
-        if not settings.prefetch_on_series_query or self.flights is None:
+        if not self.settings.prefetch_on_series_query or self.flights is None:
             return
-        peer = settings.peer(name).name
-        wado = self._wado[peer]
+        self._prefetch_listed(name, study_uid, series, "series_query")
+
+    def prefetch_looked_up(self, name: str | None, study_uids: list[str]) -> None:
+        """Warm the cache with the studies a search named by StudyInstanceUID (what a viewer
+        asks when it opens a study by its UID, before listing its series): each study's series
+        list (one C-FIND, cached), then its series as ``prefetch_series`` does, without
+        instance counts (the series list has none)."""
+        if (not self.settings.prefetch_on_study_lookup or self.flights is None
+                or len(study_uids) > PREFETCH_LOOKUP_MAX_STUDIES):
+            return
+        wado = self._wado[self.settings.peer(name).name]
+
+        async def one(study: str) -> None:
+            try:
+                series = await wado.study_series(study)
+            except GatewayError as exc:
+                log.info("prefetch of study %s failed: %s", study, exc.detail)
+                return
+            self._prefetch_listed(name, study, [(uid, None) for uid in series], "study_lookup")
+
+        for study in study_uids:
+            self._track(asyncio.get_running_loop().create_task(one(study),
+                                                               name=f"prefetch {study}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._prefetch_tasks.add(task)
+        task.add_done_callback(self._prefetch_tasks.discard)
+
+    def _prefetch_listed(self, name: str | None, study_uid: str,
+                         series: list[tuple[str, int | None]], trigger: str) -> None:
+        """Fill ``series`` of a study in the background, within the prefetch bounds."""
+        settings = self.settings
+        wado = self._wado[settings.peer(name).name]
         chosen: list[str] = []
         instances = 0
         for uid, count in series[:settings.prefetch_study_max_series]:
@@ -153,14 +182,12 @@ class Services:
             async with self._series_prefetch_slots:
                 try:
                     if await wado.warm(SeriesRef(study_uid, uid)):
-                        self.metrics.inc("cache_prefetches_total", trigger="series_query")
+                        self.metrics.inc("cache_prefetches_total", trigger=trigger)
                 except GatewayError as exc:
                     log.info("prefetch of series %s failed: %s", uid, exc.detail)
 
         for uid in chosen:
-            task = asyncio.get_running_loop().create_task(one(uid), name=f"prefetch {uid}")
-            self._prefetch_tasks.add(task)
-            task.add_done_callback(self._prefetch_tasks.discard)
+            self._track(asyncio.get_running_loop().create_task(one(uid), name=f"prefetch {uid}"))
 
     async def echo(self, name: str | None = None) -> float:
         """C-ECHO a peer; round-trip seconds, or a GatewayError."""

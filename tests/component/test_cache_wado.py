@@ -136,7 +136,8 @@ def settings_for(pacs: DemoPacs, method: str = "get", **extra: Any) -> Settings:
     # No series-query prefetch here: these tests count every operation at the PACS, and a
     # background fill started by listing series would be counted with them (test_prefetch.py
     # covers it).
-    values: dict[str, Any] = {"cache_backend": "memory", "prefetch_on_series_query": False}
+    values: dict[str, Any] = {"cache_backend": "memory", "prefetch_on_series_query": False,
+                              "prefetch_on_study_lookup": False}
     values.update(extra)
     settings = gateway_settings(peer, **values)
     if method == "move":

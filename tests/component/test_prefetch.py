@@ -133,3 +133,45 @@ async def test_series_query_prefetch_is_bounded_and_can_be_off(gateway: GatewayF
                 assert pacs.operation_counts["C-GET"] == 0
     finally:
         pacs.stop()
+
+
+async def test_a_study_looked_up_by_uid_is_prefetched(gateway: GatewayFactory,
+                                                      samples: list[Dataset]) -> None:
+    """A viewer opening a study by its UID first searches ``/studies?StudyInstanceUID=...``:
+    that starts filling the study's series; a search that does not name studies does not."""
+    pacs = DemoPacs(samples, ae_title="DEMO_PACS")
+    pacs.start("127.0.0.1", 0)
+    try:
+        study, series = _study_with_most_series(samples)
+        settings = gateway_settings(peer_config(pacs.port), prefetch_on_series_query=False)
+        async with gateway(settings) as client:
+            listed = await client.get("/dicomweb/studies", params={"PatientName": "*"})
+            assert listed.status_code == 200
+            await asyncio.sleep(0.5)
+            assert pacs.operation_counts["C-GET"] == 0  # a list is not a study opened
+            found = await client.get("/dicomweb/studies", params={"StudyInstanceUID": study})
+            assert found.status_code == 200 and len(found.json()) == 1
+            assert await _until(lambda: pacs.operation_counts["C-GET"] >= len(series))
+            metrics = ""
+            for _ in range(100):
+                metrics = (await client.get("/metrics")).text
+                if "cache_fills_in_progress 0" in metrics:
+                    break
+                await asyncio.sleep(0.05)
+            assert (f'cache_prefetches_total{{trigger="study_lookup"}} {len(series)}\n'
+                    in metrics)
+            gets = pacs.operation_counts["C-GET"]
+            for uid in series:
+                metadata = await client.get(f"/dicomweb/studies/{study}/series/{uid}/metadata")
+                assert metadata.status_code == 200
+            assert pacs.operation_counts["C-GET"] == gets
+        pacs.reset_operation_counts()
+        off = gateway_settings(peer_config(pacs.port), prefetch_on_series_query=False,
+                               prefetch_on_study_lookup=False)
+        async with gateway(off) as client:
+            found = await client.get("/dicomweb/studies", params={"StudyInstanceUID": study})
+            assert found.status_code == 200
+            await asyncio.sleep(0.5)
+            assert pacs.operation_counts["C-GET"] == 0
+    finally:
+        pacs.stop()

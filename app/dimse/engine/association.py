@@ -122,7 +122,11 @@ class AssociationRequest:
         """Whether an association negotiated for this request can carry ``other``'s operations:
         the same AE titles and PDU size, and every context, SCP role and extended item that
         ``other`` proposes proposed here too (whether the PACS accepted them is checked on the
-        association)."""
+        association). A request with SCP roles (a C-GET's storage contexts) needs exactly its
+        own negotiation: the order of the proposals decides which context some PACS send
+        each instance on (dcmqrscp takes the first accepted one of its class)."""
+        if other.scp_roles:
+            return self == other
         return (self.calling_ae == other.calling_ae and self.called_ae == other.called_ae
                 and self.max_receive == other.max_receive
                 and set(other.contexts) <= set(self.contexts)

@@ -146,6 +146,19 @@ async def test_an_association_whose_negotiation_covers_a_request_carries_it() ->
     assert not reused and other is not retrieval
     pool.give_back(other, other.requested, reusable=False)
 
+    # A C-GET (storage contexts with SCP roles) needs its own negotiation, in its own order:
+    # some PACS send each instance on the first accepted context of its class.
+    storage = tuple(ContextProposal("1.2.840.10008.5.1.4.1.1.2", (ts,))
+                    for ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"))
+    first = AssociationRequest("GW", "PACS", storage, ("1.2.840.10008.5.1.4.1.1.2",))
+    compressed_first = AssociationRequest("GW", "PACS", storage[::-1],
+                                          ("1.2.840.10008.5.1.4.1.1.2",))
+    plain, _ = await pool.acquire(first)
+    pool.give_back(plain, first, reusable=True)
+    retry, reused = await pool.acquire(compressed_first)
+    assert not reused and retry is not plain
+    pool.give_back(retry, compressed_first, reusable=False)
+
     rejected = request("1.2.3.1", "1.2.3.3", REJECTED)
     partly, _ = await pool.acquire(rejected)
     pool.give_back(partly, rejected, reusable=True)
