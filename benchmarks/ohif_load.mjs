@@ -10,7 +10,17 @@
 //
 // Usage: node ohif_load.mjs <input.json> <result.json>
 // input: { nodeModules, chromium, userDataDir, viewerUrl, studyUid, dicomwebRoot,
-//          expectedImages, disableWebSecurity, timeoutMs, stallMs, screenshot (path or null) }
+//          expectedImages, disableWebSecurity, timeoutMs, stallMs, screenshot (path or null),
+//          network (null, or { latencyMs, downloadBps, uploadBps }) }
+//
+// With `network`, Chromium's own network emulation (CDP Network.emulateNetworkConditions on the
+// page's target: added latency per request, shared download and upload throughput in bytes/s)
+// is applied before the navigation. It throttles what the page's network stack fetches; OHIF
+// fetches the series metadata and every frame with XHR from the main thread (cornerstone's
+// dicom-image-loader; its web workers only decode), which the driver checks: `wire` counts, from
+// CDP's Network events of the page's target, every DICOMweb response with its bytes on the wire
+// and Content-Encoding, and the Python side compares the frames seen there with the frames of the
+// page's resource timing and with the responses the whole browser context saw.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -41,6 +51,10 @@ const result = {
   consoleErrors: [],
   pageErrors: [],
   wallMs: null,
+  network: null,
+  wire: [],
+  contextResponses: { frames: 0, metadata: 0 },
+  workers: [],
 };
 
 function writeResult() {
@@ -172,9 +186,12 @@ async function main() {
       if (message.type() === 'error') result.consoleErrors.push(message.text().slice(0, 300));
     });
     page.on('pageerror', error => result.pageErrors.push(String(error).slice(0, 300)));
+    page.on('worker', worker => result.workers.push(worker.url().slice(0, 200)));
     context.on('response', response => {
       const url = response.url();
       if (!url.startsWith(input.dicomwebRoot)) return;
+      if (url.includes('/frames/')) result.contextResponses.frames += 1;
+      else if (url.split('?')[0].endsWith('/metadata')) result.contextResponses.metadata += 1;
       const key = `${response.request().method()} ${response.status()}`;
       result.statuses[key] = (result.statuses[key] ?? 0) + 1;
     });
@@ -186,6 +203,34 @@ async function main() {
     const cdp = await context.newCDPSession(page);
     await cdp.send('Network.enable');
     await cdp.send('Network.setCacheDisabled', { cacheDisabled: true });
+    // Bytes on the wire (headers + body as received, after any Content-Encoding) per response.
+    const pending = new Map();
+    cdp.on('Network.responseReceived', event => {
+      if (!event.response.url.startsWith(input.dicomwebRoot)) return;
+      const headers = Object.fromEntries(
+        Object.entries(event.response.headers).map(([k, v]) => [k.toLowerCase(), v]));
+      pending.set(event.requestId, {
+        url: event.response.url,
+        status: event.response.status,
+        encoding: headers['content-encoding'] ?? null,
+        type: headers['content-type'] ?? null,
+      });
+    });
+    cdp.on('Network.loadingFinished', event => {
+      const entry = pending.get(event.requestId);
+      if (!entry) return;
+      pending.delete(event.requestId);
+      result.wire.push({ ...entry, wireBytes: event.encodedDataLength });
+    });
+    if (input.network) {
+      result.network = {
+        offline: false,
+        latency: input.network.latencyMs,
+        downloadThroughput: input.network.downloadBps,
+        uploadThroughput: input.network.uploadBps,
+      };
+      await cdp.send('Network.emulateNetworkConditions', result.network);
+    }
     await page.addInitScript(installProbe, {
       dicomwebRoot: input.dicomwebRoot,
       expectedImages: input.expectedImages,

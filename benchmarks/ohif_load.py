@@ -4,7 +4,10 @@ DICOMweb plugin, on the same data in the same run; cold and warm.
 
 Run from the repository root: ``.venv/bin/python -m benchmarks.ohif_load [--slices 300]
 [--repeat 3]``; the figures replace the ``ohif-load-results`` section of docs/benchmarks.md.
-Every server runs on 127.0.0.1 on a free port and is stopped at the end.
+With ``--network wan`` every load runs on an emulated WAN (Chromium's network emulation,
+``--down-mbps``, ``--up-mbps``, ``--rtt-ms``), a second gateway without compressed JSON
+(``DWG_COMPRESS_RESPONSES=false``) is added, and the figures replace the ``ohif-wan-results``
+section instead. Every server runs on 127.0.0.1 on a free port and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ DRIVER = Path(__file__).resolve().parent / "ohif_load.mjs"
 NODE_MODULES = REPO_ROOT / "e2e" / "node_modules"
 RESULTS_BEGIN = "<!-- ohif-load-results:begin -->"
 RESULTS_END = "<!-- ohif-load-results:end -->"
+WAN_RESULTS_BEGIN = "<!-- ohif-wan-results:begin -->"
+WAN_RESULTS_END = "<!-- ohif-wan-results:end -->"
 SEED = 4
 DRIVER_TIMEOUT_S = 240.0
 STALL_MS = 30_000
@@ -64,10 +69,14 @@ ENGINES = ("asyncio", "pynetdicom")
 
 GATEWAY = "gateway"
 GATEWAY_CORS = "gateway-cors"
+GATEWAY_IDENTITY = "gateway-identity"
 ORTHANC = "orthanc"
+ORTHANC_IDENTITY = "orthanc-identity"
 TARGET_LABELS = {
     GATEWAY: "gateway (memory cache)",
+    GATEWAY_IDENTITY: "gateway, JSON not compressed",
     ORTHANC: "Orthanc DICOMweb plugin",
+    ORTHANC_IDENTITY: "Orthanc, HttpCompressionEnabled false",
     GATEWAY_CORS: "gateway, CORS, normal web security",
 }
 
@@ -110,6 +119,19 @@ class Load:
     failures: int = 0
     stack_size: int | None = None
     wall_ms: float | None = None
+    metadata_wire_bytes: int | None = None
+    """The series metadata response(s) as received: headers + body after Content-Encoding."""
+    metadata_encoding: str | None = None
+    json_wire_bytes: int | None = None
+    """Every DICOMweb response but the frames (QIDO and metadata), as received."""
+    json_requests: int = 0
+    wire_bytes: int | None = None
+    wire_frames: int = 0
+    frame_wire_bytes: int | None = None
+    """Frame responses seen by CDP's Network domain of the page's target (the emulated one)."""
+    context_frames: int = 0
+    """Frame responses the whole browser context saw (page and any worker)."""
+    workers: int = 0
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -149,6 +171,22 @@ def summarise_probe(load: Load, result: dict[str, Any], root: str) -> Load:
     load.statuses = result.get("statuses", {})
     load.failures = len(result.get("failures", []))
     load.wall_ms = result.get("wallMs")
+    wire = result.get("wire") or []
+    if wire:
+        load.wire_bytes = sum(int(w.get("wireBytes") or 0) for w in wire)
+        load.wire_frames = sum(1 for w in wire if "/frames/" in w["url"])
+        load.frame_wire_bytes = sum(int(w.get("wireBytes") or 0) for w in wire
+                                    if "/frames/" in w["url"])
+        text = [w for w in wire if "/frames/" not in w["url"]]
+        load.json_requests = len(text)
+        load.json_wire_bytes = sum(int(w.get("wireBytes") or 0) for w in text)
+        meta = [w for w in text if w["url"].split("?")[0].endswith("/metadata")]
+        if meta:
+            load.metadata_wire_bytes = sum(int(w.get("wireBytes") or 0) for w in meta)
+            load.metadata_encoding = ",".join(sorted({w.get("encoding") or "identity"
+                                                      for w in meta}))
+    load.context_frames = int((result.get("contextResponses") or {}).get("frames") or 0)
+    load.workers = len(result.get("workers") or [])
     resources = probe.get("resources", [])
     load.requests = len(resources)
     for r in resources:
@@ -203,7 +241,8 @@ class Browser:
 
 def browser_load(browser: Browser, workdir: Path, *, viewer_url: str, dicomweb_root: str,
                  study_uid: str, expected: int, disable_web_security: bool,
-                 screenshot: Path | None = None) -> dict[str, Any]:
+                 screenshot: Path | None = None,
+                 network: dict[str, float] | None = None) -> dict[str, Any]:
     """One load in a fresh Chromium with a fresh profile (removed afterwards): the driver's
     JSON result."""
     run_dir = Path(tempfile.mkdtemp(prefix="load-", dir=workdir))
@@ -220,6 +259,7 @@ def browser_load(browser: Browser, workdir: Path, *, viewer_url: str, dicomweb_r
             "timeoutMs": int((DRIVER_TIMEOUT_S - 10) * 1000),
             "stallMs": STALL_MS,
             "screenshot": str(screenshot) if screenshot else None,
+            "network": network,
         }
         (run_dir / "input.json").write_text(json.dumps(driver_input))
         result_path = run_dir / "result.json"
@@ -268,6 +308,20 @@ def server_frame_rate(root: str, paths: Sequence[str],
 # -- servers -------------------------------------------------------------------------------------
 
 
+def network_conditions(args: argparse.Namespace) -> dict[str, float] | None:
+    """The driver's ``network`` input (CDP Network.emulateNetworkConditions: latency in ms,
+    throughputs in bytes/s), or None on the plain loopback."""
+    if getattr(args, "network", "none") == "none":
+        return None
+    return {"latencyMs": float(args.rtt_ms), "downloadBps": args.down_mbps * 1e6 / 8,
+            "uploadBps": args.up_mbps * 1e6 / 8}
+
+
+def with_identity_gateway(args: argparse.Namespace) -> bool:
+    """Whether the run has the second gateway without compressed JSON."""
+    return bool(getattr(args, "uncompressed", False)) or network_conditions(args) is not None
+
+
 def cold_first_image_tolerance(slices: int) -> float:
     """The issue #8 limit of the cold first image, gateway / Orthanc, for a series this long."""
     return next(limit for floor, limit in COLD_FIRST_IMAGE_TOLERANCE if slices >= floor)
@@ -275,18 +329,22 @@ def cold_first_image_tolerance(slices: int) -> float:
 
 class ViewerGateway(GatewayProcess):
     """The gateway as its own process with the default in-process cache, the chosen DIMSE
-    engine (``DWG_DIMSE_ENGINE``) and, optionally, CORS allowing the viewer's origin (the
-    realistic two-origin deployment)."""
+    engine (``DWG_DIMSE_ENGINE``), optionally CORS allowing the viewer's origin (the
+    realistic two-origin deployment), and compressed JSON on (the default) or off
+    (``DWG_COMPRESS_RESPONSES``)."""
 
     def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *, source: Path,
-                 cors_origin: str | None, engine: str = "asyncio") -> None:
+                 cors_origin: str | None, engine: str = "asyncio",
+                 compress: bool = True) -> None:
         self.cors_origin = cors_origin
         self.engine = engine
+        self.compress = compress
         super().__init__(workdir, peers, source=source, cache="memory")
 
     def env(self) -> dict[str, str]:
         env = super().env()
         env["DWG_DIMSE_ENGINE"] = self.engine
+        env["DWG_COMPRESS_RESPONSES"] = "true" if self.compress else "false"
         if self.cors_origin:
             env["DWG_CORS_ALLOW_ORIGINS"] = json.dumps([self.cors_origin])
         return env
@@ -321,6 +379,7 @@ class Bench:
         self.viewer = viewer
         self.app_source = app_source
         self.shots = args.screenshots
+        self.network = network_conditions(args)
 
     def _load(self, target: str, phase: str, round_no: int, root: str,
               disable_web_security: bool) -> Load:
@@ -329,7 +388,7 @@ class Bench:
         raw = browser_load(self.browser, self.workdir, viewer_url=self.viewer.url,
                            dicomweb_root=root, study_uid=self.results.study_uid,
                            expected=self.args.slices, disable_web_security=disable_web_security,
-                           screenshot=shot)
+                           screenshot=shot, network=self.network)
         load = summarise_probe(Load(target, phase, round_no, bool(raw.get("ok")),
                                     raw.get("error")), raw, root)
         if load.ok and load.frames < self.args.slices:
@@ -343,29 +402,38 @@ class Bench:
         self.results.loads.append(load)
         return load
 
-    def gateway_round(self, round_no: int, *, cors: bool) -> None:
+    def gateway_round(self, round_no: int, *, cors: bool, compress: bool = True) -> None:
         """A fresh gateway (empty cache): one cold load, then ``warm`` loads on a filled
         cache, each in a fresh browser."""
-        target = GATEWAY_CORS if cors else GATEWAY
+        target = GATEWAY_CORS if cors else (GATEWAY if compress else GATEWAY_IDENTITY)
         restart_orthanc(self.orthanc, nodelay=False)
         peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
                            self.orthanc.dicom_port)
         with ViewerGateway(self.workdir, [peer], source=self.app_source,
                            cors_origin=self.viewer.url if cors else None,
-                           engine=self.args.engine) as gw:
+                           engine=self.args.engine, compress=compress) as gw:
             self._load(target, "cold", round_no, gw.dicomweb(), disable_web_security=not cors)
             for _ in range(self.args.warm):
                 self._load(target, "warm", round_no, gw.dicomweb(),
                            disable_web_security=not cors)
 
-    def orthanc_round(self, round_no: int) -> None:
-        """Orthanc restarted (its own caches empty): a first load, then second loads."""
-        restart_orthanc(self.orthanc, nodelay=False)
-        self._load(ORTHANC, "cold", round_no, self.orthanc.dicomweb_url,
-                   disable_web_security=True)
-        for _ in range(self.args.warm):
-            self._load(ORTHANC, "warm", round_no, self.orthanc.dicomweb_url,
+    def orthanc_round(self, round_no: int, *, compress: bool = True) -> None:
+        """Orthanc restarted (its own caches empty): a first load, then second loads. Without
+        ``compress``, Orthanc runs with ``HttpCompressionEnabled`` false (its default gzips
+        every answer the client accepts gzip for, the frames' multipart bodies included)."""
+        target = ORTHANC if compress else ORTHANC_IDENTITY
+        if not compress:
+            self.orthanc.extra_config["HttpCompressionEnabled"] = False
+        try:
+            restart_orthanc(self.orthanc, nodelay=False)
+            self._load(target, "cold", round_no, self.orthanc.dicomweb_url,
                        disable_web_security=True)
+            for _ in range(self.args.warm):
+                self._load(target, "warm", round_no, self.orthanc.dicomweb_url,
+                           disable_web_security=True)
+        finally:
+            if not compress:
+                self.orthanc.extra_config.pop("HttpCompressionEnabled", None)
 
     def profile(self, out_dir: Path) -> None:
         """py-spy (collapsed stacks, thread ids, only samples holding the GIL, non-blocking) on
@@ -427,15 +495,20 @@ class Bench:
         for round_no in range(1, self.args.repeat + 1):
             log(f"round {round_no}/{self.args.repeat}")
             steps = [GATEWAY, ORTHANC]
+            if with_identity_gateway(self.args):
+                steps = [GATEWAY, GATEWAY_IDENTITY, ORTHANC, ORTHANC_IDENTITY]
             if round_no % 2 == 0:
                 steps.reverse()
             if self.args.cors:
                 steps.append(GATEWAY_CORS)
             for target in steps:
-                if target == ORTHANC:
-                    self.orthanc_round(round_no)
+                if target in (ORTHANC, ORTHANC_IDENTITY):
+                    self.orthanc_round(round_no, compress=target == ORTHANC)
                 else:
-                    self.gateway_round(round_no, cors=target == GATEWAY_CORS)
+                    self.gateway_round(round_no, cors=target == GATEWAY_CORS,
+                                       compress=target != GATEWAY_IDENTITY)
+        if self.network is not None:
+            return  # the servers' capacity without a browser is the loopback run's business
         log("server-only frame rate (no browser)")
         try:
             self.server_rates()
@@ -462,7 +535,8 @@ def run(args: argparse.Namespace) -> Results:
         stack.callback(orthanc.stop)
         results.machine = machine_info(orthanc)
         results.orthanc_config = {k: v for k, v in orthanc.config().items()
-                                  if k in ("DicomWeb", "MaximumStorageCacheSize")}
+                                  if k in ("DicomWeb", "MaximumStorageCacheSize",
+                                           "HttpCompressionEnabled")}
         t0 = time.perf_counter()
         load_orthanc(orthanc, generate_ct_series(args.slices, seed=SEED))
         results.timings["load_s"] = time.perf_counter() - t0
@@ -577,7 +651,9 @@ def render(results: Results) -> str:
         "(mean in flight) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    targets = [GATEWAY, ORTHANC] + ([GATEWAY_CORS] if a.get("cors") else [])
+    targets = ([GATEWAY] + ([GATEWAY_IDENTITY] if a.get("uncompressed") else []) + [ORTHANC]
+               + ([ORTHANC_IDENTITY] if a.get("uncompressed") else [])
+               + ([GATEWAY_CORS] if a.get("cors") else []))
     for target in targets:
         for phase in ("cold", "warm"):
             s = medians(results, target, phase)
@@ -632,6 +708,135 @@ def render(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.0f} kB"
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or not reference else f"{value / reference:.2f}x"
+
+
+def wan_medians(results: Results, target: str, phase: str) -> dict[str, Any]:
+    """``medians`` plus the bytes on the wire and the encodings of the metadata."""
+    out: dict[str, Any] = medians(results, target, phase)
+    loads = [x for x in results.loads if x.target == target and x.phase == phase and x.ok]
+    for key in ("metadata_wire_bytes", "json_wire_bytes", "wire_bytes", "frame_wire_bytes"):
+        out[key] = _median([getattr(x, key) for x in loads])
+    out["metadata_encoding"] = ",".join(sorted({x.metadata_encoding or "?" for x in loads}))
+    return out
+
+
+def render_wan(results: Results) -> str:
+    """The generated markdown section of a run on an emulated network."""
+    m, a = results.machine, results.args
+    n = network_conditions(argparse.Namespace(**a)) or {}
+    targets = [GATEWAY, GATEWAY_IDENTITY, ORTHANC, ORTHANC_IDENTITY] + (
+        [GATEWAY_CORS] if a.get("cors") else [])
+    orthanc_compression = results.orthanc_config.get("HttpCompressionEnabled",
+                                                     "not set (Orthanc's default)")
+    lines = [
+        WAN_RESULTS_BEGIN,
+        "<!-- Generated by `python -m benchmarks.ohif_load --network wan`; edits here are "
+        "overwritten. -->",
+        "",
+        f"#### Run of {m.get('date', '?')}",
+        "",
+        f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('ram_gb')} GB RAM, "
+        f"{m.get('os')}",
+        f"- Software: Python {m.get('python')}, pynetdicom {m.get('pynetdicom')}, "
+        f"pydicom {m.get('pydicom')}, uvicorn {m.get('uvicorn')}; Orthanc {m.get('orthanc')} "
+        f"(DICOMweb plugin {m.get('orthanc_dicomweb')}, `HttpCompressionEnabled` "
+        f"{orthanc_compression}); OHIF @ohif/app 3.13.2 (data source as shipped), Debian "
+        "Chromium headless via playwright-core",
+        f"- Network: Chromium's emulation (CDP `Network.emulateNetworkConditions` on the page): "
+        f"{a['down_mbps']:g} Mbit/s down ({n.get('downloadBps', 0):.0f} B/s), {a['up_mbps']:g} "
+        f"Mbit/s up, latency {a['rtt_ms']:g} ms added to every request, for every target.",
+        f"- Gateway: `python -m app.cli serve`, DIMSE engine `{a.get('engine', 'asyncio')}`, "
+        "memory cache, C-GET from the same Orthanc; compressed JSON as shipped "
+        "(`compress_responses`, br or gzip as the browser accepts) and a second process with "
+        f"`DWG_COMPRESS_RESPONSES=false`; sources of `app/` digest {results.app_digest}.",
+        f"- Command: `python -m benchmarks.ohif_load --slices {a['slices']} --repeat "
+        f"{a['repeat']} --warm {a['warm']} --network wan --down-mbps {a['down_mbps']:g} "
+        f"--up-mbps {a['up_mbps']:g} --rtt-ms {a['rtt_ms']:g}`",
+        f"- Study: one CT series of {a['slices']} slices 512x512x16-bit (Explicit VR Little "
+        "Endian, uncompressed frames). Medians over the rounds; every load in a fresh Chromium "
+        "with a fresh profile and the HTTP cache disabled, `--disable-web-security` for all "
+        "rows.",
+        "",
+        "Times from the navigation, then (in brackets) from the load's first DICOMweb request, "
+        "i.e. without OHIF's own boot, whose static files are throttled too; ratios against "
+        "Orthanc as configured by default, measured in the same run.",
+        "",
+        "| Target | Phase | n | First image (after boot) | vs Orthanc (after boot) | Whole "
+        "series (after boot) | vs Orthanc (after boot) | Metadata on the wire (encoding) | "
+        "Metadata request | QIDO + metadata on the wire | Frames on the wire | Frame latency "
+        "median / p90 | Frames/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase in ("cold", "warm"):
+        ref = wan_medians(results, ORTHANC, phase)
+        for target in targets:
+            s_ = wan_medians(results, target, phase)
+            if not s_["n"]:
+                continue
+            cells = []
+            for key in ("first_image_ms", "all_loaded_ms"):
+                boot = f"{key}_after_boot"
+                cells.append(f"{_ms(s_[key])} ({_ms(s_[boot])}) | "
+                             f"{_ratio(s_[key], ref[key])} ({_ratio(s_[boot], ref[boot])})")
+            lines.append(
+                f"| {TARGET_LABELS[target]} | {phase} | {s_['n']} | {' | '.join(cells)} | "
+                f"{_kb(s_['metadata_wire_bytes'])} ({s_['metadata_encoding']}) | "
+                f"{_ms(s_['metadata_request_ms'])} | {_kb(s_['json_wire_bytes'])} | "
+                f"{_kb(s_['frame_wire_bytes'])} | "
+                f"{_ms(s_['frame_latency_median_ms'])} / {_ms(s_['frame_latency_p90_ms'])} | "
+                f"{_num(s_['frames_per_s'])} |")
+    lines += [
+        "",
+        "Medians per step, in ms since navigation (as in the loopback section):",
+        "",
+        "| Target | Phase | First request | Metadata done | First frame | First image | "
+        "Last frame | Whole series | Mean frames in flight |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target in targets:
+        for phase in ("cold", "warm"):
+            s_ = medians(results, target, phase)
+            lines.append(
+                f"| {TARGET_LABELS[target]} | {phase} | {_ms(s_['first_request_ms'])} | "
+                f"{_ms(s_['metadata_done_ms'])} | {_ms(s_['first_frame_ms'])} | "
+                f"{_ms(s_['first_image_ms'])} | {_ms(s_['last_frame_ms'])} | "
+                f"{_ms(s_['all_loaded_ms'])} | {_num(s_['mean_frames_in_flight'], 1)} |")
+    emulated = [x for x in results.loads if x.ok]
+    lines += [
+        "",
+        "Coverage of the emulation: frame responses seen by the emulated page target's "
+        f"Network domain / in the page's resource timing / by the whole browser context: "
+        f"{sum(x.wire_frames for x in emulated)} / {sum(x.frames for x in emulated)} / "
+        f"{sum(x.context_frames for x in emulated)} over {len(emulated)} loads; dedicated "
+        f"workers started by the page: {max((x.workers for x in emulated), default=0)} per load "
+        "(cornerstone's decoders).",
+        "",
+        "<details><summary>Every load</summary>",
+        "",
+        "| Round | Target | Phase | First image | Whole series | Frames | Metadata on the wire "
+        "| All DICOMweb bytes on the wire | Statuses |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in results.loads:
+        statuses = ", ".join(f"{k} x{v}" for k, v in sorted(x.statuses.items()))
+        lines.append(
+            f"| {x.round} | {TARGET_LABELS[x.target]} | {x.phase} | {_ms(x.first_image_ms)} | "
+            f"{_ms(x.all_loaded_ms)} | {x.frames} | {_kb(x.metadata_wire_bytes)} "
+            f"({x.metadata_encoding or '?'}) | {_kb(x.wire_bytes)} | {statuses}"
+            f"{'' if x.ok else ' ERROR'} |")
+    lines += ["", "</details>", ""]
+    if results.errors:
+        lines += ["Errors:", ""] + [f"- {e}" for e in results.errors] + [""]
+    lines.append(WAN_RESULTS_END)
+    return "\n".join(lines) + "\n"
+
+
 SECTION_HEADER = """## OHIF viewer load
 
 `python -m benchmarks.ohif_load` (see `benchmarks/README.md`) times OHIF Viewer v3 opening one
@@ -640,15 +845,26 @@ CT series through the gateway and pointed straight at Orthanc's DICOMweb plugin.
 """
 
 
-def write_doc(section: str, path: Path) -> None:
-    """Replace the generated section between the ohif-load markers (or append a new section)."""
+WAN_SECTION_HEADER = """## OHIF viewer load on an emulated WAN
+
+`python -m benchmarks.ohif_load --network wan` (see `benchmarks/README.md`): the same loads with
+Chromium's network emulation, gateway with and without compressed JSON, and Orthanc.
+
+"""
+
+
+def write_doc(section: str, path: Path, *, wan: bool = False) -> None:
+    """Replace the generated section between the ohif-load (or, with ``wan``, the ohif-wan)
+    markers, or append a new section."""
+    begin, end = (WAN_RESULTS_BEGIN, WAN_RESULTS_END) if wan else (RESULTS_BEGIN, RESULTS_END)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before = text.split(RESULTS_BEGIN, 1)[0]
-        after = text.split(RESULTS_END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        before = text.split(begin, 1)[0]
+        after = text.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
-        text = text.rstrip("\n") + "\n\n" + SECTION_HEADER + section
+        text = (text.rstrip("\n") + "\n\n" + (WAN_SECTION_HEADER if wan else SECTION_HEADER)
+                + section)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
@@ -665,6 +881,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the gateway's DIMSE engine (DWG_DIMSE_ENGINE)")
     parser.add_argument("--cors", action="store_true",
                         help="also the gateway with real CORS (no --disable-web-security)")
+    parser.add_argument("--uncompressed", action="store_true",
+                        help="also a gateway with DWG_COMPRESS_RESPONSES=false (implied by "
+                             "--network wan)")
+    parser.add_argument("--network", choices=("none", "wan"), default="none",
+                        help="emulate a network in Chromium for every load (the figures go to "
+                             "the ohif-wan-results section)")
+    parser.add_argument("--down-mbps", type=float, default=50.0,
+                        help="emulated download throughput, Mbit/s (with --network wan)")
+    parser.add_argument("--up-mbps", type=float, default=50.0,
+                        help="emulated upload throughput, Mbit/s (with --network wan)")
+    parser.add_argument("--rtt-ms", type=float, default=40.0,
+                        help="latency added to every request, ms (with --network wan)")
     parser.add_argument("--output", type=Path, default=DOC_PATH)
     parser.add_argument("--json", type=Path, default=None, help="every load as JSON")
     parser.add_argument("--screenshots", type=Path, default=None,
@@ -683,11 +911,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args)
     results.timings["total_s"] = time.perf_counter() - t0
     results.machine.setdefault("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
-    write_doc(render(results), args.output)
+    wan = args.network != "none"
+    write_doc(render_wan(results) if wan else render(results), args.output, wan=wan)
     log(f"results written to {args.output}")
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str))
-    for target in (GATEWAY, ORTHANC, GATEWAY_CORS):
+    for target in (GATEWAY, GATEWAY_IDENTITY, ORTHANC, ORTHANC_IDENTITY, GATEWAY_CORS):
         for phase in ("cold", "warm"):
             s = medians(results, target, phase)
             if s["n"]:

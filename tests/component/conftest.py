@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_sample_studies
 from app.settings import Settings, load_settings
 from tests.peers import RedisServer, require_binary
+from tests.support.redis_cache import redis_cache_settings
+from tests.support.threads import worker_pool
 
 GATEWAY_AE = "TEST_GW"
 FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Q/R FIND (PS3.4 C.6.2)
@@ -35,6 +38,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def executor(request: pytest.FixtureRequest) -> AsyncIterator[ThreadPoolExecutor]:
+    """A thread pool for the pynetdicom engine's producers; every one must have returned by
+    the end of the test: shutdown cannot block for longer than the test module's
+    ``EXECUTOR_SHUTDOWN_S`` (default 10 s), and no worker thread is left."""
+    within = getattr(request.module, "EXECUTOR_SHUTDOWN_S", 10.0)
+    async with worker_pool("test-executor", shutdown_within=within) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")
@@ -293,4 +306,4 @@ def cache_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     url: str = request.getfixturevalue("redis_url")
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         client.flushall()
-    return {"cache_backend": "redis", "redis_url": url}
+    return redis_cache_settings(url)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,15 +14,7 @@ from app.dimse.bridge import Cancelled, Emitter, ThreadStream
 from app.errors import UpstreamTimeout
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def executor() -> AsyncIterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge-test")
-    yield pool
-    # Every producer must have returned: shutting down cannot block.
-    await asyncio.wait_for(asyncio.to_thread(pool.shutdown, True), 5)
-    assert not [t for t in threading.enumerate() if t.name.startswith("bridge-test")]
+EXECUTOR_SHUTDOWN_S = 5.0  # producers here return at once when told to
 
 
 async def test_items_flow_in_order_and_result_is_returned(executor: ThreadPoolExecutor) -> None:

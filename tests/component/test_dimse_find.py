@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,13 +39,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def executor() -> AsyncIterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="find-test")
-    yield pool
-    await asyncio.wait_for(asyncio.to_thread(pool.shutdown, True), 10)
 
 
 def client_for(executor: ThreadPoolExecutor, port: int, **extra: Any) -> PeerClient:

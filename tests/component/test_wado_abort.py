@@ -13,13 +13,12 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
 
 from app.demo.samples import generate_ct_series
 from tests.component.test_wado_streaming import (
@@ -30,14 +29,18 @@ from tests.component.test_wado_streaming import (
     start_gateway,
 )
 from tests.support.gateway_server import GatewayServer
+from tests.support.threads import (
+    SETTLE_S,
+    association_threads,
+    eventually,
+    new_threads,
+    non_pool_threads,
+    pool_threads,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 DISCONNECTS = 30
-SETTLE_S = 5.0
-# Worker pools keep idle threads by design: the DIMSE pool, the event loop's default executor
-# and AnyIO's thread pool.
-POOL_PREFIXES = ("dimse", "asyncio_", "uvloop_", "AnyIO worker thread")
 
 
 class RecordingHandler(logging.Handler):
@@ -91,35 +94,6 @@ def pacs_associations(pacs: ObservedPacs) -> int:
     server = pacs._server  # noqa: SLF001 - the demo PACS does not expose its AE
     assert server is not None
     return len(server.ae.active_associations)
-
-
-def association_threads() -> list[str]:
-    """Every pynetdicom association thread in this process (PACS and gateway sides)."""
-    return [t.name for t in threading.enumerate() if isinstance(t, Association)]
-
-
-def non_pool_threads() -> set[threading.Thread]:
-    """Live threads, leaving out idle-by-design pool workers."""
-    return {t for t in threading.enumerate() if not t.name.startswith(POOL_PREFIXES)}
-
-
-def new_threads(baseline: set[threading.Thread]) -> list[str]:
-    """Names of non-pool threads started since ``baseline`` and still alive (threads of
-    earlier tests that end meanwhile do not count)."""
-    return sorted(t.name for t in non_pool_threads() - baseline)
-
-
-def pool_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith(POOL_PREFIXES))
-
-
-def eventually(predicate: Callable[[], bool], within: float = SETTLE_S) -> bool:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def metric(client: httpx.Client, gateway: GatewayServer, name: str) -> float:
@@ -223,7 +197,6 @@ def test_disconnects_mid_stream_leak_nothing(
         assert not recorded_logs.problems(), recorded_logs.problems()[:10]
     finally:
         pacs.stop()
-
 
 
 def test_aborted_c_gets_crash_no_pynetdicom_thread(

@@ -5,7 +5,6 @@ Redis returns on the same port; the admin endpoints and the `cache` CLI act on R
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -18,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
-from app.dicomweb.multipart import parse_multipart
 from tests.peers import OrthancServer, RedisServer, require_binary
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_process import REPO_ROOT, settings_env
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
+from tests.support.redis_cache import ADMIN_AUTH, ADMIN_TOKEN, redis_cache_settings, sop_uids
 
 pytestmark = pytest.mark.timeout(60)
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
@@ -54,26 +53,14 @@ def series(sample_datasets: list[Dataset]) -> list[Dataset]:
 
 def _settings(orthanc: OrthancServer, redis_url: str, **extra: Any) -> Any:
     peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
-    values: dict[str, Any] = {"ae_title": GATEWAY_AE, "cache_backend": "redis",
-                              "redis_url": redis_url, "cache_retry_interval": 0.3,
-                              "cache_admin_enabled": True, "admin_token": ADMIN_TOKEN}
+    values: dict[str, Any] = {"ae_title": GATEWAY_AE, **redis_cache_settings(
+        redis_url, admin=True, cache_retry_interval=0.3)}
     values.update(extra)
     return gateway_settings(peer, **values)
 
 
-ADMIN_TOKEN = "integration-admin-token-0123"
-ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
 def _path(first: Dataset) -> str:
     return f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
-
-
-def _sops(response: httpx.Response) -> list[str]:
-    assert response.status_code == 200, response.text[:300]
-    parts = parse_multipart(response.content, response.headers["content-type"])
-    return sorted(str(dcmread(io.BytesIO(p.body), stop_before_pixels=True).SOPInstanceUID)
-                  for p in parts)
 
 
 def _metric(gateway: GatewayServer, line_start: str) -> float:
@@ -95,9 +82,9 @@ def test_second_retrieval_costs_no_dimse_even_on_another_gateway(
     expected = sorted(str(d.SOPInstanceUID) for d in series)
     settings = _settings(orthanc, redis_server.url)
     with GatewayServer(settings) as first, first.client() as http:
-        assert _sops(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
         assert _retrievals(first) == 1
-        assert _sops(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
         assert http.get(f"{_path(series[0])}/metadata").status_code == 200
         for sop in expected:
             frame = http.get(f"{_path(series[0])}/instances/{sop}/frames/1",
@@ -108,7 +95,7 @@ def test_second_retrieval_costs_no_dimse_even_on_another_gateway(
     with redis.Redis.from_url(redis_server.url) as client:
         assert client.dbsize() > len(expected)  # instances, metadata, index: all in Redis
     with GatewayServer(settings) as second, second.client() as http:
-        assert _sops(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(_path(series[0]), headers={"Accept": MULTIPART_DICOM})) == expected
         assert http.get(f"{_path(series[0])}/metadata").status_code == 200
         assert _retrievals(second) == 0  # the first gateway's retrieval serves this one
 
@@ -128,14 +115,14 @@ def test_redis_outage_degrades_then_recovers_by_itself(
     path = _path(series[0])
     with GatewayServer(_settings(orthanc, redis_server.url)) as gateway, \
             gateway.client() as http:
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         assert _metric(gateway, "cache_backend_up") == 1
         ready = http.get(f"{gateway.url}/readyz").json()
         assert ready["cache"] == {"backend": "redis", "status": "ok"}
 
         redis_server.stop()
         for _ in range(3):  # keeps working: pass-through, never a 500
-            assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+            assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
             assert http.get(f"{path}/metadata").status_code == 200
             assert http.get(f"/studies/{series[0].StudyInstanceUID}/series").status_code == 200
         readyz = http.get(f"{gateway.url}/readyz")
@@ -151,9 +138,9 @@ def test_redis_outage_degrades_then_recovers_by_itself(
         assert _wait_for(lambda: _metric(gateway, "cache_backend_up") == 1, 5), \
             "cache_backend_up stayed 0 after Redis came back"
         assert http.get(f"{gateway.url}/readyz").json()["cache"]["status"] == "ok"
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         retrievals, hits = _retrievals(gateway), _series_hits(gateway)
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         assert _retrievals(gateway) == retrievals  # a cache hit again
         assert _series_hits(gateway) == hits + 1
 
@@ -180,7 +167,7 @@ def test_redis_outage_during_a_fill(orthanc: OrthancServer, redis_server: RedisS
         for thread in threads:
             thread.join(30)
         assert len(results) == 6
-        assert all(_sops(r) == expected for r in results)
+        assert all(sop_uids(r) == expected for r in results)
 
 
 def test_admin_endpoints_on_redis(orthanc: OrthancServer, redis_server: RedisServer,
@@ -277,13 +264,13 @@ def test_redis_down_from_the_start(orthanc: OrthancServer, tmp_path: Path,
     try:
         with GatewayServer(_settings(orthanc, late.url)) as gateway, gateway.client() as http:
             for _ in range(2):
-                assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+                assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
             assert _metric(gateway, "cache_backend_up") == 0
             late.start()
             assert _wait_for(lambda: _metric(gateway, "cache_backend_up") == 1, 5)
             http.get(path, headers={"Accept": MULTIPART_DICOM})
             before = _retrievals(gateway)
-            assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+            assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
             assert _retrievals(gateway) == before
     finally:
         late.stop()

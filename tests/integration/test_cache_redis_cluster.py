@@ -6,7 +6,6 @@ nodes; and the gateway in front of real Orthanc serving a second retrieval from 
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,23 +13,21 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from app.cache.backend import CacheUnavailable
 from app.cache.redisbackend import RedisBackend
 from app.cache.store import Keys
-from app.dicomweb.multipart import parse_multipart
 from tests.peers import OrthancServer, free_port, require_binary
 from tests.peers.fixtures import GATEWAY_AE
 from tests.peers.redis_cluster import RedisCluster
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
+from tests.support.redis_cache import ADMIN_AUTH, redis_cache_settings, sop_uids
 
 pytestmark = pytest.mark.timeout(40)
 MAX_OBJECT_BYTES = 400
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-ADMIN_TOKEN = "integration-admin-token-0123"
-ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -317,34 +314,19 @@ def _metric(gateway: GatewayServer, line_start: str) -> float:
     )
 
 
-def _sops(response: httpx.Response) -> list[str]:
-    assert response.status_code == 200, response.text[:300]
-    parts = parse_multipart(response.content, response.headers["content-type"])
-    return sorted(
-        str(dcmread(io.BytesIO(p.body), stop_before_pixels=True).SOPInstanceUID) for p in parts
-    )
-
-
 def test_gateway_on_the_cluster_serves_a_second_retrieval_from_cache(
     orthanc: OrthancServer, empty_cluster: RedisCluster, series: list[Dataset]
 ) -> None:
     peer = peer_settings("orthanc", orthanc.ae_title, orthanc.host, orthanc.dicom_port)
-    values: dict[str, Any] = {
-        "ae_title": GATEWAY_AE,
-        "cache_backend": "redis",
-        "redis_url": empty_cluster.url,
-        "redis_cluster": True,
-        "cache_retry_interval": 0.3,
-        "cache_admin_enabled": True,
-        "admin_token": ADMIN_TOKEN,
-    }
+    values: dict[str, Any] = {"ae_title": GATEWAY_AE, **redis_cache_settings(
+        empty_cluster.url, cluster=True, admin=True, cache_retry_interval=0.3)}
     expected = sorted(str(d.SOPInstanceUID) for d in series)
     series_uid = str(series[0].SeriesInstanceUID)
     path = f"/studies/{series[0].StudyInstanceUID}/series/{series_uid}"
     with GatewayServer(gateway_settings(peer, **values)) as gateway, gateway.client() as http:
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         assert _metric(gateway, "dimse_retrievals_total") == 1
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         metadata = http.get(f"{path}/metadata")
         assert metadata.status_code == 200
         assert sorted(item["00080018"]["Value"][0] for item in metadata.json()) == expected
@@ -378,5 +360,5 @@ def test_gateway_on_the_cluster_serves_a_second_retrieval_from_cache(
         cleared = httpx.post(f"{gateway.url}/admin/cache/clear", timeout=10, headers=ADMIN_AUTH)
         assert cleared.status_code == 200 and cleared.json()["removed"] >= len(tagged)
         assert _keys_per_node(empty_cluster, "dwg:*") == [set(), set(), set()]
-        assert _sops(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
+        assert sop_uids(http.get(path, headers={"Accept": MULTIPART_DICOM})) == expected
         assert _metric(gateway, "dimse_retrievals_total") == 2  # cleared: fetched again

@@ -14,21 +14,20 @@ included), whichever process runs it."""
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pynetdicom.events import Event
 
 from app.demo.pacs import DemoPacs
-from app.dicomweb.multipart import parse_multipart
 from tests.peers import OrthancServer, RedisServer, require_binary
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_process import GatewayProcess
+from tests.support.redis_cache import redis_cache_settings, sop_uids
 
 pytestmark = pytest.mark.timeout(90)
 REQUESTS = 20
@@ -66,7 +65,7 @@ def _settings(demo_pacs: dict[str, DemoPacs], orthanc: OrthancServer, redis_url:
     peers.append({"name": "orthanc", "ae_title": orthanc.ae_title, "host": orthanc.host,
                   "port": orthanc.dicom_port, "retrieve_method": "move"})
     return {
-        "ae_title": GATEWAY_AE, "pacs": peers, "cache_backend": "redis", "redis_url": redis_url,
+        "ae_title": GATEWAY_AE, "pacs": peers, **redis_cache_settings(redis_url),
         "storage_scp_enabled": True, "storage_scp_host": "127.0.0.1",
         "storage_scp_port": storage_port, "storage_scp_reuse_port": True,
         "log_level": "WARNING",
@@ -125,13 +124,6 @@ async def _concurrent_series(gateways: list[GatewayProcess], peer: str, first: D
                 for i in range(REQUESTS)))
 
 
-def _sops(response: httpx.Response) -> list[str]:
-    assert response.status_code == 200, response.text[:300]
-    parts = parse_multipart(response.content, response.headers["content-type"])
-    return sorted(str(dcmread(io.BytesIO(p.body), stop_before_pixels=True).SOPInstanceUID)
-                  for p in parts)
-
-
 def _counter(text: str, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(line_start))
@@ -158,7 +150,7 @@ def _run(gateways: list[GatewayProcess], peer: str, series: list[Dataset]) -> li
     try:
         responses = asyncio.run(_concurrent_series(gateways, peer, series[0]))
         expected = sorted(str(d.SOPInstanceUID) for d in series)
-        assert all(_sops(r) == expected for r in responses)
+        assert all(sop_uids(r) == expected for r in responses)
         texts = [t for g in gateways for t in _per_worker_metrics(g)]
     except BaseException:
         for g in gateways:
@@ -247,7 +239,7 @@ def search_replicas(tmp_path_factory: pytest.TempPathFactory, gated_pacs: GatedP
 
     redis_client.Redis.from_url(redis_url).flushall()
     settings = {
-        "ae_title": GATEWAY_AE, "cache_backend": "redis", "redis_url": redis_url,
+        "ae_title": GATEWAY_AE, **redis_cache_settings(redis_url),
         "pacs": [{"name": "qido", "ae_title": gated_pacs.ae_title, "host": "127.0.0.1",
                   "port": gated_pacs.port}],
         "storage_scp_enabled": False, "qido_cache_ttl": 0, "log_level": "WARNING",

@@ -7,28 +7,29 @@ from __future__ import annotations
 
 import io
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydicom import Dataset, dcmread
-from pynetdicom.association import Association
 
 from tests.component.test_wado_streaming import PartReader, read_parts
 from tests.peers import PacsEndpoint
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
+from tests.support.threads import (
+    association_threads,
+    eventually,
+    new_threads,
+    non_pool_threads,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 DISCONNECTS = 10
-SETTLE_S = 5.0
-# Worker pools keep idle threads by design (DIMSE pool, default executor, AnyIO).
-POOL_PREFIXES = ("dimse", "asyncio_", "uvloop_", "AnyIO worker thread")
 OPEN_TCP_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT (/proc/net/tcp, include/net/tcp_states.h)
 
 
@@ -68,30 +69,6 @@ def open_connections(port: int, end: str = "either") -> list[str]:
             if state in OPEN_TCP_STATES and wanted:
                 found.append(f"{lport}->{rport} {TCP_STATE_NAMES[state]}")
     return found
-
-
-def association_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if isinstance(t, Association)]
-
-
-def non_pool_threads() -> set[threading.Thread]:
-    """Live threads, leaving out idle-by-design pool workers."""
-    return {t for t in threading.enumerate() if not t.name.startswith(POOL_PREFIXES)}
-
-
-def new_threads(baseline: set[threading.Thread]) -> list[str]:
-    """Names of non-pool threads started since ``baseline`` and still alive (threads of
-    earlier tests that end meanwhile do not count)."""
-    return sorted(t.name for t in non_pool_threads() - baseline)
-
-
-def eventually(predicate: Callable[[], bool], within: float = SETTLE_S) -> bool:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def moves_in_progress(gateway: GatewayServer) -> float:

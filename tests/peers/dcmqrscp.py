@@ -6,13 +6,12 @@ import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from pydicom import Dataset
 
 from tests.peers.binaries import find_binary
 from tests.peers.ports import free_port, wait_for_port
-from tests.peers.process import ManagedProcess
+from tests.peers.process import ManagedProcess, OneProcessServer
 
 # dcmqrscp's index holds at most 500 studies per AE title (a compile-time limit in DCMTK);
 # storing more silently evicts the oldest study.
@@ -28,7 +27,7 @@ def dcmtk_environment() -> dict[str, str]:
     return env
 
 
-class DcmqrscpServer:
+class DcmqrscpServer(OneProcessServer):
     """A private dcmqrscp: one storage area per AE title, C-MOVE destinations in its HostTable.
 
     dcmqrscp forks a child per association; ``stop()`` signals the parent's whole process group.
@@ -169,30 +168,3 @@ class DcmqrscpServer:
             tail = self._process.log_tail()
             self.stop()
             raise RuntimeError(f"dcmqrscp did not start on port {self.port}:\n{tail}") from error
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the parent and any forked association children; a no-op when not running."""
-        if self._process is not None:
-            self._process.stop(timeout)
-            self._process = None
-
-    def running(self) -> bool:
-        """Tell whether the parent process is alive."""
-        return self._process is not None and self._process.running()
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the parent dcmqrscp process."""
-        return None if self._process is None else self._process.pid
-
-    def __enter__(self) -> DcmqrscpServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

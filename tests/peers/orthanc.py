@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from pydicom import Dataset
 
 from tests.peers.binaries import find_binary
 from tests.peers.ports import free_port
-from tests.peers.process import ManagedProcess
+from tests.peers.process import ManagedProcess, OneProcessServer
 
 _DICOMWEB_PACKAGE = "orthanc-dicomweb"
 _PLUGIN_ENV = "ORTHANC_DICOMWEB_PLUGIN"
@@ -59,7 +58,7 @@ def dataset_to_part10(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-class OrthancServer:
+class OrthancServer(OneProcessServer):
     """A private Orthanc process: own storage, own config, DICOM and HTTP on free ports.
 
     Orthanc listens on all addresses of its ports (it has no bind option); HTTP stays local
@@ -169,16 +168,6 @@ class OrthancServer:
                 raise RuntimeError(f"Orthanc did not start on {self.rest_url}:\n{tail}")
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate Orthanc (SIGKILL after ``timeout`` seconds); a no-op when not running."""
-        if self._process is not None:
-            self._process.stop(timeout)
-            self._process = None
-
-    def running(self) -> bool:
-        """Tell whether the Orthanc process is alive."""
-        return self._process is not None and self._process.running()
-
     def client(self, timeout: float = 30.0) -> httpx.Client:
         """An HTTP client on the REST API; the caller closes it."""
         return httpx.Client(base_url=self.rest_url, timeout=timeout)
@@ -211,15 +200,3 @@ class OrthancServer:
             response = client.get("/statistics")
             response.raise_for_status()
             return int(response.json()["CountInstances"])
-
-    def __enter__(self) -> OrthancServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

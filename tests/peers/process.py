@@ -1,4 +1,5 @@
-"""A child process with its output in a log file, stopped politely and then by force."""
+"""A child process with its output in a log file, stopped politely and then by force; and the
+start/stop/context-manager shape every peer server of the tests shares."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class ManagedProcess:
@@ -99,3 +102,48 @@ class ManagedProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class PeerServer:
+    """A server the tests start and stop: ``with Server(...) as server:`` starts it and stops it
+    however the block ends. Subclasses define ``start`` and ``stop``."""
+
+    def start(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class OneProcessServer(PeerServer):
+    """A peer server that is one ManagedProcess, kept in ``_process`` while it runs."""
+
+    _process: ManagedProcess | None = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the process (and, with ``own_group``, what it forked); a no-op when not
+        running."""
+        if self._process is not None:
+            self._process.stop(timeout)
+            self._process = None
+
+    def running(self) -> bool:
+        """Tell whether the process is alive."""
+        return self._process is not None and self._process.running()
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the process we started (the parent, for forking servers)."""
+        return None if self._process is None else self._process.pid

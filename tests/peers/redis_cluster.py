@@ -7,16 +7,15 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.peers.binaries import find_binary
 from tests.peers.ports import free_port, wait_for_port
-from tests.peers.process import ManagedProcess
+from tests.peers.process import ManagedProcess, PeerServer
 
 CLUSTER_SLOTS = 16384
 
 
-class RedisCluster:
+class RedisCluster(PeerServer):
     """Three ``redis-server --cluster-enabled yes`` primaries on 127.0.0.1, joined by
     ``redis-cli --cluster create``; each node keeps its ``nodes.conf`` in its own directory."""
 
@@ -133,15 +132,3 @@ class RedisCluster:
         for process in processes:
             process.stop(timeout)
             shutil.rmtree(process.log_path.parent, ignore_errors=True)
-
-    def __enter__(self) -> RedisCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from tests.peers.binaries import find_binary
 from tests.peers.ports import free_port, wait_for_port
-from tests.peers.process import ManagedProcess
+from tests.peers.process import ManagedProcess, OneProcessServer
 
 
-class RedisServer:
+class RedisServer(OneProcessServer):
     """A private ``redis-server`` bound to 127.0.0.1 with saving and AOF disabled."""
 
     host = "127.0.0.1"
@@ -50,21 +49,3 @@ class RedisServer:
             tail = self._process.log_tail()
             self.stop()
             raise RuntimeError(f"redis-server did not start:\n{tail}") from error
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server; a no-op when not running."""
-        if self._process is not None:
-            self._process.stop(timeout)
-            self._process = None
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
