@@ -14,23 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from app.api.deps import RequestDep
 from app.api.params import COMMON_ERRORS, errors
-from app.api.qido import peer_name, service_base_url
 from app.api.rendered import RENDERED_QUERY_PARAMETERS, THUMBNAIL_QUERY_PARAMETERS
-from app.api.state import ServicesDep
 from app.api.wado import instance_representations
 from app.api.wado_uri import DICOM_ONLY, RENDERED_ONLY, URI_OFFERS
 from app.dicomweb.mediatypes import (
     METADATA_OFFERS,
     QIDO_OFFERS,
     Offer,
-    accept_ranges,
     frame_offers,
-    negotiate,
 )
 from app.dicomweb.refs import check_uid
 from app.dicomweb.render import RENDERED_OFFERS
@@ -222,21 +219,18 @@ def capabilities_router(routes: Sequence[APIRoute], settings: Settings) -> APIRo
     served = [r for r in routes if "GET" in (r.methods or ())]
 
     def endpoint(target: str) -> Callable[..., object]:
-        async def retrieve_capabilities(request: Request, services: ServicesDep) -> Response:
+        async def retrieve_capabilities(req: RequestDep) -> Response:
             """The Capabilities Description of the service, or of one resource and its
             children (PS3.18 8.9), as WADL."""
-            peer_name(request, services)  # an unknown PACS is 404, as everywhere
-            for param, value in request.path_params.items():
+            req.pacs  # noqa: B018 - an unknown PACS is 404, as everywhere
+            for param, value in req.request.path_params.items():
                 if param in _UID_PARAMETERS:
                     check_uid(value, _UID_PARAMETERS[param])
-            accept_values = request.query_params.getlist("accept")
-            header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-            chosen = negotiate(accept_ranges(header), CAPABILITIES_OFFERS)
-            if chosen is None or (chosen.defaulted and services.settings.require_accept_header):
+            if req.acceptable(CAPABILITIES_OFFERS) is None:
                 raise NotAcceptable(f"the Capabilities Description is WADL ({WADL_MEDIA_TYPE});"
-                                    f" cannot produce {header!r}")
-            base = service_base_url(request, services) + "/"
-            body = render_wadl(base, describe(served, target, services.settings))
+                                    f" cannot produce {req.accept_header!r}")
+            base = req.base_url + "/"
+            body = render_wadl(base, describe(served, target, req.services.settings))
             return Response(body, media_type=WADL_MEDIA_TYPE,
                             headers={"Allow": ", ".join(allowed_methods(served, target))})
 

@@ -16,10 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from app.api.streaming import ResponseCutShort
+from app.dicomweb.mediatypes import DICOM_JSON
 from app.errors import GatewayError
 
 log = logging.getLogger(__name__)
-DICOM_JSON = "application/dicom+json"
 
 
 def problem_body(message: str, dimse_status: int | None = None) -> bytes:

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydicom.dataset import Dataset
 from starlette.responses import Response
 
-from app.api.baseurl import request_origin
+from app.api.deps import DicomWebRequest, RequestDep
 from app.api.params import COMMON_ERRORS, SeriesUID, StudyUID, errors
-from app.api.state import ServicesDep
 from app.api.warning import ignored_parameters_text, warning_value
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.dicomjson import dataset_to_json, encode_json
 from app.dicomweb.dicomxml import dataset_to_xml
-from app.dicomweb.mediatypes import DICOM_XML, QIDO_OFFERS, accept_ranges, negotiate
+from app.dicomweb.mediatypes import DICOM_JSON, DICOM_XML, QIDO_OFFERS, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
 from app.dicomweb.search import SearchQuery, parse_search
-from app.errors import NotAcceptable, NotFound
-from app.services.registry import Services
-
-STUDY_INSTANCE_UID = 0x0020000D
+from app.dicomweb.tags import STUDY_INSTANCE_UID
+from app.errors import NotAcceptable
 
 router = APIRouter(tags=["QIDO-RS"])
 
@@ -57,40 +54,21 @@ SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def service_base_url(request: Request, services: Services) -> str:
-    """The DICOMweb service root for this request's PACS, as the client sees it."""
-    settings = services.settings
-    origin = request_origin(request, settings)
-    pacs = request.path_params.get("pacs")
-    if pacs:
-        return f"{origin}/pacs/{pacs}{settings.dicomweb_prefix}"
-    return f"{origin}{settings.dicomweb_prefix}"
-
-
-def peer_name(request: Request, services: Services) -> str:
-    """The PACS named in the path, or the default one; 404 for an unknown name."""
-    try:
-        return services.peer(request.path_params.get("pacs")).name
-    except LookupError as exc:
-        raise NotFound(str(exc)) from None
-
-
 async def _search(
-    request: Request,
-    services: Services,
+    req: DicomWebRequest,
     level: QueryLevel,
     *,
     study: str | None = None,
     series: str | None = None,
     relational: bool = False,
 ) -> Response:
-    name = peer_name(request, services)
-    accept_values = request.query_params.getlist("accept")
-    accept_header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    negotiated = negotiate(accept_ranges(accept_header), QIDO_OFFERS)
+    request, services = req.request, req.services
+    name = req.pacs
+    # require_accept_header is for WADO-RS: a search without Accept is answered in DICOM JSON.
+    negotiated = negotiate(req.accept, QIDO_OFFERS)
     if negotiated is None:
         raise NotAcceptable(
-            f"cannot produce any of {accept_header!r}; QIDO-RS offers application/dicom+json "
+            f"cannot produce any of {req.accept_header!r}; QIDO-RS offers application/dicom+json "
             'and multipart/related; type="application/dicom+xml"'
         )
     if study is not None:
@@ -107,7 +85,7 @@ async def _search(
         default_limit=settings.qido_default_limit,
         max_limit=settings.qido_max_limit,
     )
-    base = service_base_url(request, services)
+    base = req.base_url
     result = await services.query(name).search(query, base)
     if level == QueryLevel.STUDY and result.datasets:
         found = [str(ds.StudyInstanceUID) for ds in result.datasets if "StudyInstanceUID" in ds]
@@ -139,7 +117,7 @@ async def _search(
         response = Response(body, media_type=multipart_content_type(DICOM_XML, boundary))
     else:
         body = encode_json([dataset_to_json(ds) for ds in result.datasets])
-        response = Response(body, media_type="application/dicom+json")
+        response = Response(body, media_type=DICOM_JSON)
     for key, value in headers:
         response.headers.append(key, value)
     return response
@@ -161,45 +139,41 @@ def _count(ds: Dataset, keyword: str) -> int | None:
 
 
 @router.get("/studies", responses=SEARCH_RESPONSES, summary="Search for studies")
-async def search_for_studies(request: Request, services: ServicesDep) -> Response:
+async def search_for_studies(req: RequestDep) -> Response:
     """All Studies (PS3.18 10.6.1, hierarchical, STUDY level)."""
-    return await _search(request, services, QueryLevel.STUDY)
+    return await _search(req, QueryLevel.STUDY)
 
 
 @router.get("/studies/{study}/series", responses=SEARCH_RESPONSES,
             summary="Search for a study's series")
-async def search_for_study_series(
-    request: Request, services: ServicesDep, study: StudyUID
-) -> Response:
+async def search_for_study_series(req: RequestDep, study: StudyUID) -> Response:
     """Study's Series (hierarchical, SERIES level)."""
-    return await _search(request, services, QueryLevel.SERIES, study=study)
+    return await _search(req, QueryLevel.SERIES, study=study)
 
 
 @router.get("/studies/{study}/series/{series}/instances", responses=SEARCH_RESPONSES,
             summary="Search for a series' instances")
 async def search_for_series_instances(
-    request: Request, services: ServicesDep, study: StudyUID, series: SeriesUID
+    req: RequestDep, study: StudyUID, series: SeriesUID
 ) -> Response:
     """Study Series' Instances (hierarchical, IMAGE level)."""
-    return await _search(request, services, QueryLevel.IMAGE, study=study, series=series)
+    return await _search(req, QueryLevel.IMAGE, study=study, series=series)
 
 
 @router.get("/studies/{study}/instances", responses=SEARCH_RESPONSES,
             summary="Search for a study's instances")
-async def search_for_study_instances(
-    request: Request, services: ServicesDep, study: StudyUID
-) -> Response:
+async def search_for_study_instances(req: RequestDep, study: StudyUID) -> Response:
     """Study's Instances (relational, IMAGE level, with series attributes)."""
-    return await _search(request, services, QueryLevel.IMAGE, study=study, relational=True)
+    return await _search(req, QueryLevel.IMAGE, study=study, relational=True)
 
 
 @router.get("/series", responses=SEARCH_RESPONSES, summary="Search for series")
-async def search_for_series(request: Request, services: ServicesDep) -> Response:
+async def search_for_series(req: RequestDep) -> Response:
     """All Series (relational, SERIES level, with study attributes)."""
-    return await _search(request, services, QueryLevel.SERIES, relational=True)
+    return await _search(req, QueryLevel.SERIES, relational=True)
 
 
 @router.get("/instances", responses=SEARCH_RESPONSES, summary="Search for instances")
-async def search_for_instances(request: Request, services: ServicesDep) -> Response:
+async def search_for_instances(req: RequestDep) -> Response:
     """All Instances (relational, IMAGE level, with study and series attributes)."""
-    return await _search(request, services, QueryLevel.IMAGE, relational=True)
+    return await _search(req, QueryLevel.IMAGE, relational=True)

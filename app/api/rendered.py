@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from app.api.conditional import IMMUTABLE, REVALIDATE, caching_headers, etag_for, not_modified
+from app.api.deps import DicomWebRequest, RequestDep, Validators
 from app.api.params import (
     COMMON_ERRORS,
     FrameList,
@@ -24,12 +24,9 @@ from app.api.params import (
     StudyUID,
     errors,
 )
-from app.api.qido import peer_name, service_base_url
-from app.api.state import ServicesDep
-from app.api.streaming import TruncatableStreamingResponse, rendered_parts
-from app.api.wado import parse_frame_list
+from app.api.streaming import stream_parts
 from app.api.warning import warning_value
-from app.dicomweb.mediatypes import MediaRange, accept_ranges
+from app.dicomweb.mediatypes import MediaRange
 from app.dicomweb.multipart import (
     closing_delimiter,
     multipart_content_type,
@@ -37,7 +34,15 @@ from app.dicomweb.multipart import (
     part_header,
     part_trailer,
 )
-from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef, instance_ref, series_ref, study_ref
+from app.dicomweb.refs import (
+    InstanceRef,
+    SeriesRef,
+    StudyRef,
+    instance_ref,
+    parse_frame_list,
+    series_ref,
+    study_ref,
+)
 from app.dicomweb.render import (
     RenderParameterError,
     RenderParams,
@@ -50,7 +55,6 @@ from app.dicomweb.render import (
 )
 from app.dicomweb.urls import instance_url
 from app.errors import BadRequest, NotAcceptable
-from app.services.registry import Services
 from app.services.rendering import RenderedImage, RenderService
 
 log = logging.getLogger(__name__)
@@ -91,19 +95,18 @@ def _is_rendered_range(media_range: MediaRange) -> bool:
     return any(kind.startswith(marker) for marker in _RENDERED_MARKERS)
 
 
-def choose_rendered_type(request: Request, services: Services) -> str:
+def choose_rendered_type(req: DicomWebRequest) -> str:
     """The rendered media type from the ``accept`` parameter or Accept header (PS3.18 8.7.8):
     400 when DICOM and rendered types are mixed, 406 when none can be produced."""
-    accept_values = request.query_params.getlist("accept")
-    header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    ranges = accept_ranges(header)
+    ranges = req.accept
     wanted = [r for r in ranges if r.q > 0]
     if any(is_dicom_media_range(r) for r in wanted) and any(_is_rendered_range(r) for r in wanted):
         raise BadRequest("DICOM and rendered media types cannot be mixed in one request "
                          "(PS3.18 8.7.8)")
     media_type, defaulted = negotiate_rendered(ranges)
-    if media_type is None or (defaulted and services.settings.require_accept_header):
-        raise NotAcceptable(f"none of the requested media types can be rendered: {header!r}; "
+    if media_type is None or (defaulted and req.services.settings.require_accept_header):
+        raise NotAcceptable("none of the requested media types can be rendered: "
+                            f"{req.accept_header!r}; "
                             "image/jpeg, image/png and image/gif are offered")
     return media_type
 
@@ -166,28 +169,12 @@ def _representation(request: Request, media_type: str) -> str:
     return media_type + "?" + "&".join(f"{k}={v}" for k, v in query)
 
 
-async def _caching(request: Request, services: Services, name: str,
-                   ref: StudyRef | SeriesRef | InstanceRef, media_type: str,
-                   *, stable: bool = True) -> tuple[dict[str, str], Response | None]:
-    """Validators: an instance's rendering never changes (strong ETag, immutable); a series'
-    only while the cache knows its content; a study's (or a thumbnail chosen among changing
-    content, ``stable`` False) is revalidated."""
-    representation = _representation(request, media_type)
-    etag: str | None = None
-    if isinstance(ref, InstanceRef):
-        etag, policy = etag_for(request.url.path, representation), IMMUTABLE
-    else:
-        policy = REVALIDATE
-        members = await services.retrieve(name).content_signature(ref) if stable else None
-        if members:
-            etag = etag_for(request.url.path, representation, *members)
-    # "If-None-Match: *" is not short-cut: it is false when the instance does not exist
-    # (RFC 9110 13.1.2), which only the retrieval can tell; such a request gets 200 or 404.
-    if etag is not None and request.headers.get("if-none-match", "").strip() != "*":
-        unchanged = not_modified(request, etag, policy)
-        if unchanged is not None:
-            return {}, unchanged
-    return caching_headers(etag, policy), None
+async def _caching(req: DicomWebRequest, ref: StudyRef | SeriesRef | InstanceRef,
+                   media_type: str, *, stable: bool = True) -> Validators:
+    """Validators of a rendering: an instance's never changes (strong ETag, immutable); a
+    series' only while the cache knows its content; a study's (or a thumbnail chosen among
+    changing content, ``stable`` False) is revalidated."""
+    return await req.validators(ref, _representation(req.request, media_type), stable=stable)
 
 
 def _warning_headers(base: str, warnings: list[str]) -> list[tuple[str, str]]:
@@ -202,8 +189,10 @@ def _image_response(image: RenderedImage, headers: dict[str, str],
     return response
 
 
-def _render_service(services: Services, name: str) -> RenderService:
-    return RenderService(services.retrieve(name), services.query(name))
+def _render_service(req: DicomWebRequest) -> RenderService:
+    """The rendering service of the request's PACS; 404 for an unknown one. Routes ask for it
+    first, so that an unknown PACS is reported before a fault of the Accept or parameters."""
+    return RenderService(req.services.retrieve(req.pacs), req.services.query(req.pacs))
 
 
 async def _multipart(first: RenderedImage, rest: AsyncGenerator[RenderedImage, None], base: str,
@@ -213,17 +202,15 @@ async def _multipart(first: RenderedImage, rest: AsyncGenerator[RenderedImage, N
     stream short without its closing delimiter (PS3.18 8.6.1.2), logged once."""
     boundary = new_boundary()
 
-    def encode(item: object) -> list[bytes]:
-        assert isinstance(item, RenderedImage)
+    def encode(item: RenderedImage) -> list[bytes]:
         location = instance_url(base, study, item.series_uid, item.sop_instance_uid)
         location += f"/frames/{item.frame}/rendered" if item.frame else "/rendered"
         return [part_header(item.media_type, content_location=location,
                             content_length=len(item.data), boundary=boundary)
                 + item.data + part_trailer()]
 
-    response = TruncatableStreamingResponse(
-        rendered_parts(first, rest, encode), closing_delimiter(boundary), what=what, pacs=pacs,
-        media_type=multipart_content_type(media_type, boundary), headers=headers)
+    response = stream_parts(pacs, first, rest, encode, closing_delimiter(boundary),
+                            multipart_content_type(media_type, boundary), what, headers)
     for name, value in warnings:
         response.headers.append(name, value)
     return response
@@ -236,71 +223,67 @@ async def _first(images: AsyncIterator[RenderedImage]) -> RenderedImage:
         raise NotAcceptable("nothing could be rendered") from None
 
 
-async def _rendered_many(request: Request, services: Services,
-                         ref: StudyRef | SeriesRef) -> Response:
-    name = peer_name(request, services)
-    media_type = choose_rendered_type(request, services)
-    params, warnings = rendering_parameters(request, media_type)
-    headers, unchanged = await _caching(request, services, name, ref, media_type)
+async def _rendered_many(req: DicomWebRequest, ref: StudyRef | SeriesRef) -> Response:
+    service = _render_service(req)
+    media_type = choose_rendered_type(req)
+    params, warnings = rendering_parameters(req.request, media_type)
+    headers, unchanged = await _caching(req, ref, media_type)
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    images = _render_service(services, name).rendered_instances(ref, params)
+    base = req.base_url
+    images = service.rendered_instances(ref, params)
     first = await _first(images)
     return await _multipart(first, images, base, ref.study_uid, headers,
                             _warning_headers(base, warnings), f"rendering of {ref}", media_type,
-                            name)
+                            req.pacs)
 
 
 @router.get("/studies/{study}/rendered", responses=RENDERED_RESPONSES,
             summary="Retrieve a rendered study")
-async def retrieve_rendered_study(request: Request, services: ServicesDep,
-                                  study: StudyUID) -> Response:
+async def retrieve_rendered_study(req: RequestDep, study: StudyUID) -> Response:
     """Every image instance of the study rendered (first frame each), multipart/related."""
-    return await _rendered_many(request, services, study_ref(study))
+    return await _rendered_many(req, study_ref(study))
 
 
 @router.get("/studies/{study}/series/{series}/rendered", responses=RENDERED_RESPONSES,
             summary="Retrieve a rendered series")
-async def retrieve_rendered_series(request: Request, services: ServicesDep, study: StudyUID,
+async def retrieve_rendered_series(req: RequestDep, study: StudyUID,
                                    series: SeriesUID) -> Response:
     """Every image instance of the series rendered (first frame each), multipart/related."""
-    return await _rendered_many(request, services, series_ref(study, series))
+    return await _rendered_many(req, series_ref(study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered",
             responses=RENDERED_RESPONSES, summary="Retrieve a rendered instance")
-async def retrieve_rendered_instance(request: Request, services: ServicesDep, study: StudyUID,
-                                     series: SeriesUID, instance: InstanceUID) -> Response:
+async def retrieve_rendered_instance(req: RequestDep, study: StudyUID, series: SeriesUID,
+                                     instance: InstanceUID) -> Response:
     """The instance as one image: its first frame, or with image/gif every frame (animated)."""
     ref = instance_ref(study, series, instance)
-    name = peer_name(request, services)
-    media_type = choose_rendered_type(request, services)
-    params, warnings = rendering_parameters(request, media_type)
-    headers, unchanged = await _caching(request, services, name, ref, media_type)
+    service = _render_service(req)
+    media_type = choose_rendered_type(req)
+    params, warnings = rendering_parameters(req.request, media_type)
+    headers, unchanged = await _caching(req, ref, media_type)
     if unchanged is not None:
         return unchanged
-    image = await _render_service(services, name).rendered_instance(ref, params)
-    base = service_base_url(request, services)
+    image = await service.rendered_instance(ref, params)
+    base = req.base_url
     return _image_response(image, headers, _warning_headers(base, warnings))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
             responses=RENDERED_RESPONSES, summary="Retrieve rendered frames")
-async def retrieve_rendered_frames(request: Request, services: ServicesDep, study: StudyUID,
-                                   series: SeriesUID, instance: InstanceUID,
-                                   frames: FrameList) -> Response:
+async def retrieve_rendered_frames(req: RequestDep, study: StudyUID, series: SeriesUID,
+                                   instance: InstanceUID, frames: FrameList) -> Response:
     """One frame as one image; several frames as multipart/related, one image per frame."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
-    name = peer_name(request, services)
-    media_type = choose_rendered_type(request, services)
-    params, warnings = rendering_parameters(request, media_type)
-    headers, unchanged = await _caching(request, services, name, ref, media_type)
+    numbers = parse_frame_list(frames, req.services.settings.max_frames_per_request)
+    service = _render_service(req)
+    media_type = choose_rendered_type(req)
+    params, warnings = rendering_parameters(req.request, media_type)
+    headers, unchanged = await _caching(req, ref, media_type)
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    service = _render_service(services, name)
+    base = req.base_url
     if len(numbers) == 1:
         image = await service.rendered_instance(ref, params, numbers)
         return _image_response(image, headers, _warning_headers(base, warnings))
@@ -308,62 +291,58 @@ async def retrieve_rendered_frames(request: Request, services: ServicesDep, stud
     first = await _first(images)
     return await _multipart(first, images, base, study, headers,
                             _warning_headers(base, warnings), f"rendering of {ref}", media_type,
-                            name)
+                            req.pacs)
 
 
 # -- thumbnails ----------------------------------------------------------------------------------
 
 
-async def _thumbnail(request: Request, services: Services,
-                     ref: StudyRef | SeriesRef | InstanceRef) -> Response:
-    name = peer_name(request, services)
-    media_type = choose_rendered_type(request, services)
-    params, _ = rendering_parameters(request, media_type, thumbnail=True)
-    headers, unchanged = await _caching(request, services, name, ref, media_type, stable=False)
+async def _thumbnail(req: DicomWebRequest, ref: StudyRef | SeriesRef | InstanceRef) -> Response:
+    service = _render_service(req)
+    media_type = choose_rendered_type(req)
+    params, _ = rendering_parameters(req.request, media_type, thumbnail=True)
+    headers, unchanged = await _caching(req, ref, media_type, stable=False)
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    image = await _render_service(services, name).thumbnail(ref, params, base)
+    image = await service.thumbnail(ref, params, req.base_url)
     return _image_response(image, headers, [])
 
 
 @router.get("/studies/{study}/thumbnail", responses=RENDERED_RESPONSES,
             summary="Retrieve a study thumbnail")
-async def retrieve_study_thumbnail(request: Request, services: ServicesDep,
-                                   study: StudyUID) -> Response:
+async def retrieve_study_thumbnail(req: RequestDep, study: StudyUID) -> Response:
     """One small image: the middle instance of the study's first series holding images."""
-    return await _thumbnail(request, services, study_ref(study))
+    return await _thumbnail(req, study_ref(study))
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", responses=RENDERED_RESPONSES,
             summary="Retrieve a series thumbnail")
-async def retrieve_series_thumbnail(request: Request, services: ServicesDep, study: StudyUID,
+async def retrieve_series_thumbnail(req: RequestDep, study: StudyUID,
                                     series: SeriesUID) -> Response:
     """One small image: the series' middle instance (by Instance Number)."""
-    return await _thumbnail(request, services, series_ref(study, series))
+    return await _thumbnail(req, series_ref(study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail",
             responses=RENDERED_RESPONSES, summary="Retrieve an instance thumbnail")
-async def retrieve_instance_thumbnail(request: Request, services: ServicesDep, study: StudyUID,
-                                      series: SeriesUID, instance: InstanceUID) -> Response:
+async def retrieve_instance_thumbnail(req: RequestDep, study: StudyUID, series: SeriesUID,
+                                      instance: InstanceUID) -> Response:
     """One small image of the instance (its middle frame)."""
-    return await _thumbnail(request, services, instance_ref(study, series, instance))
+    return await _thumbnail(req, instance_ref(study, series, instance))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
             responses=RENDERED_RESPONSES, summary="Retrieve a frame thumbnail")
-async def retrieve_frame_thumbnail(request: Request, services: ServicesDep, study: StudyUID,
-                                   series: SeriesUID, instance: InstanceUID,
-                                   frames: FrameList) -> Response:
+async def retrieve_frame_thumbnail(req: RequestDep, study: StudyUID, series: SeriesUID,
+                                   instance: InstanceUID, frames: FrameList) -> Response:
     """One small image of the first listed frame."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
-    name = peer_name(request, services)
-    media_type = choose_rendered_type(request, services)
-    params, _ = rendering_parameters(request, media_type, thumbnail=True)
-    headers, unchanged = await _caching(request, services, name, ref, media_type)
+    numbers = parse_frame_list(frames, req.services.settings.max_frames_per_request)
+    service = _render_service(req)
+    media_type = choose_rendered_type(req)
+    params, _ = rendering_parameters(req.request, media_type, thumbnail=True)
+    headers, unchanged = await _caching(req, ref, media_type)
     if unchanged is not None:
         return unchanged
-    image = await _render_service(services, name).rendered_instance(ref, params, numbers[:1])
+    image = await service.rendered_instance(ref, params, numbers[:1])
     return _image_response(image, headers, [])

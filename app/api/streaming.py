@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
@@ -109,8 +109,11 @@ class TruncatableStreamingResponse(StreamingResponse):
             raise ResponseCutShort(reason) from None  # the server closes the connection
 
 
-def rendered_parts(first: object, rest: AsyncIterator[object],
-                   render: Callable[[object], list[bytes]]) -> AsyncGenerator[list[bytes], None]:
+T = TypeVar("T")
+
+
+def rendered_parts(first: T, rest: AsyncIterator[T],
+                   render: Callable[[T], list[bytes]]) -> AsyncGenerator[list[bytes], None]:
     """The wire chunks of ``first`` then of each item of ``rest``, one list per part."""
 
     async def parts() -> AsyncGenerator[list[bytes], None]:
@@ -120,3 +123,13 @@ def rendered_parts(first: object, rest: AsyncIterator[object],
                 yield render(item)
 
     return parts()
+
+
+def stream_parts(pacs: str, first: T, rest: AsyncIterator[T],
+                 render: Callable[[T], list[bytes]], closing: bytes | Callable[[], bytes],
+                 media_type: str, what: str,
+                 headers: dict[str, str] | None = None) -> TruncatableStreamingResponse:
+    """A streaming response writing ``first`` then ``rest`` through ``render``; a failure after
+    the headers ends it without ``closing``, logged once."""
+    return TruncatableStreamingResponse(rendered_parts(first, rest, render), closing, what=what,
+                                        pacs=pacs, media_type=media_type, headers=headers)

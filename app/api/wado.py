@@ -8,20 +8,13 @@ short without its closing delimiter so the client sees the truncation (PS3.18 8.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response, StreamingResponse
 
-from app.api.conditional import (
-    IMMUTABLE,
-    REVALIDATE,
-    caching_headers,
-    etag_for,
-    not_modified,
-)
+from app.api.deps import DicomWebRequest, RequestDep
 from app.api.params import (
     COMMON_ERRORS,
     BulkDataReference,
@@ -31,22 +24,18 @@ from app.api.params import (
     StudyUID,
     errors,
 )
-from app.api.qido import peer_name, service_base_url
-from app.api.state import ServicesDep
-from app.api.streaming import TruncatableStreamingResponse, rendered_parts
+from app.api.streaming import stream_parts
 from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import (
+    AS_STORED,
     DICOM,
     DICOM_XML,
     METADATA_OFFERS,
     ZIP,
     Negotiated,
     Offer,
-    accept_ranges,
     frame_offers,
     instance_offers,
-    negotiate,
-    parse_accept,
     zip_offers,
 )
 from app.dicomweb.multipart import (
@@ -57,7 +46,14 @@ from app.dicomweb.multipart import (
     part_trailer,
 )
 from app.dicomweb.pixels import Frame
-from app.dicomweb.refs import InstanceRef, SeriesRef, instance_ref, series_ref, study_ref
+from app.dicomweb.refs import (
+    InstanceRef,
+    SeriesRef,
+    instance_ref,
+    parse_frame_list,
+    series_ref,
+    study_ref,
+)
 from app.dicomweb.transfer_syntax import (
     ALL_KNOWN,
     FRAME_MEDIA_TYPE,
@@ -68,10 +64,9 @@ from app.dicomweb.transfer_syntax import (
 )
 from app.dicomweb.urls import instance_url
 from app.dicomweb.ziparchive import ZipStream
-from app.errors import BadRequest, GatewayError, NotAcceptable
-from app.services.registry import Services
+from app.errors import GatewayError, NotAcceptable
 from app.services.retrieve import Ref
-from app.services.wado import AS_STORED, MetadataItem, WireInstance, bulk_uri_minter
+from app.services.wado import MetadataItem, WireInstance, bulk_uri_minter
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])
@@ -110,13 +105,12 @@ def requestable_syntaxes() -> list[str]:
         ts in UNCOMPRESSED or decodable(ts) or encodable(ts)))
 
 
-def _negotiate(request: Request, services: Services, offers: tuple[Offer, ...]) -> Negotiated:
+def _negotiate(req: DicomWebRequest, offers: tuple[Offer, ...]) -> Negotiated:
     """Choose a representation from the ``accept`` query parameter or the Accept header."""
-    accept_values = request.query_params.getlist("accept")
-    header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
-    chosen = negotiate(accept_ranges(header), offers)
-    if chosen is None or (chosen.defaulted and services.settings.require_accept_header):
-        raise NotAcceptable(f"none of the requested media types can be produced: {header!r}")
+    chosen = req.acceptable(offers)
+    if chosen is None:
+        raise NotAcceptable("none of the requested media types can be produced: "
+                            f"{req.accept_header!r}")
     return chosen
 
 
@@ -136,43 +130,15 @@ def _pixel_syntax(chosen: Negotiated) -> str | None:
     return chosen.offer.transfer_syntax
 
 
-async def _peek(items: AsyncIterator[object]) -> object:
+T = TypeVar("T")
+
+
+async def _peek(items: AsyncIterator[T]) -> T:
     """The first item, so that errors before it become proper HTTP statuses."""
     try:
         return await items.__anext__()
     except StopAsyncIteration:
         raise GatewayError("the PACS sent nothing") from None
-
-
-def _stream(pacs: str, first: object, rest: AsyncIterator[object],
-            render: Callable[[object], list[bytes]], closing: bytes | Callable[[], bytes],
-            media_type: str, what: str,
-            headers: dict[str, str] | None = None) -> StreamingResponse:
-    """A streaming response writing ``first`` then ``rest`` through ``render``; a failure after
-    the headers ends it without ``closing``, logged once (app.api.streaming)."""
-    return TruncatableStreamingResponse(rendered_parts(first, rest, render), closing, what=what,
-                                        pacs=pacs, media_type=media_type, headers=headers)
-
-
-async def _validators(request: Request, services: Services, name: str, ref: Ref,
-                      representation: str) -> tuple[dict[str, str], Response | None]:
-    """Caching headers for ``ref`` in ``representation``, and a 304 if the client has it.
-
-    An instance never changes (its UID names one immutable object), so instance-level
-    resources get a long-lived strong ETag without any lookup; a series or study gets one only
-    when the cache knows its complete content."""
-    if isinstance(ref, InstanceRef):
-        etag: str | None = etag_for(request.url.path, representation)
-        policy = IMMUTABLE
-    else:
-        members = await services.retrieve(name).content_signature(ref)
-        etag = etag_for(request.url.path, representation, *members) if members else None
-        policy = REVALIDATE
-    if etag is not None:
-        unchanged = not_modified(request, etag, policy)
-        if unchanged is not None:
-            return {}, unchanged
-    return caching_headers(etag, policy), None
 
 
 def _representation(chosen: Negotiated) -> str:
@@ -191,17 +157,15 @@ def instance_representations() -> tuple[Offer, ...]:
     return instance_offers(syntaxes) + zip_offers(syntaxes)
 
 
-def _syntax_preferences(request: Request, chosen: Negotiated) -> list[str | None]:
+def _syntax_preferences(req: DicomWebRequest, chosen: Negotiated) -> list[str | None]:
     """Every acceptable syntax for the chosen container's application/dicom parts (or ZIP
     members), best first: the choice is made per part (PS3.18 8.7.8), so an instance that
     cannot be had in the first falls back to the next. None stands for the default (Explicit
     VR LE), ``*`` for as stored."""
     container = chosen.offer.media_type
     offers = [o for o in instance_representations() if o.media_type == container]
-    accept_values = request.query_params.getlist("accept")
-    header = ", ".join(accept_values) if accept_values else request.headers.get("accept")
     preferences: list[str | None] = [_wanted_syntax(chosen)]
-    for media_range in parse_accept(header):
+    for media_range in req.accept:
         if media_range.q <= 0 or not any(media_range.matches_offer(o) for o in offers):
             continue
         syntax = media_range.transfer_syntax
@@ -227,38 +191,37 @@ def _download_name(ref: Ref) -> str:
     return f"study-{ref.study_uid}.zip"
 
 
-def _zip_stream(name: str, ref: Ref, first: object, instances: AsyncIterator[object],
+def _zip_stream(name: str, ref: Ref, first: WireInstance,
+                instances: AsyncIterator[WireInstance],
                 headers: dict[str, str]) -> StreamingResponse:
     """The instances as one ZIP archive, each member written as its instance arrives; the
     central directory closes it, so a retrieval cut short leaves a visibly broken archive."""
     archive = ZipStream()
 
-    def render(item: object) -> list[bytes]:
-        assert isinstance(item, WireInstance)
+    def render(item: WireInstance) -> list[bytes]:
         return [archive.add(zip_member_name(item), item.data)]
 
     disposition = {"Content-Disposition": f'attachment; filename="{_download_name(ref)}"'}
-    return _stream(name, first, instances, render, archive.finish, ZIP,
+    return stream_parts(name, first, instances, render, archive.finish, ZIP,
                    f"ZIP retrieval of {ref}", {**headers, **disposition})
 
 
-async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
-    name = peer_name(request, services)
-    chosen = _negotiate(request, services, instance_representations())
-    wanted = _syntax_preferences(request, chosen)
-    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+async def _retrieve(req: DicomWebRequest, ref: Ref) -> Response:
+    name = req.pacs
+    chosen = _negotiate(req, instance_representations())
+    wanted = _syntax_preferences(req, chosen)
+    headers, unchanged = await req.validators(ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    instances = services.retrieve(name).instances(ref, wanted)
+    base = req.base_url
+    instances = req.services.retrieve(name).instances(ref, wanted)
     first = await _peek(instances)
     if chosen.offer.media_type == ZIP:
         return _zip_stream(name, ref, first, instances, headers)
     boundary = new_boundary()
 
-    def render(item: object) -> list[bytes]:
+    def render(item: WireInstance) -> list[bytes]:
         # Each part is complete on the wire (header, body, CRLF) before the next is rendered.
-        assert isinstance(item, WireInstance)
         header = part_header(
             f"{DICOM}; transfer-syntax={item.transfer_syntax}",
             content_location=instance_url(base, ref.study_uid, item.series_uid,
@@ -266,124 +229,94 @@ async def _retrieve(request: Request, services: Services, ref: Ref) -> Response:
             content_length=len(item.data), boundary=boundary)
         return [header, item.data, part_trailer()]
 
-    return _stream(name, first, instances, render, closing_delimiter(boundary),
+    return stream_parts(name, first, instances, render, closing_delimiter(boundary),
                    multipart_content_type(DICOM, boundary), f"retrieval of {ref}", headers)
 
 
 @router.get("/studies/{study}", responses=INSTANCE_RESPONSES, summary="Retrieve a study")
-async def retrieve_study(request: Request, services: ServicesDep, study: StudyUID) -> Response:
+async def retrieve_study(req: RequestDep, study: StudyUID) -> Response:
     """Study instances as multipart/related application/dicom (PS3.18 10.4.1.1.1), or as one
     ZIP archive of Part-10 files with ``Accept: application/zip`` (Supplement 211)."""
-    return await _retrieve(request, services, study_ref(study))
+    return await _retrieve(req, study_ref(study))
 
 
 @router.get("/studies/{study}/series/{series}", responses=INSTANCE_RESPONSES,
             summary="Retrieve a series")
-async def retrieve_series(request: Request, services: ServicesDep, study: StudyUID,
-                          series: SeriesUID) -> Response:
+async def retrieve_series(req: RequestDep, study: StudyUID, series: SeriesUID) -> Response:
     """Series instances (retrieved at SERIES level, not the whole study)."""
-    return await _retrieve(request, services, series_ref(study, series))
+    return await _retrieve(req, series_ref(study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}",
             responses=INSTANCE_RESPONSES, summary="Retrieve an instance")
-async def retrieve_instance(request: Request, services: ServicesDep, study: StudyUID,
-                            series: SeriesUID, instance: InstanceUID) -> Response:
+async def retrieve_instance(req: RequestDep, study: StudyUID, series: SeriesUID,
+                            instance: InstanceUID) -> Response:
     """One instance (retrieved at IMAGE level)."""
-    return await _retrieve(request, services, instance_ref(study, series, instance))
+    return await _retrieve(req, instance_ref(study, series, instance))
 
 
 # -- metadata ----------------------------------------------------------------------------------
 
 
-async def _metadata(request: Request, services: Services, ref: Ref) -> Response:
-    name = peer_name(request, services)
-    chosen = _negotiate(request, services, METADATA_OFFERS)
-    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+async def _metadata(req: DicomWebRequest, ref: Ref) -> Response:
+    name = req.pacs
+    chosen = _negotiate(req, METADATA_OFFERS)
+    headers, unchanged = await req.validators(ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    wado = services.retrieve(name)
+    base = req.base_url
+    wado = req.services.retrieve(name)
     if chosen.offer.part_type == DICOM_XML:
         datasets = wado.metadata_datasets(ref, base)
         first = await _peek(datasets)
         boundary = new_boundary()
 
-        def render_xml(item: object) -> list[bytes]:
-            assert isinstance(item, MetadataItem)
+        def render_xml(item: MetadataItem) -> list[bytes]:
             xml = dataset_to_xml(item.dataset, bulk_data_uri=bulk_uri_minter(item.instance_url))
             return [part_header(DICOM_XML, content_length=len(xml), boundary=boundary), xml,
                     part_trailer()]
 
-        return _stream(name, first, datasets, render_xml, closing_delimiter(boundary),
+        return stream_parts(name, first, datasets, render_xml, closing_delimiter(boundary),
                        multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}",
                        headers)
     objects = wado.metadata_json(ref, base)
     first_json = await _peek(objects)
     state = {"first": True}
 
-    def render_json(item: object) -> list[bytes]:
-        assert isinstance(item, bytes)
+    def render_json(item: bytes) -> list[bytes]:
         lead = b"[" if state["first"] else b","
         state["first"] = False
         return [lead, item]
 
-    return _stream(name, first_json, objects, render_json, b"]",
+    return stream_parts(name, first_json, objects, render_json, b"]",
                    "application/dicom+json",
                    f"metadata of {ref}", headers)
 
 
 @router.get("/studies/{study}/metadata", responses=RETRIEVE_RESPONSES,
             summary="Retrieve study metadata")
-async def retrieve_study_metadata(request: Request, services: ServicesDep,
-                                  study: StudyUID) -> Response:
+async def retrieve_study_metadata(req: RequestDep, study: StudyUID) -> Response:
     """Every instance's attributes, bulk data replaced by BulkDataURIs (PS3.18 10.4.1.1.2)."""
-    return await _metadata(request, services, study_ref(study))
+    return await _metadata(req, study_ref(study))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", responses=RETRIEVE_RESPONSES,
             summary="Retrieve series metadata")
-async def retrieve_series_metadata(request: Request, services: ServicesDep, study: StudyUID,
+async def retrieve_series_metadata(req: RequestDep, study: StudyUID,
                                    series: SeriesUID) -> Response:
     """Series metadata."""
-    return await _metadata(request, services, series_ref(study, series))
+    return await _metadata(req, series_ref(study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata",
             responses=RETRIEVE_RESPONSES, summary="Retrieve instance metadata")
-async def retrieve_instance_metadata(request: Request, services: ServicesDep, study: StudyUID,
-                                     series: SeriesUID, instance: InstanceUID) -> Response:
+async def retrieve_instance_metadata(req: RequestDep, study: StudyUID, series: SeriesUID,
+                                     instance: InstanceUID) -> Response:
     """Instance metadata."""
-    return await _metadata(request, services, instance_ref(study, series, instance))
+    return await _metadata(req, instance_ref(study, series, instance))
 
 
 # -- frames and bulk data ------------------------------------------------------------------------
-
-_FRAME_LIST = re.compile(r"^\s*[0-9]+\s*(,\s*[0-9]+\s*)*$")
-_MAX_FRAME_DIGITS = 9  # no instance has a billion frames; keeps int() far from its limits
-
-
-def parse_frame_list(text: str, max_frames: int) -> list[int]:
-    """1-based frame numbers from ``1,3,5`` (PS3.18 10.4.1.1.3): 400 for anything else, for a
-    number listed twice, and for more than ``max_frames`` numbers (each listed frame is a part
-    of the response: without these limits a short URL asks for any amount of data)."""
-    if not _FRAME_LIST.match(text):
-        raise BadRequest(f"frame list {text[:100]!r} is not a comma-separated list of frame "
-                         "numbers")
-    items = [n.strip() for n in text.split(",")]
-    if len(items) > max_frames:
-        raise BadRequest(f"frame list names {len(items)} frames; at most {max_frames} may be "
-                         "asked for at once (max_frames_per_request)")
-    if any(len(n.lstrip("0")) > _MAX_FRAME_DIGITS for n in items):
-        raise BadRequest("frame list: a frame number is out of range")
-    numbers = [int(n.lstrip("0") or "0") for n in items]
-    if any(n < 1 for n in numbers):
-        raise BadRequest(f"frame list {text[:100]!r}: frame numbers start at 1")
-    if len(set(numbers)) != len(numbers):
-        twice = next(n for n in numbers if numbers.count(n) > 1)
-        raise BadRequest(f"frame list: frame {twice} is listed more than once")
-    return numbers
-
 
 def _part_type(media_type: str, transfer_syntax: str) -> str:
     return f"{media_type}; transfer-syntax={transfer_syntax}"
@@ -395,34 +328,32 @@ def _frame_stream(pacs: str, first: Frame, rest: AsyncIterator[Frame],
     """Frames (or bulk data values) as multipart/related, one part sent as each is made."""
     boundary = new_boundary()
 
-    def render(item: object) -> list[bytes]:
-        assert isinstance(item, Frame)
+    def render(item: Frame) -> list[bytes]:
         header = part_header(_part_type(item.media_type, item.transfer_syntax),
                              content_location=location(item), content_length=len(item.data),
                              boundary=boundary)
         return [header, item.data, part_trailer()]
 
-    return _stream(pacs, first, rest, render, closing_delimiter(boundary),  # type: ignore[arg-type]
+    return stream_parts(pacs, first, rest, render, closing_delimiter(boundary),
                    multipart_content_type(first.media_type, boundary), what, headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
             responses=RETRIEVE_RESPONSES, summary="Retrieve frames")
-async def retrieve_frames(request: Request, services: ServicesDep, study: StudyUID,
-                          series: SeriesUID, instance: InstanceUID, frames: FrameList) -> Response:
+async def retrieve_frames(req: RequestDep, study: StudyUID, series: SeriesUID,
+                          instance: InstanceUID, frames: FrameList) -> Response:
     """Pixel data of the listed frames, one part per frame (PS3.18 10.4.1.1.3)."""
     ref = instance_ref(study, series, instance)
-    numbers = parse_frame_list(frames, services.settings.max_frames_per_request)
-    name = peer_name(request, services)
-    chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
+    numbers = parse_frame_list(frames, req.services.settings.max_frames_per_request)
+    name = req.pacs
+    chosen = _negotiate(req, frame_offers(FRAME_MEDIA_TYPE))
     wanted = _pixel_syntax(chosen)
-    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    headers, unchanged = await req.validators(ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    base = service_base_url(request, services)
-    parts = services.retrieve(name).frames(ref, numbers, wanted)
+    base = req.base_url
+    parts = req.services.retrieve(name).frames(ref, numbers, wanted)
     first = await _peek(parts)
-    assert isinstance(first, Frame)
     location = instance_url(base, study, series, instance) + "/frames/"
     return _frame_stream(name, first, parts, lambda f: f"{location}{f.number}",
                          f"frames of {ref}", headers)
@@ -430,20 +361,18 @@ async def retrieve_frames(request: Request, services: ServicesDep, study: StudyU
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{reference}",
             responses=RETRIEVE_RESPONSES, summary="Retrieve bulk data")
-async def retrieve_bulkdata(request: Request, services: ServicesDep, study: StudyUID,
-                            series: SeriesUID, instance: InstanceUID,
-                            reference: BulkDataReference) -> Response:
+async def retrieve_bulkdata(req: RequestDep, study: StudyUID, series: SeriesUID,
+                            instance: InstanceUID, reference: BulkDataReference) -> Response:
     """The value of one bulk data element, as minted in a BulkDataURI (PS3.18 10.4.1.1.5)."""
     ref = instance_ref(study, series, instance)
-    name = peer_name(request, services)
-    chosen = _negotiate(request, services, frame_offers(FRAME_MEDIA_TYPE))
+    name = req.pacs
+    chosen = _negotiate(req, frame_offers(FRAME_MEDIA_TYPE))
     wanted = _pixel_syntax(chosen)
-    headers, unchanged = await _validators(request, services, name, ref, _representation(chosen))
+    headers, unchanged = await req.validators(ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    values = services.retrieve(name).bulkdata(ref, reference, wanted)
+    values = req.services.retrieve(name).bulkdata(ref, reference, wanted)
     first = await _peek(values)
-    assert isinstance(first, Frame)
-    location = str(request.url.remove_query_params("accept"))
+    location = str(req.request.url.remove_query_params("accept"))
     return _frame_stream(name, first, values, lambda _: location,
                          f"bulk data of {ref}", headers)

@@ -16,12 +16,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.baseurl import request_origin
-from app.api.conditional import IMMUTABLE, caching_headers, etag_for, not_modified
+from app.api.deps import RequestDep
 from app.api.params import COMMON_ERRORS, UID_SCHEMA, errors
-from app.api.qido import peer_name
-from app.api.state import ServicesDep
 from app.api.warning import warning_value
-from app.dicomweb.mediatypes import DICOM, Offer, accept_ranges, negotiate, parse_accept
+from app.dicomweb.mediatypes import AS_STORED, DICOM, Offer, accept_ranges, negotiate, parse_accept
 from app.dicomweb.refs import InstanceRef, is_valid_uid
 from app.dicomweb.render import (
     GIF,
@@ -46,7 +44,6 @@ router = APIRouter(tags=["WADO-URI"])
 
 #: WADO-URI representations, default first (PS3.18 9.3: no contentType and */* -> image/jpeg).
 URI_OFFERS: tuple[Offer, ...] = (Offer(JPEG), Offer(DICOM), Offer(PNG), Offer(GIF))
-AS_STORED = "*"
 RENDERED_ONLY = ("frameNumber", "rows", "columns", "region", "windowCenter", "windowWidth",
                  "imageQuality", "annotation", "imageAnnotation", "presentationUID",
                  "presentationSeriesUID")
@@ -187,8 +184,7 @@ def _location(request: Request, services: Services) -> str:
 
 @router.get("/wado", responses=URI_RESPONSES, summary="WADO-URI retrieve")
 async def retrieve_wado_uri(
-    request: Request,
-    services: ServicesDep,
+    req: RequestDep,
     request_type: str | None = Query(None, alias="requestType", description="Must be WADO"),
     study_uid: str | None = Query(None, alias="studyUID", json_schema_extra=UID_SCHEMA),
     series_uid: str | None = Query(None, alias="seriesUID", json_schema_extra=UID_SCHEMA),
@@ -198,11 +194,12 @@ async def retrieve_wado_uri(
                                                  "image/png or image/gif"),
 ) -> Response:
     """One instance by its three UIDs (PS3.18 9): Part-10 or a rendered image."""
+    request, services = req.request, req.services
     if request_type != "WADO":
         raise BadRequest("requestType=WADO is required (PS3.18 9.4.1)")
     ref = InstanceRef(_uid(study_uid, "studyUID"), _uid(series_uid, "seriesUID"),
                       _uid(object_uid, "objectUID"))
-    name = peer_name(request, services)
+    name = req.pacs
     media_type = choose_content_type(request, content_type)
     if media_type == DICOM:
         misplaced = _present(request, RENDERED_ONLY)
@@ -217,13 +214,10 @@ async def retrieve_wado_uri(
             raise BadRequest(f"{', '.join(misplaced)}: only for contentType=application/dicom")
         params = _render_params(request, media_type)
         frame = _positive(request, "frameNumber")
-    etag = etag_for(request.url.path, media_type, str(sorted(request.query_params.multi_items())))
-    # "If-None-Match: *" is false for a missing instance (RFC 9110 13.1.2): not short-cut.
-    if request.headers.get("if-none-match", "").strip() != "*":
-        unchanged = not_modified(request, etag, IMMUTABLE)
-        if unchanged is not None:
-            return unchanged
-    headers = caching_headers(etag, IMMUTABLE)
+    headers, unchanged = await req.validators(
+        ref, media_type, str(sorted(request.query_params.multi_items())))
+    if unchanged is not None:
+        return unchanged
     headers["Content-Location"] = _location(request, services)
     wado = services.retrieve(name)
     if media_type == DICOM:

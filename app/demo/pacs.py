@@ -25,6 +25,15 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
 from app.demo.index import IdentifierError, Level, QueryIndex, answer
+from app.dicomweb.sop_classes import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 __all__ = ["OPERATIONS", "DemoPacs"]
 
@@ -32,16 +41,6 @@ LOGGER = logging.getLogger(__name__)
 
 OPERATIONS = ("C-ECHO", "C-FIND", "C-GET", "C-MOVE", "C-STORE")
 """Keys of :attr:`DemoPacs.operation_counts`."""
-
-# SOP Class UIDs (PS3.4 B.5, C.6); pynetdicom.sop_class builds these names at run time,
-# which static type checkers cannot see.
-Verification = UID("1.2.840.10008.1.1")
-PatientRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.1.1")
-PatientRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.1.2")
-PatientRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.1.3")
-StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
-StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
-StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
 
 _PATIENT_ROOT = frozenset(
     {

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from pydicom.datadict import tag_for_keyword
 
+from app.dicomweb.tags import SERIES_INSTANCE_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID
+
 
 class QueryLevel(StrEnum):
     """QueryRetrieveLevel (0008,0052) values used by Study Root queries; never "INSTANCE"."""
@@ -35,9 +37,9 @@ def _tags(*keywords: str) -> tuple[int, ...]:
 
 
 UNIQUE_KEY: dict[QueryLevel, int] = {
-    QueryLevel.STUDY: 0x0020000D,
-    QueryLevel.SERIES: 0x0020000E,
-    QueryLevel.IMAGE: 0x00080018,
+    QueryLevel.STUDY: STUDY_INSTANCE_UID,
+    QueryLevel.SERIES: SERIES_INSTANCE_UID,
+    QueryLevel.IMAGE: SOP_INSTANCE_UID,
 }
 
 # Attributes of the Patient and Study IEs (Study Root: patient attributes live at STUDY level).

@@ -12,20 +12,20 @@ from pydicom.dataset import Dataset
 from app.dicomweb.attributes import (
     COMPUTED_SERIES_KEYS,
     COMPUTED_STUDY_KEYS,
-    UNIQUE_KEY,
     QueryLevel,
 )
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.search import AttributePath
-
-MODALITIES_IN_STUDY = 0x00080061
-MODALITY = 0x00080060
-STUDY_RELATED_SERIES = 0x00201206
-STUDY_RELATED_INSTANCES = 0x00201208
-SERIES_RELATED_INSTANCES = 0x00201209
-STUDY_UID = UNIQUE_KEY[QueryLevel.STUDY]
-SERIES_UID = UNIQUE_KEY[QueryLevel.SERIES]
-SOP_INSTANCE_UID = UNIQUE_KEY[QueryLevel.IMAGE]
+from app.dicomweb.tags import (
+    MODALITIES_IN_STUDY,
+    MODALITY,
+    SERIES_INSTANCE_UID,
+    SERIES_RELATED_INSTANCES,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    STUDY_RELATED_INSTANCES,
+    STUDY_RELATED_SERIES,
+)
 
 # What the SERIES-level answer gives: ModalitiesInStudy and NumberOfStudyRelatedSeries directly,
 # NumberOfStudyRelatedInstances only with per-series counts (else an IMAGE-level C-FIND too).
@@ -77,8 +77,8 @@ def series_identifier(study_uids: tuple[str, ...]) -> Dataset:
     NumberOfSeriesRelatedInstances (a UID list when there are several studies)."""
     return build_identifier(
         QueryLevel.SERIES,
-        unique_keys={STUDY_UID: study_uids},
-        return_keys=[SERIES_UID, MODALITY, SERIES_RELATED_INSTANCES],
+        unique_keys={STUDY_INSTANCE_UID: study_uids},
+        return_keys=[SERIES_INSTANCE_UID, MODALITY, SERIES_RELATED_INSTANCES],
     )
 
 
@@ -89,7 +89,7 @@ def image_identifier(pairs: Sequence[tuple[str, str]]) -> Dataset:
     series = tuple(dict.fromkeys(s for _, s in pairs))
     return build_identifier(
         QueryLevel.IMAGE,
-        unique_keys={STUDY_UID: studies, SERIES_UID: series},
+        unique_keys={STUDY_INSTANCE_UID: studies, SERIES_INSTANCE_UID: series},
         return_keys=[SOP_INSTANCE_UID],
     )
 
@@ -107,12 +107,13 @@ def series_row(ds: Dataset) -> SeriesRow:
     if has_value(ds, SERIES_RELATED_INSTANCES):
         instances = int(ds[SERIES_RELATED_INSTANCES].value)
     modality = _text(ds, MODALITY) if has_value(ds, MODALITY) else ""
-    return SeriesRow(_text(ds, STUDY_UID), _text(ds, SERIES_UID), modality, instances)
+    return SeriesRow(_text(ds, STUDY_INSTANCE_UID), _text(ds, SERIES_INSTANCE_UID), modality,
+                     instances)
 
 
 def instance_series(ds: Dataset) -> str:
     """The SeriesInstanceUID an IMAGE-level answer belongs to ("" when the PACS left it out)."""
-    return _text(ds, SERIES_UID)
+    return _text(ds, SERIES_INSTANCE_UID)
 
 
 def study_counts(rows: Sequence[SeriesRow], image_counts: Mapping[str, int]) -> dict[int, object]:

@@ -23,11 +23,12 @@ from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from app.dicomweb.tags import PIXEL_DATA_TAGS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BINARY_VRS",
-    "PIXEL_DATA_TAGS",
     "BulkDataRef",
     "BulkDataURIHandler",
     "binary_value",
@@ -45,11 +46,6 @@ __all__ = [
 
 #: VRs whose value is an opaque byte string: InlineBinary or BulkDataURI (PS3.18 F.2.7).
 BINARY_VRS: frozenset[str] = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-
-#: PixelData, FloatPixelData, DoubleFloatPixelData: always bulk data when a handler is given.
-PIXEL_DATA_TAGS: frozenset[int] = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-
-SPECIFIC_CHARACTER_SET = 0x00080005
 
 _KNOWN_VRS: frozenset[str] = frozenset(
     {

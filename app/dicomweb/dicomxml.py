@@ -52,7 +52,8 @@ def dataset_to_xml(
         "NativeDicomModel", {"xmlns": NATIVE_DICOM_MODEL_NAMESPACE, "xml:space": "preserve"}
     )
     _XmlWalker(bulk_data_uri, bulk_data_threshold).dataset(root, ds, ())
-    return _XML_DECLARATION + ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return _XML_DECLARATION + body
 
 
 def _private_creator(ds: Dataset, tag: int) -> str | None:

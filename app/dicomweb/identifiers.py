@@ -16,6 +16,7 @@ from app.dicomweb.search import (
     private_vr,
     vr_of,
 )
+from app.dicomweb.tags import SPECIFIC_CHARACTER_SET
 
 
 def _is_ascii(value: str) -> bool:
@@ -71,7 +72,7 @@ def build_identifier(
         non_ascii = non_ascii or not all(_is_ascii(v) for v in match.values)
     for key in return_keys:
         path = key if isinstance(key, AttributePath) else AttributePath((key,))
-        if path.tag == 0x00080005:
+        if path.tag == SPECIFIC_CHARACTER_SET:
             continue
         holder = _container_for(ds, path)
         if path.tag not in holder:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from app.dicomweb.tags import MEDIA_STORAGE_SOP_CLASS_UID, SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID
+
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-SOP_INSTANCE_UID = 0x00080018
 IMPLICIT_LE = "1.2.840.10008.1.2"
 NOT_WALKABLE = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # BE, deflated
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
@@ -149,7 +150,7 @@ def _dataset_start(data: bytes) -> int:
         raise Malformed("no Part-10 preamble")
     if data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
         raise Malformed("no File Meta Information Group Length")
-    meta_length = _U32.unpack_from(data, 140)[0]
+    meta_length: int = _U32.unpack_from(data, 140)[0]
     start = 144 + meta_length
     if start > len(data):
         raise Malformed("File Meta Information runs past the end")
@@ -208,15 +209,15 @@ def read_file_meta(data: bytes) -> FileMeta | None:
             tag, _, length, value = element_header(data, offset, end, explicit=True)
             if tag >> 16 != 0x0002 or length > end - value:
                 return None
-            if tag in (0x00020002, 0x00020010):
+            if tag in (MEDIA_STORAGE_SOP_CLASS_UID, TRANSFER_SYNTAX_UID):
                 found[tag] = _text(data, value, length)
             offset = value + length
     except Malformed:
         return None
-    syntax = found.get(0x00020010)
+    syntax = found.get(TRANSFER_SYNTAX_UID)
     if offset != end or not syntax:
         return None
-    return FileMeta(end, syntax, found.get(0x00020002))
+    return FileMeta(end, syntax, found.get(MEDIA_STORAGE_SOP_CLASS_UID))
 
 
 def part10_meta(data: bytes) -> tuple[str, str] | None:

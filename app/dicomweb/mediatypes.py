@@ -8,15 +8,20 @@ stray whitespace, a bare ``*``, and invalid q-values are accepted. Offers live i
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.errors import NotAcceptable
 
 __all__ = [
+    "AS_STORED",
+    "DICOM",
     "DICOM_JSON",
     "DICOM_XML",
     "MULTIPART_RELATED",
+    "OCTET_STREAM",
+    "ZIP",
     "QIDO_OFFERS",
     "accept_ranges",
     "MediaRange",
@@ -24,17 +29,27 @@ __all__ = [
     "Offer",
     "negotiate",
     "parse_accept",
+    "split_outside_quotes",
+    "unquote",
 ]
 
 logger = logging.getLogger(__name__)
 
+DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
 MULTIPART_RELATED = "multipart/related"
+OCTET_STREAM = "application/octet-stream"
+ZIP = "application/zip"
+#: ``transfer-syntax=*``: any syntax; for a retrieval, each instance as it is stored
+#: (PS3.18 8.7.3.5.2).
+AS_STORED = "*"
 
 
-def _split_outside_quotes(text: str, separator: str) -> list[str]:
-    """Split ``text`` on ``separator`` where it is not inside a quoted string."""
+def split_outside_quotes(text: str, separator: str) -> list[str]:
+    """Split ``text`` on ``separator`` where it is not inside a quoted string (RFC 9110 5.6.4:
+    within quotes a backslash escapes the next character, so ``\\"`` does not end them). The
+    pieces keep their quotes and escapes: ``unquote`` each value."""
     out: list[str] = []
     current: list[str] = []
     quoted = escaped = False
@@ -54,11 +69,17 @@ def _split_outside_quotes(text: str, separator: str) -> list[str]:
     return out
 
 
-def _unquote(value: str) -> str:
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
+def unquote(value: str) -> str:
+    """A parameter value without surrounding white space and, when it is a quoted-string,
+    without its quotes and with each quoted-pair replaced by the character it escapes
+    (RFC 9110 5.6.4: a backslash escapes any character). A token is returned as it is."""
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return value.strip()
+        return _QUOTED_PAIR.sub(r"\1", value[1:-1])
+    return value
 
 
 def _type_matches(pattern: str, media_type: str) -> bool:
@@ -129,7 +150,7 @@ class MediaRange:
             return 0
         if self.subtype == "*":
             return 1
-        specific_syntax = self.transfer_syntax not in (None, "*")
+        specific_syntax = self.transfer_syntax not in (None, AS_STORED)
         return 2 + (self.part_type is not None) + specific_syntax
 
     def matches(
@@ -153,7 +174,7 @@ class MediaRange:
                 return False
         # A type parameter on a single-part type means nothing: ignored (PS3.18 8.7.8).
         wanted_syntax = self.transfer_syntax
-        if wanted_syntax not in (None, "*") and transfer_syntax is not None:
+        if wanted_syntax not in (None, AS_STORED) and transfer_syntax is not None:
             return wanted_syntax == transfer_syntax
         return True
 
@@ -202,8 +223,8 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     if header is None or not header.strip():
         return []
     ranges: list[MediaRange] = []
-    for position, entry in enumerate(_split_outside_quotes(header, ",")):
-        pieces = _split_outside_quotes(entry, ";")
+    for position, entry in enumerate(split_outside_quotes(header, ",")):
+        pieces = split_outside_quotes(entry, ";")
         media = pieces[0].strip().lower()
         if media == "*":
             media = "*/*"
@@ -224,7 +245,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             if name == "q":
                 q = _parse_q(value, entry)
             else:
-                params[name] = _unquote(value)
+                params[name] = unquote(value).strip()  # lenient: " a/b " is a/b
         ranges.append(MediaRange(type_, subtype, params, q, position))
     ranges.sort(key=lambda r: (-r.q, -r.specificity, r.position))
     return ranges
@@ -238,7 +259,7 @@ def accept_ranges(header: str | None) -> list[MediaRange]:
     an error (the default representation)."""
     ranges = parse_accept(header)
     if not ranges and header is not None and any(
-            entry.strip() for entry in _split_outside_quotes(header, ",")):
+            entry.strip() for entry in split_outside_quotes(header, ",")):
         raise NotAcceptable(f"Accept {header[:100]!r} names no media type (type/subtype)")
     return ranges
 
@@ -279,8 +300,6 @@ QIDO_OFFERS: tuple[Offer, ...] = (
 )
 
 
-DICOM = "application/dicom"
-OCTET_STREAM = "application/octet-stream"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
@@ -289,9 +308,6 @@ def instance_offers(syntaxes: Sequence[str]) -> tuple[Offer, ...]:
     can produce, Explicit VR Little Endian first (the default, PS3.18 8.7.3.5.2)."""
     ordered = [EXPLICIT_VR_LE] + [ts for ts in syntaxes if ts != EXPLICIT_VR_LE]
     return tuple(Offer(MULTIPART_RELATED, DICOM, ts) for ts in ordered)
-
-
-ZIP = "application/zip"
 
 
 def zip_offers(syntaxes: Sequence[str]) -> tuple[Offer, ...]:

@@ -11,6 +11,8 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from app.dicomweb.mediatypes import split_outside_quotes, unquote
+
 __all__ = [
     "MultipartError",
     "Part",
@@ -187,44 +189,15 @@ class Part:
         return self.headers.get("Content-Location")
 
 
-def _split_params(text: str) -> list[str]:
-    """Split on ``;`` outside quoted strings."""
-    out, current, quoted, escaped = [], [], False, False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\" and quoted:
-            current.append(char)
-            escaped = True
-        elif char == '"':
-            current.append(char)
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    out.append("".join(current))
-    return out
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """Split a Content-Type into a lower-case media type and its parameters (keys lower-case)."""
-    head, *rest = _split_params(value)
+    head, *rest = split_outside_quotes(value, ";")
     params: dict[str, str] = {}
     for item in rest:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
             continue
-        params[name.strip().lower()] = _unquote(raw)
+        params[name.strip().lower()] = unquote(raw)
     return head.strip().lower(), params
 
 

@@ -22,6 +22,8 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
+from app.dicomweb.mediatypes import OCTET_STREAM
+from app.dicomweb.tags import DOUBLE_FLOAT_PIXEL_DATA, FLOAT_PIXEL_DATA, PIXEL_DATA
 from app.dicomweb.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -29,7 +31,6 @@ from app.dicomweb.transfer_syntax import (
     JPEG2000,
     JPEG_LS_NEAR_LOSSLESS,
     NOT_ON_THE_WIRE,
-    OCTET_STREAM,
     UNCOMPRESSED,
     decodable,
     encodable,
@@ -53,10 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PIXEL_DATA = 0x7FE00010
-FLOAT_PIXEL_DATA = 0x7FE00008
-DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 
 # Binary VRs whose values are words of this many bytes (byte-swapped between endiannesses).
 _WORD_SIZE: dict[str, int] = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}

@@ -19,7 +19,6 @@ from pydicom.datadict import dictionary_VR
 
 from app.dicomweb.dicomjson import (
     BINARY_VRS,
-    PIXEL_DATA_TAGS,
     BulkDataRef,
     BulkDataURIHandler,
     number_of,
@@ -34,10 +33,10 @@ from app.dicomweb.integrity import (
     element_header,
     read_file_meta,
 )
+from app.dicomweb.tags import PIXEL_DATA, PIXEL_DATA_TAGS, SPECIFIC_CHARACTER_SET
 
 __all__ = ["raw_dataset_to_json"]
 
-SPECIFIC_CHARACTER_SET = 0x00080005
 _MAX_DEPTH = 16
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0"
 
@@ -162,7 +161,7 @@ class _RawWalker:
             if length == UNDEFINED:
                 if vr == "SQ":
                     attr, offset = self.undefined_sequence(offset, end, path, tag)
-                elif tag == 0x7FE00010 and vr == "OB" and explicit:
+                elif tag == PIXEL_DATA and vr == "OB" and explicit:
                     found = data.find(_SEQUENCE_DELIMITER, offset, end)
                     if found < 0 or found == offset:
                         raise _Unhandled("encapsulated pixel data without its delimiter")
@@ -251,7 +250,7 @@ class _RawWalker:
                 raise _Unhandled("UN: pydicom may replace it with a known VR")
             return self.binary(tag, vr, offset, length, path)
         if vr in ("OB or OW", "US or SS", "US or OW", "US or SS or OW", "OW or OB"):
-            if tag != 0x7FE00010 or self.explicit:
+            if tag != PIXEL_DATA or self.explicit:
                 raise _Unhandled("ambiguous VR")
             return self.binary(tag, "OW", offset, length, path)  # Implicit VR: OW (PS3.5 A.1)
         if len(vr) != 2:

@@ -68,3 +68,29 @@ def instance_ref(study: str, series: str, instance: str) -> InstanceRef:
         check_uid(series, "SeriesInstanceUID"),
         check_uid(instance, "SOPInstanceUID"),
     )
+
+
+_FRAME_LIST = re.compile(r"^\s*[0-9]+\s*(,\s*[0-9]+\s*)*$")
+_MAX_FRAME_DIGITS = 9  # no instance has a billion frames; keeps int() far from its limits
+
+
+def parse_frame_list(text: str, max_frames: int) -> list[int]:
+    """1-based frame numbers from ``1,3,5`` (PS3.18 10.4.1.1.3): 400 for anything else, for a
+    number listed twice, and for more than ``max_frames`` numbers (each listed frame is a part
+    of the response: without these limits a short URL asks for any amount of data)."""
+    if not _FRAME_LIST.match(text):
+        raise BadRequest(f"frame list {text[:100]!r} is not a comma-separated list of frame "
+                         "numbers")
+    items = [n.strip() for n in text.split(",")]
+    if len(items) > max_frames:
+        raise BadRequest(f"frame list names {len(items)} frames; at most {max_frames} may be "
+                         "asked for at once (max_frames_per_request)")
+    if any(len(n.lstrip("0")) > _MAX_FRAME_DIGITS for n in items):
+        raise BadRequest("frame list: a frame number is out of range")
+    numbers = [int(n.lstrip("0") or "0") for n in items]
+    if any(n < 1 for n in numbers):
+        raise BadRequest(f"frame list {text[:100]!r}: frame numbers start at 1")
+    if len(set(numbers)) != len(numbers):
+        twice = next(n for n in numbers if numbers.count(n) > 1)
+        raise BadRequest(f"frame list: frame {twice} is listed more than once")
+    return numbers

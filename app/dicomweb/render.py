@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import SupportsFloat, SupportsIndex
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydicom.dataset import Dataset
 
 from app.dicomweb.mediatypes import MULTIPART_RELATED, MediaRange, Offer, negotiate
 from app.dicomweb.numbers import NotANumber, NumberTooLong, parse_integer, preview
 from app.dicomweb.pixels import FrameOutOfRange, dataset_transfer_syntax, frame_count
+from app.dicomweb.tags import PIXEL_DATA, PIXEL_DATA_TAGS
 
 __all__ = [
     "GIF",
@@ -69,7 +72,6 @@ DEFAULT_JPEG_QUALITY = 90
 _PIL_FORMAT = {JPEG: "JPEG", PNG: "PNG", GIF: "GIF"}
 _DICOM_TYPES = ("application/dicom", "application/dicom+json", "application/dicom+xml",
                 "application/octet-stream")
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 class RenderParameterError(ValueError):
@@ -281,7 +283,7 @@ def negotiate_rendered(ranges: Sequence[MediaRange]) -> tuple[str | None, bool]:
 
 def has_pixels(ds: Dataset) -> bool:
     """True when the dataset carries (integer or float) pixel data."""
-    return any(tag in ds for tag in _PIXEL_TAGS)
+    return any(tag in ds for tag in PIXEL_DATA_TAGS)
 
 
 def _frame_attributes(ds: Dataset, index: int) -> Dataset:
@@ -299,7 +301,7 @@ def _frame_attributes(ds: Dataset, index: int) -> Dataset:
         return ds
     view = Dataset()
     for elem in ds:  # top level only
-        if elem.tag not in _PIXEL_TAGS:
+        if elem.tag not in PIXEL_DATA_TAGS:
             view.add(elem)
     for group in groups:
         for sequence in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
@@ -316,7 +318,7 @@ def _decode(ds: Dataset, index: int) -> tuple[np.ndarray, str]:
     from pydicom.pixels import get_decoder
 
     syntax = dataset_transfer_syntax(ds)
-    if 0x7FE00010 not in ds:
+    if PIXEL_DATA not in ds:
         array = ds.pixel_array  # float / double float pixel data
         if frame_count(ds) > 1:
             array = array[index]
@@ -349,10 +351,13 @@ def _apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 
 def _first(value: object) -> float:
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__")
-                                              and not isinstance(value, (str, bytes))):
-        value = list(value)[0]  # type: ignore[call-overload]
-    return float(value)  # type: ignore[arg-type]
+    """The first value of a multi-valued element (or the one value) as a float; TypeError,
+    ValueError or IndexError when there is none."""
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        value = list(value)[0]
+    if not isinstance(value, (str, bytes, SupportsFloat, SupportsIndex)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
 
 
 def instance_window(ds: Dataset) -> Window | None:
@@ -380,6 +385,7 @@ def _grayscale(array: np.ndarray, ds: Dataset, index: int, window: Window | None
     else:
         values = np.asarray(apply_modality_lut(array, view), dtype=np.float64)
     chosen = window or instance_window(view)
+    display: npt.NDArray[np.float64]
     if chosen is not None:
         display = _apply_window(values, chosen)
     elif view.get("VOILUTSequence"):

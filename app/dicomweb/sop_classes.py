@@ -1,9 +1,22 @@
-"""Storage SOP classes proposed for C-GET when the PACS does not say which classes a resource
+"""SOP classes: the verification and query/retrieve classes the gateway and its demo PACS use,
+and the storage classes proposed for C-GET when the PACS does not say which classes a resource
 holds (e.g. DCMTK dcmqrscp does not return SOPClassUID in C-FIND answers)."""
 
 from __future__ import annotations
 
 import pydicom.uid as uid
+from pydicom.uid import UID
+
+# Verification (PS3.4 A.4) and Query/Retrieve (PS3.4 C.6.1.3, C.6.2.3) SOP classes, under the
+# names pynetdicom.sop_class gives them: it builds those names at run time, which static type
+# checkers cannot see.
+Verification = UID("1.2.840.10008.1.1")
+PatientRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.1.1")
+PatientRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.1.2")
+PatientRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.1.3")
+StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelMove = UID("1.2.840.10008.5.1.4.1.2.2.2")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
 
 _NAMES = (
     "CTImageStorage",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from app.dicomweb.mediatypes import OCTET_STREAM
+
 __all__ = [
     "ALL_KNOWN",
     "DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN",
@@ -36,7 +38,6 @@ __all__ = [
     "JPEG_XL_LOSSLESS",
     "LOSSY",
     "NOT_ON_THE_WIRE",
-    "OCTET_STREAM",
     "RETRIEVE_PROPOSAL_TIERS",
     "RLE_LOSSLESS",
     "UNCOMPRESSED",
@@ -93,8 +94,6 @@ MPEG4_HP42_STEREO = "1.2.840.10008.1.2.4.106"
 MPEG4_HP42_STEREO_F = "1.2.840.10008.1.2.4.106.1"
 HEVC_MP51 = "1.2.840.10008.1.2.4.107"
 HEVC_M10P51 = "1.2.840.10008.1.2.4.108"
-
-OCTET_STREAM = "application/octet-stream"
 
 #: Native (not encapsulated) encodings: pixel data is raw samples.
 UNCOMPRESSED: frozenset[str] = frozenset(

@@ -15,6 +15,7 @@ from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from app.dimse.status import no_contexts, refused, unavailable
@@ -32,10 +33,16 @@ def next_message_id() -> int:
         return (next(_msg_ids) - 1) % 65535 + 1
 
 
+def _tcp_socket(assoc: Association) -> socket.socket | None:
+    """The association's TCP socket, or None once its transport is gone."""
+    transport = assoc.dul.socket
+    return transport.socket if transport is not None else None
+
+
 def set_nodelay(event: evt.Event) -> None:
     """Turn Nagle's algorithm off: DIMSE is request/response and small PDUs must not wait."""
     try:
-        sock = event.assoc.dul.socket.socket
+        sock = _tcp_socket(event.assoc)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):  # pragma: no cover - socket already gone
@@ -65,10 +72,10 @@ def open_association(
     rejection: dict[str, int] = {}
 
     def on_acse_recv(event: evt.Event) -> None:
-        primitive = event.primitive
-        result = getattr(primitive, "result", None)
-        if result in (0x01, 0x02):
-            rejection.update(result=result, source=primitive.result_source or 0,
+        # pynetdicom sets Event.primitive for ACSE events without declaring it on Event.
+        primitive = getattr(event, "primitive", None)
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            rejection.update(result=primitive.result, source=primitive.result_source or 0,
                              reason=primitive.diagnostic or 0)
 
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_ACSE_RECV, on_acse_recv)]
@@ -164,8 +171,7 @@ def abort_and_wake(assoc: Association) -> None:
             pass
         try:
             assoc.dul.join(timeout=2.0)
-            transport = assoc.dul.socket
-            sock = transport.socket if transport is not None else None
+            sock = _tcp_socket(assoc)
             if sock is not None:
                 sock.close()
         except Exception:  # pragma: no cover - already closed

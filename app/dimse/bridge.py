@@ -196,7 +196,7 @@ class ThreadStream(Generic[T, R]):
             self._finished = True
             raise item.exc
         self._capacity.release()
-        return item  # type: ignore[no-any-return]
+        return item
 
     def cancel(self) -> None:
         """Tell the producer to stop at its next emit (it may then finish gracefully)."""

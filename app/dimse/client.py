@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
+from pynetdicom import AE
 
 from app.dimse.association import make_ae
 from app.dimse.bridge import ThreadStream
@@ -26,6 +28,7 @@ from app.dimse.storescp import StorageSCP, Unrouted
 from app.errors import GatewayError, UpstreamTimeout
 from app.settings import PacsPeer, Settings
 
+R = TypeVar("R")
 SETTLE_AT_SHUTDOWN_S = 5.0  # how long shutdown waits for cancelled operations to let go
 
 
@@ -43,13 +46,13 @@ class PeerClient:
         self._relational: bool | None = None
         self._relational_until = 0.0  # monotonic time after which it is asked again
 
-    async def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _call(self, fn: Callable[[AE, PacsPeer], R], ae: AE, peer: PacsPeer) -> R:
         """Run a short blocking DIMSE call in the pool, holding an association slot."""
         try:
             async with asyncio.timeout(self.peer.overall_timeout):
                 async with self._limiter:
                     loop = asyncio.get_running_loop()
-                    return await loop.run_in_executor(self._executor, fn, *args)
+                    return await loop.run_in_executor(self._executor, fn, ae, peer)
         except TimeoutError:
             raise UpstreamTimeout(f"PACS {self.peer.name} did not answer in time") from None
 

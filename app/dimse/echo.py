@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from pynetdicom import AE, build_context
-from pynetdicom.sop_class import Verification
 
+from app.dicomweb.sop_classes import Verification
 from app.dimse.association import open_association
 from app.errors import UpstreamError
 from app.settings import PacsPeer

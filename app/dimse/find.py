@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from app.dicomweb.sop_classes import StudyRootQueryRetrieveInformationModelFind
 from app.dimse.association import (
     abort_and_wake,
     end_association,

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
+from app.dicomweb.sop_classes import StudyRootQueryRetrieveInformationModelGet
 from app.dimse.association import (
     abort_and_wake,
     end_association,

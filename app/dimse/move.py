@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
+from app.dicomweb.sop_classes import StudyRootQueryRetrieveInformationModelMove
 from app.dimse.association import (
     abort_and_wake,
     end_association,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +35,18 @@ class RetrieveOutcome:
         return self.failed > 0 and self.received > 0
 
 
+def store_request(event: evt.Event) -> C_STORE:
+    """The C-STORE request of an EVT_C_STORE event: pynetdicom types ``Event.request`` as any
+    DIMSE request primitive, and in this event it is always a C_STORE."""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        raise TypeError(f"{event.event.name} carries a {type(request).__name__}, not a C-STORE")
+    return request
+
+
 def instance_from_event(event: evt.Event) -> ReceivedInstance:
     """The ReceivedInstance carried by an EVT_C_STORE event (Part-10 bytes with file meta)."""
-    request = event.request
+    request = store_request(event)
     return ReceivedInstance(
         data=event.encoded_dataset(include_meta=True),
         sop_class_uid=str(request.AffectedSOPClassUID),

@@ -16,9 +16,10 @@ import weakref
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from app.dicomweb.sop_classes import Verification
 from app.dicomweb.transfer_syntax import ALL_KNOWN, storage_scp_preference
 from app.dimse.association import set_nodelay
 from app.dimse.move_admission import (
@@ -31,7 +32,7 @@ from app.dimse.move_admission import (
     log_refusal,
     store_admitted,
 )
-from app.dimse.received import instance_from_event
+from app.dimse.received import instance_from_event, store_request
 
 log = logging.getLogger(__name__)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
@@ -46,7 +47,7 @@ class ReusePortServer(ThreadedAssociationServer):
     def server_bind(self) -> None:
         import socket
 
-        if hasattr(socket, "SO_REUSEPORT"):
+        if hasattr(socket, "SO_REUSEPORT") and self.socket is not None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
@@ -73,7 +74,8 @@ class StorageSCP:
             self._ae.require_calling_aet = admission.ae_titles
         syntaxes = storage_scp_preference(list(ALL_TRANSFER_SYNTAXES) + sorted(ALL_KNOWN))
         for cx in StoragePresentationContexts:
-            self._ae.add_supported_context(cx.abstract_syntax, syntaxes)
+            if cx.abstract_syntax is not None:  # always set in pynetdicom's table
+                self._ae.add_supported_context(cx.abstract_syntax, syntaxes)
         self._ae.add_supported_context(Verification)
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -89,8 +91,9 @@ class StorageSCP:
 
     def start(self) -> None:
         """Listen in background threads."""
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay),
-                    (evt.EVT_REQUESTED, self._on_requested)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self._on_requested)]
         server_class = ReusePortServer if self._reuse_port else ThreadedAssociationServer
         server = self._ae.make_server((self._host, self._port), evt_handlers=handlers,
                                       server_class=server_class)
@@ -98,7 +101,7 @@ class StorageSCP:
                                   name=f"storage-scp-{self._port}")
         thread.start()
         self._ae._servers.append(server)  # as AE.start_server does, so shutdown() finds it
-        self._server = server  # type: ignore[assignment]
+        self._server = server
         log.info("storage SCP %s listening on %s:%d; accepting %s", self._ae.ae_title,
                  self._host, self.port,
                  ", ".join(f"{s.ae_title} from {'/'.join(s.hosts)}"
@@ -128,9 +131,9 @@ class StorageSCP:
         assoc.kill()
 
     def _on_store(self, event: evt.Event) -> int:
-        request = event.request
-        originator = getattr(request, "MoveOriginatorApplicationEntityTitle", None)
-        message_id = getattr(request, "MoveOriginatorMessageID", None)
+        request = store_request(event)
+        originator = request.MoveOriginatorApplicationEntityTitle
+        message_id = request.MoveOriginatorMessageID
         uid = str(request.AffectedSOPInstanceUID)
         calling, address = str(event.assoc.requestor.ae_title), event.assoc.requestor.address
         with self._lock:

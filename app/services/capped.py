@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from app.dicomweb.ranges import DateSpan, TimeSpan
+from app.dicomweb.tags import STUDY_DATE, STUDY_INSTANCE_UID, STUDY_TIME
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
-STUDY_DATE, STUDY_TIME, STUDY_UID = 0x00080020, 0x00080030, 0x0020000D
 
 INCOMPLETE_WARNING = (
     "The PACS limited the number of matches it returned; the results may be incomplete."
@@ -136,7 +136,7 @@ class CappedFind:
                 sub.StudyTime = part_times.query_value()
             async with self._client.find(sub) as stream:
                 async for ds in stream:
-                    uid = _text(ds, STUDY_UID)
+                    uid = _text(ds, STUDY_INSTANCE_UID)
                     if uid and uid not in seen:
                         seen.add(uid)
                         yield ds

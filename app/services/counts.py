@@ -18,10 +18,6 @@ from pydicom.dataset import Dataset
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.counts import (
     NEEDS_SERIES_QUERY,
-    SERIES_RELATED_INSTANCES,
-    SERIES_UID,
-    STUDY_RELATED_INSTANCES,
-    STUDY_UID,
     SeriesRow,
     chunked,
     fill_missing,
@@ -31,6 +27,12 @@ from app.dicomweb.counts import (
     series_identifier,
     series_row,
     study_counts,
+)
+from app.dicomweb.tags import (
+    SERIES_INSTANCE_UID,
+    SERIES_RELATED_INSTANCES,
+    STUDY_INSTANCE_UID,
+    STUDY_RELATED_INSTANCES,
 )
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
@@ -72,23 +74,24 @@ class CountsComputer:
 
     async def _complete_studies(self, todo: list[Dataset], wanted: frozenset[int],
                                 memo: SeriesMemo) -> None:
-        todo = [ds for ds in todo if _uid(ds, STUDY_UID)
+        todo = [ds for ds in todo if _uid(ds, STUDY_INSTANCE_UID)
                 and missing_keys(ds, wanted) & NEEDS_SERIES_QUERY]
-        await self._fetch_series([_uid(ds, STUDY_UID) for ds in todo], memo)
+        await self._fetch_series([_uid(ds, STUDY_INSTANCE_UID) for ds in todo], memo)
         uncounted = [
             (row.study_uid, row.series_uid)
             for ds in todo if STUDY_RELATED_INSTANCES in missing_keys(ds, wanted)
-            for row in memo[_uid(ds, STUDY_UID)] if row.instances is None
+            for row in memo[_uid(ds, STUDY_INSTANCE_UID)] if row.instances is None
         ]
         counts = await self._count_instances(uncounted)
         for ds in todo:
-            fill_missing(ds, study_counts(memo[_uid(ds, STUDY_UID)], counts), wanted)
+            fill_missing(ds, study_counts(memo[_uid(ds, STUDY_INSTANCE_UID)], counts), wanted)
 
     async def _complete_series(self, todo: list[Dataset]) -> None:
-        pairs = [(_uid(ds, STUDY_UID), _uid(ds, SERIES_UID)) for ds in todo if _uid(ds, SERIES_UID)]
+        pairs = [(_uid(ds, STUDY_INSTANCE_UID), _uid(ds, SERIES_INSTANCE_UID)) for ds in todo
+                 if _uid(ds, SERIES_INSTANCE_UID)]
         counts = await self._count_instances(pairs)
         for ds in todo:
-            series = _uid(ds, SERIES_UID)
+            series = _uid(ds, SERIES_INSTANCE_UID)
             if series:
                 fill_missing(ds, {SERIES_RELATED_INSTANCES: counts.get(series, 0)},
                              (SERIES_RELATED_INSTANCES,))

@@ -15,7 +15,7 @@ cache, and the others wait for its result (kept briefly even when ``qido_cache_t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,8 +34,6 @@ from app.dicomweb.attributes import (
     level_of,
 )
 from app.dicomweb.counts import (
-    MODALITIES_IN_STUDY,
-    STUDY_RELATED_SERIES,
     has_value,
     wanted_keys,
 )
@@ -43,6 +41,7 @@ from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery, is_private
+from app.dicomweb.tags import MODALITIES_IN_STUDY, SPECIFIC_CHARACTER_SET, STUDY_RELATED_SERIES
 from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
@@ -221,7 +220,7 @@ class QueryService:
 
     # -- result streams ---------------------------------------------------------------------
 
-    async def _relational_results(self, plan: _Plan) -> AsyncIterator[Dataset]:
+    async def _relational_results(self, plan: _Plan) -> AsyncGenerator[Dataset, None]:
         """One C-FIND at the target level carrying keys of every level (relational query)."""
         ident = build_identifier(
             plan.target,
@@ -236,7 +235,7 @@ class QueryService:
 
     async def _staged_results(
         self, plan: _Plan, depth: int, uids: dict[int, str], inherited: Dataset | None
-    ) -> AsyncIterator[Dataset]:
+    ) -> AsyncGenerator[Dataset, None]:
         """Hierarchical queries from the top needed level down to the target level."""
         level = LEVELS[depth]
         if depth < plan.start_depth:
@@ -283,7 +282,7 @@ class QueryService:
 
     async def _stream(
         self, ident: Dataset, level: QueryLevel, *, relational: bool = False
-    ) -> AsyncIterator[Dataset]:
+    ) -> AsyncGenerator[Dataset, None]:
         """Matches of one C-FIND as they arrive (or sorted, for a PACS with unstable order)."""
         if not self._peer.stable_find_order:
             for ds in await self._collect(ident, level, relational=relational):
@@ -437,7 +436,7 @@ def _merge(upper: Dataset | None, lower: Dataset) -> Dataset:
     for element in upper:
         if element.tag not in lower and element.tag not in DROPPED_FROM_RESULTS:
             lower.add(element)
-        elif element.tag == 0x00080005 and 0x00080005 not in lower:
+        elif element.tag == SPECIFIC_CHARACTER_SET and SPECIFIC_CHARACTER_SET not in lower:
             lower.add(element)
     return lower
 

@@ -21,6 +21,17 @@ from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
 from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES, sop_classes_for_modality
+from app.dicomweb.tags import (
+    MODALITIES_IN_STUDY,
+    MODALITY,
+    SERIES_INSTANCE_UID,
+    SERIES_RELATED_INSTANCES,
+    SOP_CLASS_UID,
+    SOP_CLASSES_IN_STUDY,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    STUDY_RELATED_INSTANCES,
+)
 from app.dicomweb.transfer_syntax import (
     compressed_first,
     plan_storage_contexts,
@@ -44,12 +55,6 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 200
 Ref = StudyRef | SeriesRef | InstanceRef
 
-STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
-MODALITY = 0x00080060
-MODALITIES_IN_STUDY = 0x00080061
-SOP_CLASSES_IN_STUDY = 0x00080062
-STUDY_INSTANCES = 0x00201208
-SERIES_INSTANCES = 0x00201209
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +77,11 @@ def _level(ref: Ref) -> QueryLevel:
 
 
 def _uids(ref: Ref) -> dict[int, str]:
-    out = {STUDY_UID: ref.study_uid}
+    out = {STUDY_INSTANCE_UID: ref.study_uid}
     if isinstance(ref, (SeriesRef, InstanceRef)):
-        out[SERIES_UID] = ref.series_uid
+        out[SERIES_INSTANCE_UID] = ref.series_uid
     if isinstance(ref, InstanceRef):
-        out[SOP_UID] = ref.sop_instance_uid
+        out[SOP_INSTANCE_UID] = ref.sop_instance_uid
     return out
 
 
@@ -180,15 +185,15 @@ class RetrieveService:
                 items.extend(await self.inventory(SeriesRef(ref.study_uid, series_uid)))
             return items
         ident = build_identifier(QueryLevel.IMAGE, unique_keys=_uids(ref),
-                                 return_keys=[SOP_UID, SOP_CLASS])
+                                 return_keys=[SOP_INSTANCE_UID, SOP_CLASS_UID])
         out: list[InventoryItem] = []
         async for ds in self._find(ident):
-            uid = ds.get(SOP_UID)
+            uid = ds.get(SOP_INSTANCE_UID)
             if uid is None or not uid.value:
                 continue
             if isinstance(ref, InstanceRef) and str(uid.value) != ref.sop_instance_uid:
                 continue
-            klass = ds.get(SOP_CLASS)
+            klass = ds.get(SOP_CLASS_UID)
             out.append(InventoryItem(ref.study_uid, ref.series_uid, str(uid.value),
                                      str(klass.value) if klass is not None and klass.value
                                      else None))
@@ -203,7 +208,8 @@ class RetrieveService:
 
     async def _series_modality(self, ref: SeriesRef | InstanceRef) -> str:
         ident = build_identifier(QueryLevel.SERIES,
-                                 unique_keys={STUDY_UID: ref.study_uid, SERIES_UID: ref.series_uid},
+                                 unique_keys={STUDY_INSTANCE_UID: ref.study_uid,
+                                              SERIES_INSTANCE_UID: ref.series_uid},
                                  return_keys=[MODALITY])
         async for ds in self._find(ident):
             value = ds.get(MODALITY)
@@ -219,13 +225,13 @@ class RetrieveService:
         """The series of a study (one SERIES-level C-FIND) and whether that answer is complete:
         the C-FIND ended with Success or Warning (not capped by the PACS) and every match
         carried its SeriesInstanceUID. Only a complete list may be cached."""
-        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: study_uid},
-                                 return_keys=[SERIES_UID])
+        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_INSTANCE_UID: study_uid},
+                                 return_keys=[SERIES_INSTANCE_UID])
         uids: list[str] = []
         complete = True
         async with self._client.find(ident) as stream:
             async for ds in stream:
-                uid = ds.get(SERIES_UID)
+                uid = ds.get(SERIES_INSTANCE_UID)
                 if uid is None or not uid.value:
                     complete = False
                     continue
@@ -249,13 +255,13 @@ class RetrieveService:
         Raises NotFound when the PACS does not know ``ref``."""
         if isinstance(ref, SeriesRef):
             ident = build_identifier(QueryLevel.SERIES, unique_keys=_uids(ref),
-                                     return_keys=[SERIES_INSTANCES, MODALITY])
-            count_tag = SERIES_INSTANCES
+                                     return_keys=[SERIES_RELATED_INSTANCES, MODALITY])
+            count_tag = SERIES_RELATED_INSTANCES
         else:
             ident = build_identifier(QueryLevel.STUDY, unique_keys=_uids(ref),
-                                     return_keys=[STUDY_INSTANCES, SOP_CLASSES_IN_STUDY,
+                                     return_keys=[STUDY_RELATED_INSTANCES, SOP_CLASSES_IN_STUDY,
                                                   MODALITIES_IN_STUDY])
-            count_tag = STUDY_INSTANCES
+            count_tag = STUDY_RELATED_INSTANCES
         answers = [ds async for ds in self._find(ident)]
         if not answers:
             raise nothing_found(describe(ref))
@@ -278,7 +284,7 @@ class RetrieveService:
 
     async def _study_modalities(self, ref: StudyRef) -> list[str]:
         """The distinct modalities of a study's series (one SERIES-level C-FIND)."""
-        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_UID: ref.study_uid},
+        ident = build_identifier(QueryLevel.SERIES, unique_keys={STUDY_INSTANCE_UID: ref.study_uid},
                                  return_keys=[MODALITY])
         found = [str(ds.get(MODALITY).value) async for ds in self._find(ident)
                  if ds.get(MODALITY) is not None and ds.get(MODALITY).value]
@@ -489,8 +495,8 @@ class RetrieveService:
                 log.info("C-GET from PACS %s did not deliver %d instance(s) of series %s: "
                          "falling back to C-MOVE", self._peer.name, len(chunk), series_uid)
                 identifier = build_identifier(QueryLevel.IMAGE, unique_keys={
-                    STUDY_UID: study_uid, SERIES_UID: series_uid,
-                    SOP_UID: chunk if len(chunk) > 1 else chunk[0]})
+                    STUDY_INSTANCE_UID: study_uid, SERIES_INSTANCE_UID: series_uid,
+                    SOP_INSTANCE_UID: chunk if len(chunk) > 1 else chunk[0]})
                 self._metrics.inc("dimse_retrievals_total", peer=self._peer.name,
                                   operation="C-MOVE")
                 self._metrics.inc("dimse_move_fallbacks_total", peer=self._peer.name)

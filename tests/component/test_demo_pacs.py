@@ -19,7 +19,7 @@ from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 
 from app.demo import DemoPacs, generate_many_studies, generate_sample_studies
-from app.demo.pacs import (
+from app.dicomweb.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,

@@ -6,10 +6,6 @@ from pydicom.dataset import Dataset
 
 from app.dicomweb.attributes import REQUIRED_RETURN_KEYS, QueryLevel
 from app.dicomweb.counts import (
-    MODALITIES_IN_STUDY,
-    SERIES_RELATED_INSTANCES,
-    STUDY_RELATED_INSTANCES,
-    STUDY_RELATED_SERIES,
     SeriesRow,
     chunked,
     fill_missing,
@@ -20,6 +16,12 @@ from app.dicomweb.counts import (
     wanted_keys,
 )
 from app.dicomweb.search import AttributePath
+from app.dicomweb.tags import (
+    MODALITIES_IN_STUDY,
+    SERIES_RELATED_INSTANCES,
+    STUDY_RELATED_INSTANCES,
+    STUDY_RELATED_SERIES,
+)
 
 
 def test_chunks_drop_duplicates_and_keep_order() -> None:

@@ -12,12 +12,53 @@ from app.dicomweb.mediatypes import (
     accept_ranges,
     negotiate,
     parse_accept,
+    split_outside_quotes,
+    unquote,
 )
+from app.dicomweb.multipart import parse_content_type
 from app.errors import NotAcceptable
 
 JSON = "application/dicom+json"
 PLAIN_JSON = "application/json"
 XML_MULTIPART = 'multipart/related; type="application/dicom+xml"'
+
+# -- quoted-string (RFC 9110 5.6.4), shared by Accept and Content-Type parsing ----------------
+
+# (as sent, the value it stands for): a backslash escapes any character inside quotes.
+QUOTED_STRINGS = [
+    ("token", "token"),
+    ("  token  ", "token"),
+    ('"a/b"', "a/b"),
+    ('""', ""),
+    (r'"a\"b"', 'a"b'),  # escaped quote
+    (r'"a\\b"', "a\\b"),  # escaped backslash
+    (r'"a\\\"b"', 'a\\"b'),  # escaped backslash, then escaped quote
+    (r'"a\bc"', "abc"),  # any other escaped character stands for itself
+    (r'"a;b,c"', "a;b,c"),  # separators inside quotes are text
+    ('"', '"'),  # a lone quote is not a quoted-string
+]
+
+
+@pytest.mark.parametrize(("sent", "value"), QUOTED_STRINGS)
+def test_unquote_follows_rfc_9110_quoted_pairs(sent: str, value: str) -> None:
+    assert unquote(sent) == value
+
+
+# A lone quote opens a quoted-string that runs to the end of the header: no parameter follows.
+SHARED = [(sent, value) for sent, value in QUOTED_STRINGS if value.strip() and sent != '"']
+
+
+@pytest.mark.parametrize(("sent", "value"), SHARED)
+def test_accept_and_content_type_unescape_parameters_alike(sent: str, value: str) -> None:
+    [accept] = parse_accept(f"multipart/related; type={sent}; q=0.5")
+    _, content_type = parse_content_type(f"multipart/related; type={sent}; boundary=b")
+    assert accept.part_type == content_type["type"] == value
+
+
+def test_split_outside_quotes_skips_escaped_quotes() -> None:
+    assert split_outside_quotes(r'a; b="x\";y"; c', ";") == ["a", r' b="x\";y"', " c"]
+    assert split_outside_quotes("a,b", ";") == ["a,b"]
+
 
 # -- parse_accept ------------------------------------------------------------------------------
 

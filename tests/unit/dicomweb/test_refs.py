@@ -11,6 +11,7 @@ from app.dicomweb.refs import (
     check_uid,
     instance_ref,
     is_valid_uid,
+    parse_frame_list,
     series_ref,
     study_ref,
 )
@@ -84,3 +85,32 @@ def test_instance_ref_names_the_bad_segment(args: tuple[str, str, str], named: s
 
 def test_refs_are_hashable_values() -> None:
     assert len({StudyRef("1.2"), StudyRef("1.2")}) == 1
+
+
+# -- frame lists (PS3.18 10.4.1.1.3) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "numbers"), [
+    ("1", [1]),
+    ("3,1,2", [3, 1, 2]),  # the order asked for is the order of the parts
+    (" 1 , 2 ", [1, 2]),
+    ("007", [7]),
+    ("1" + "0" * 8, [100_000_000]),
+])
+def test_frame_lists(text: str, numbers: list[int]) -> None:
+    assert parse_frame_list(text, max_frames=4) == numbers
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "not a comma-separated list"),
+    ("1,,2", "not a comma-separated list"),
+    ("-1", "not a comma-separated list"),
+    ("1.5", "not a comma-separated list"),
+    ("0", "start at 1"),
+    ("1,2,1", "frame 1 is listed more than once"),
+    ("1,2,3,4,5", "at most 4"),
+    ("1" + "0" * 9, "out of range"),
+])
+def test_bad_frame_lists_are_400(text: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_frame_list(text, max_frames=4)

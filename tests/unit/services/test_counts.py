@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from app.dicomweb.attributes import QueryLevel
-from app.dicomweb.counts import (
+from app.dicomweb.tags import (
     MODALITIES_IN_STUDY,
     SERIES_RELATED_INSTANCES,
     STUDY_RELATED_INSTANCES,
