@@ -47,9 +47,8 @@ from app.dicomweb.multipart import (
 )
 from app.dicomweb.pixels import Frame
 from app.dicomweb.refs import (
-    InstanceRef,
-    SeriesRef,
     instance_ref,
+    level_and_uid,
     parse_frame_list,
     series_ref,
     study_ref,
@@ -184,11 +183,8 @@ def zip_member_name(item: WireInstance) -> str:
 
 def _download_name(ref: Ref) -> str:
     """The file name offered to a browser: the resource's level and UID."""
-    if isinstance(ref, InstanceRef):
-        return f"instance-{ref.sop_instance_uid}.zip"
-    if isinstance(ref, SeriesRef):
-        return f"series-{ref.series_uid}.zip"
-    return f"study-{ref.study_uid}.zip"
+    level, uid = level_and_uid(ref)
+    return f"{level}-{uid}.zip"
 
 
 def _zip_stream(name: str, ref: Ref, first: WireInstance,

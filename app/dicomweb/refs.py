@@ -51,6 +51,16 @@ class InstanceRef:
     sop_instance_uid: str
 
 
+def level_and_uid(ref: StudyRef | SeriesRef | InstanceRef) -> tuple[str, str]:
+    """The resource's level (``study``, ``series`` or ``instance``) and its own UID, for names
+    and messages."""
+    if isinstance(ref, InstanceRef):
+        return "instance", ref.sop_instance_uid
+    if isinstance(ref, SeriesRef):
+        return "series", ref.series_uid
+    return "study", ref.study_uid
+
+
 def study_ref(study: str) -> StudyRef:
     """Parse the path UID of a study resource."""
     return StudyRef(check_uid(study, "StudyInstanceUID"))

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.identifiers import build_identifier
-from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
+from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef, level_and_uid
 from app.dicomweb.sop_classes import COMMON_STORAGE_SOP_CLASSES, sop_classes_for_modality
 from app.dicomweb.tags import (
     MODALITIES_IN_STUDY,
@@ -143,11 +143,8 @@ def refuses_get(outcome: RetrieveOutcome) -> bool:
 
 def describe(ref: Ref) -> str:
     """A human name for a resource, for error messages."""
-    if isinstance(ref, InstanceRef):
-        return f"instance {ref.sop_instance_uid}"
-    if isinstance(ref, SeriesRef):
-        return f"series {ref.series_uid}"
-    return f"study {ref.study_uid}"
+    level, uid = level_and_uid(ref)
+    return f"{level} {uid}"
 
 
 class RetrieveService:

@@ -25,6 +25,7 @@ from app.cache.write_behind import WriteBehind
 from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
 from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
 from app.dicomweb.integrity import Malformed, top_level_text, walk_part10
+from app.dicomweb.mediatypes import AS_STORED, OCTET_STREAM
 from app.dicomweb.pixels import (
     Frame,
     FrameOutOfRange,
@@ -38,6 +39,7 @@ from app.dicomweb.pixels import (
 )
 from app.dicomweb.rawjson import raw_dataset_to_json
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
+from app.dicomweb.tags import PIXEL_DATA, SERIES_INSTANCE_UID
 from app.dicomweb.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     NOT_ON_THE_WIRE,
@@ -59,12 +61,8 @@ from app.services.fresh import FreshInstances
 from app.services.retrieve import Ref, RetrieveService, Summary, describe
 
 log = logging.getLogger(__name__)
-AS_STORED = "*"
-PIXEL_DATA = 0x7FE00010
-OCTET_STREAM = "application/octet-stream"
 HANDOFF_GRACE_S = 10.0
 READ_AHEAD = 4
-SERIES_INSTANCE_UID = 0x0020000E
 
 
 @dataclass(frozen=True, slots=True)

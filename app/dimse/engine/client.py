@@ -13,6 +13,12 @@ from typing import TypeVar
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from app.dicomweb.sop_classes import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from app.dimse.association import next_message_id
 from app.dimse.bridge import Cancelled
 from app.dimse.engine import operations
@@ -35,10 +41,10 @@ from app.dimse.status import no_contexts, refused, unavailable
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout
 from app.settings import PacsPeer
 
-FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R Information Model - FIND
-MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # - MOVE
-GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # - GET
-VERIFICATION = "1.2.840.10008.1.1"
+FIND_MODEL = str(StudyRootQueryRetrieveInformationModelFind)
+MOVE_MODEL = str(StudyRootQueryRetrieveInformationModelMove)
+GET_MODEL = str(StudyRootQueryRetrieveInformationModelGet)
+VERIFICATION = str(Verification)
 QUERY_SYNTAXES = (str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian))
 RELATIONAL = b"\x01"  # PS3.4 C.5.1.1: relational queries supported
 SETTLE_GRACE_S = 5.0
