@@ -35,9 +35,10 @@ from datetime import date
 from typing import Any
 
 from app.cache.store import GatewayCache
+from app.dicomweb.attributes import QueryLevel
 from app.dicomweb.refs import SeriesRef, check_uid
 from app.dicomweb.relative_dates import resolve_relative_dates
-from app.dicomweb.search import QueryLevel, parse_search
+from app.dicomweb.search import parse_search
 from app.errors import BadRequest, Conflict, GatewayError
 from app.metrics import Metrics
 from app.services.query import QueryService
