@@ -161,6 +161,12 @@ class _Encoder:
         return self._finish()
 
 
+def encode_body(data: bytes, coding: str) -> bytes:
+    """A whole body in ``coding`` (``br`` or ``gzip``), as the middleware would send it."""
+    encoder = _Encoder(coding)
+    return encoder.compress(data) + encoder.finish()
+
+
 class _Response:
     """Watches one response on its way out and encodes it when it qualifies."""
 

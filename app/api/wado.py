@@ -7,6 +7,8 @@ short without its closing delimiter so the client sees the truncation (PS3.18 8.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 from starlette.responses import Response, StreamingResponse
 
+from app.api.compression import choose_coding, coded_etag, encode_body
 from app.api.deps import DicomWebRequest, RequestDep
 from app.api.params import (
     COMMON_ERRORS,
@@ -29,6 +32,7 @@ from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import (
     AS_STORED,
     DICOM,
+    DICOM_JSON,
     DICOM_XML,
     METADATA_OFFERS,
     ZIP,
@@ -47,6 +51,7 @@ from app.dicomweb.multipart import (
 )
 from app.dicomweb.pixels import Frame
 from app.dicomweb.refs import (
+    SeriesRef,
     instance_ref,
     level_and_uid,
     parse_frame_list,
@@ -275,6 +280,10 @@ async def _metadata(req: DicomWebRequest, ref: Ref) -> Response:
         return stream_parts(name, first, datasets, render_xml, closing_delimiter(boundary),
                        multipart_content_type(DICOM_XML, boundary), f"metadata of {ref}",
                        headers)
+    if isinstance(ref, SeriesRef):
+        encoded = await _encoded_series_metadata(req, ref, headers)
+        if encoded is not None:
+            return encoded
     objects = wado.metadata_json(ref, base)
     first_json = await _peek(objects)
     state = {"first": True}
@@ -287,6 +296,31 @@ async def _metadata(req: DicomWebRequest, ref: Ref) -> Response:
     return stream_parts(name, first_json, objects, render_json, b"]",
                    "application/dicom+json",
                    f"metadata of {ref}", headers)
+
+
+async def _encoded_series_metadata(req: DicomWebRequest, ref: SeriesRef,
+                                   headers: dict[str, str]) -> Response | None:
+    """A warm series' JSON metadata compressed once and sent as stored, when the client
+    accepts a content coding: None to stream it instead (not warm, no coding wanted, or
+    compression off). The stored body is named by the base URL, the coding and the ETag, so a
+    client gets its own URLs and a changed series is encoded anew."""
+    settings = req.services.settings
+    coding = choose_coding(req.request.headers.get("accept-encoding"))
+    etag = headers.get("ETag")
+    if not settings.compress_responses or coding is None or etag is None:
+        return None
+    variant = hashlib.sha256("\x1f".join((req.base_url, coding, etag)).encode()).hexdigest()
+
+    async def encode(body: bytes) -> bytes:
+        return await asyncio.to_thread(encode_body, body, coding)
+
+    body = await req.services.retrieve(req.pacs).encoded_series_metadata(
+        ref, req.base_url, variant, encode)
+    if body is None:
+        return None
+    sent = {**headers, "ETag": coded_etag(etag, coding), "Content-Encoding": coding,
+            "Vary": "Accept-Encoding"}
+    return Response(body, media_type=DICOM_JSON, headers=sent)
 
 
 @router.get("/studies/{study}/metadata", responses=RETRIEVE_RESPONSES,

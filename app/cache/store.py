@@ -86,6 +86,11 @@ class Keys:
     def metadata(self, series: str, sop: str) -> str:
         return f"{self._p}m:{{{series}}}:{sop}"
 
+    def encoded_metadata(self, series: str, variant: str) -> str:
+        """A series' whole metadata response as sent once (encoded for one base URL, content
+        coding and content version, named by ``variant``)."""
+        return f"{self._p}me:{{{series}}}:{variant}"
+
     def series_index(self, series: str) -> str:
         return f"{self._p}s:{{{series}}}"
 
@@ -204,6 +209,14 @@ class GatewayCache:
             token = blob[at + 1:at + 1 + blob[at]].decode()
             out.append(fill_base_url(blob[at + 1 + blob[at]:], token, base_url))
         return out
+
+    async def put_encoded_metadata(self, series: str, variant: str, body: bytes) -> None:
+        """Keep a series' metadata response body as sent (e.g. compressed), for ``variant``."""
+        await self.backend.set(self.keys.encoded_metadata(series, variant), body, self._ttl)
+
+    async def get_encoded_metadata(self, series: str, variant: str) -> bytes | None:
+        """The body kept for ``variant``, or None."""
+        return await self.backend.get(self.keys.encoded_metadata(series, variant))
 
     # series index --------------------------------------------------------------------------
 

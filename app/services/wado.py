@@ -13,7 +13,7 @@ import asyncio
 import functools
 import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydicom import dcmread
@@ -515,6 +515,32 @@ class WadoService:
             raw = await asyncio.to_thread(metadata_json, item.data, url)
             await cache.put_metadata(series_uid, item.sop_instance_uid, raw, token)
             yield fill_base_url(raw, token, base_url)
+
+    async def encoded_series_metadata(self, ref: SeriesRef, base_url: str, variant: str,
+                                      encode: Callable[[bytes], Awaitable[bytes]]
+                                      ) -> bytes | None:
+        """A warm series' whole DICOM JSON metadata response, encoded by ``encode`` (e.g.
+        compressed) once and kept under ``variant`` (which names the base URL, the coding and
+        the content), so that later requests send the stored bytes; None when the series is
+        not complete in the cache (the caller streams it instead)."""
+        cache = self._cache
+        if cache is None:
+            return None
+        body = await cache.get_encoded_metadata(ref.series_uid, variant)
+        if body is not None:
+            self._metrics.inc("cache_hits_total", kind="encoded_metadata")
+            return body
+        index = await cache.complete_series(ref.series_uid)
+        if index is None:
+            return None
+        parts = await cache.get_metadata(ref.series_uid, [i[0] for i in index.instances],
+                                         base_url)
+        if not parts or any(p is None for p in parts):
+            return None
+        self._metrics.inc("cache_misses_total", kind="encoded_metadata")
+        body = await encode(b"[" + b",".join(p for p in parts if p is not None) + b"]")
+        await cache.put_encoded_metadata(ref.series_uid, variant, body)
+        return body
 
     async def metadata_datasets(self, ref: Ref, base_url: str) -> AsyncIterator[MetadataItem]:
         """Each instance's dataset with its instance URL (for the XML representation)."""

@@ -7,6 +7,7 @@ with ``cache_backend=none`` every request goes to the PACS."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -200,10 +201,11 @@ async def test_second_retrieval_costs_no_dimse(fresh_pacs: FailingPacs, ct: Seri
 async def test_second_metadata_request_is_served_from_the_metadata_cache(
         fresh_pacs: FailingPacs, ct: Series) -> None:
     async with open_gateway(settings_for(fresh_pacs)) as (client, services):
-        first = await client.get(f"{ct.path}/metadata")
+        plain = {"Accept-Encoding": "identity"}  # (an encoded answer is kept whole, apart)
+        first = await client.get(f"{ct.path}/metadata", headers=plain)
         assert first.status_code == 200
         fresh_pacs.reset_operation_counts()
-        again = await client.get(f"{ct.path}/metadata")
+        again = await client.get(f"{ct.path}/metadata", headers=plain)
         assert again.json() == first.json()
         assert dimse(fresh_pacs) == NO_TRAFFIC
         assert services.metrics.value("cache_hits_total", kind="metadata") == 1
@@ -549,3 +551,44 @@ async def test_cached_metadata_uses_the_requests_base_url(fresh_pacs: FailingPac
         text = proxied.text
         assert "http://gw.test" not in text
         assert "https://viewer.example/dicomweb/studies/" in text
+
+
+async def test_warm_series_metadata_is_compressed_once(fresh_pacs: FailingPacs,
+                                                       ct: Series) -> None:
+    """A warm series' metadata is encoded once per base URL and coding, then sent as stored:
+    the same JSON as unencoded, its coded ETag and 304, and each client's own URLs."""
+    async with open_gateway(settings_for(fresh_pacs)) as (client, services):
+        url = f"{ct.path}/metadata"
+        plain = await client.get(url, headers={"Accept-Encoding": "identity"})
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers
+        expected = plain.json()
+        gets = dimse(fresh_pacs)["C-GET"]
+
+        def counted(kind: str) -> int:
+            text = services.metrics.render()
+            match = re.search(rf'cache_{kind}_total{{kind="encoded_metadata"}} (\d+)', text)
+            return int(match.group(1)) if match else 0
+
+        first = await client.get(url, headers={"Accept-Encoding": "gzip"})
+        again = await client.get(url, headers={"Accept-Encoding": "gzip"})
+        for response in (first, again):
+            assert response.status_code == 200
+            assert response.headers["content-encoding"] == "gzip"
+            assert "Accept-Encoding" in response.headers["vary"]
+            assert response.json() == expected
+        assert first.headers["etag"] == again.headers["etag"]
+        assert first.headers["etag"].endswith('-gzip"')
+        assert counted("misses") == 1 and counted("hits") == 1
+        assert dimse(fresh_pacs)["C-GET"] == gets  # warm: no retrieval
+
+        unchanged = await client.get(url, headers={"Accept-Encoding": "gzip",
+                                                   "If-None-Match": first.headers["etag"]})
+        assert unchanged.status_code == 304
+        assert unchanged.headers["etag"] == first.headers["etag"]
+
+        proxied = await client.get(url, headers={
+            "Accept-Encoding": "gzip", "X-Forwarded-Host": "viewer.example",
+            "X-Forwarded-Proto": "https"})
+        text = proxied.text
+        assert "https://viewer.example/" in text and "http://gw.test/" not in text
+        assert counted("misses") == 2  # its own stored body
