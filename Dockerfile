@@ -13,8 +13,8 @@ RUN pip install . \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 
 USER gateway
-# 8080: DICOMweb over HTTP.
-EXPOSE 8080
+# 8080: DICOMweb over HTTP; 11113: the Storage SCP for C-MOVE (when enabled).
+EXPOSE 8080 11113
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
 
