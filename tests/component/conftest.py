@@ -91,22 +91,30 @@ def gateway_settings(*peers: dict[str, Any], **extra: Any) -> Settings:
 GatewayFactory = Callable[..., Any]
 
 
+@asynccontextmanager
+async def open_app(settings: Settings, timeout: float = 30
+                   ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """An httpx client talking to a fresh app through ASGI, inside the app's lifespan (so
+    DIMSE clients exist and are closed after), and the app's Services."""
+    from app.main import create_app  # here, so DIMSE-only tests do not need the HTTP app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gw.test", timeout=timeout
+        ) as client:
+            yield client, app.state.services
+
+
 @pytest.fixture
 def gateway() -> GatewayFactory:
-    """``async with gateway(settings) as client``: an httpx client talking to a fresh app
-    through ASGI, inside the app's lifespan (so DIMSE clients exist and are closed after)."""
+    """``async with gateway(settings) as client``: ``open_app``'s client alone."""
 
     @asynccontextmanager
     async def open_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-        from app.main import create_app  # here, so DIMSE-only tests do not need the HTTP app
-
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://gw.test", timeout=20
-            ) as client:
-                yield client
+        async with open_app(settings, timeout=20) as (client, _):
+            yield client
 
     return open_gateway
 

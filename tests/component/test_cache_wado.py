@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from app.cache.store import GatewayCache
 from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
 from app.settings import Settings
-from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, peer_config
+from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, open_app, peer_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,17 +113,7 @@ def multiframe(samples: list[Dataset]) -> Series:
     return Series([ds])
 
 
-@asynccontextmanager
-async def open_gateway(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """An httpx client on a fresh app (inside its lifespan), and the app's Services."""
-    from app.main import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test",
-                                     timeout=30) as client:
-            yield client, app.state.services
+open_gateway = open_app  # (client, services) of a fresh app
 
 
 def settings_for(pacs: DemoPacs, method: str = "get", **extra: Any) -> Settings:

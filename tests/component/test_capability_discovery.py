@@ -30,7 +30,7 @@ from app.demo.samples import generate_ct_series
 from app.dicomweb.multipart import parse_multipart
 from app.dimse.client import DimseClients
 from app.settings import PacsPeer, Settings
-from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, peer_config
+from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, open_app, peer_config
 
 pytestmark = pytest.mark.timeout(60)
 CAPABILITY_LOGGER = "app.services.capabilities"
@@ -75,14 +75,8 @@ def settings_for(pacs: DemoPacs, port: int, *, scp: bool = True, **peer: Any) ->
 @asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on a fresh app through ASGI, inside its lifespan."""
-    from app.main import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test",
-                                     timeout=30) as client:
-            yield client
+    async with open_app(settings) as (client, _):
+        yield client
 
 
 def series_path(series: list[Dataset]) -> str:

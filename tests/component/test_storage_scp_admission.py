@@ -29,7 +29,7 @@ from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
 from app.dimse.move_admission import DUPLICATE, NOT_EXPECTED, MoveSink
 from app.settings import Settings
-from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, peer_config
+from tests.component.conftest import GATEWAY_AE, free_port, gateway_settings, open_app, peer_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,14 +90,8 @@ class Gateway:
 
 @asynccontextmanager
 async def open_gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    from app.main import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test",
-                                     timeout=60) as client:
-            yield Gateway(client, app.state.services, settings.storage_scp_port)
+    async with open_app(settings, timeout=60) as (client, services):
+        yield Gateway(client, services, settings.storage_scp_port)
 
 
 def forged(ds: Dataset) -> Dataset:

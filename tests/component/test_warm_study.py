@@ -8,8 +8,7 @@ evicting a series or the study drops the list; a refill of an evicted series nee
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from app.cache.store import GatewayCache
 from app.demo.pacs import DemoPacs
 from app.dicomweb.multipart import parse_multipart
 from app.settings import Settings
-from tests.component.conftest import gateway_settings, peer_config
+from tests.component.conftest import gateway_settings, open_app, peer_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,17 +96,7 @@ def study(samples: list[Dataset]) -> Study:
     return Study(chosen)
 
 
-@asynccontextmanager
-async def open_gateway(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    """An httpx client on a fresh app (inside its lifespan), and the app's Services."""
-    from app.main import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test",
-                                     timeout=30) as client:
-            yield client, app.state.services
+open_gateway = open_app  # (client, services) of a fresh app
 
 
 def settings_for(pacs: DemoPacs, cache: dict[str, Any], **extra: Any) -> Settings:

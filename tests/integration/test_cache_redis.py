@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,6 @@ from tests.support.redis_cache import ADMIN_AUTH, ADMIN_TOKEN, redis_cache_setti
 pytestmark = pytest.mark.timeout(60)
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A throwaway Redis for one test (some tests stop and restart it)."""
-    require_binary("redis-server")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ frames) makes no DIMSE retrieval, on this gateway or on a second one sharing the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydicom import Dataset
 
-from tests.peers import OrthancServer, RedisServer, require_binary
+from tests.peers import OrthancServer, RedisServer
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_server import GatewayServer, gateway_settings, peer_settings
 from tests.support.redis_cache import ADMIN_TOKEN, redis_cache_settings, sop_uids
@@ -20,17 +18,6 @@ from tests.support.redis_cache import ADMIN_TOKEN, redis_cache_settings, sop_uid
 pytestmark = pytest.mark.timeout(120)
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_binary("redis-server")
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _settings(orthanc: OrthancServer, redis_url: str) -> Any:
