@@ -69,7 +69,7 @@ class LocalLog:
     @property
     def ended(self) -> bool:
         """Whether the final event (done or failed) is in."""
-        return bool(self.events) and self.events[-1].kind in ("done", "failed")
+        return self.ended_at is not None
 
     def append(self, event: FillEvent) -> None:
         if event.kind in ("done", "failed") and self.ended_at is None:

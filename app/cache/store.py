@@ -153,15 +153,13 @@ class GatewayCache:
         """Store an instance as its Part-10 bytes, as they are: its SOP class and transfer
         syntax are in its File Meta, so nothing is copied to add a header (the in-process
         backend keeps the very bytes object)."""
-        if part10_meta(item.data) != (item.sop_class_uid, item.transfer_syntax):
-            return False  # a File Meta that disagrees would be read back wrong: not cached
-        return await self.backend.set(self.keys.instance(series, item.sop_instance_uid),
-                                      item.data, self._ttl)
+        return (await self.put_instances(series, [item], []))[0]
 
     async def put_instances(self, series: str, items: list[CachedInstance],
                             events: list[tuple[str, str, float]]) -> list[bool]:
         """Store several instances as ``put_instance`` does, then append ``events`` (log key,
-        text, ttl), in one batch; whether each instance was stored."""
+        text, ttl), in one batch; whether each instance was stored. An instance whose File
+        Meta disagrees with its SOP class or syntax would be read back wrong: not cached."""
         fits = [part10_meta(i.data) == (i.sop_class_uid, i.transfer_syntax) for i in items]
         values = [(self.keys.instance(series, i.sop_instance_uid), i.data, self._ttl)
                   for i, ok in zip(items, fits, strict=True) if ok]

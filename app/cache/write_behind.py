@@ -12,31 +12,24 @@ socket writes still run in the writer thread."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from app.cache.singleflight import FillContext, FillEvent
 from app.cache.store import CachedInstance, GatewayCache
-
-log = logging.getLogger(__name__)
-DEFAULT_MAX_PENDING = 32 * 1024 * 1024
 
 
 class WriteBehind:
     """The instances of one fill on their way into the cache (series ``series``)."""
 
     def __init__(self, cache: GatewayCache, series: str, ctx: FillContext, *,
-                 on_declined: Callable[[CachedInstance], None] | None = None,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+                 on_declined: Callable[[CachedInstance], None] | None = None) -> None:
         """``on_declined`` gets each instance the cache refused (e.g. over its size cap)."""
         self._cache = cache
         self._on_declined = on_declined
         self.series = series
         self._ctx = ctx
-        self._max_pending = max_pending
         self._queue: list[CachedInstance] = []
         self._pending: dict[str, CachedInstance] = {}  # queued or being written, by SOP UID
-        self._pending_bytes = 0
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._error: Exception | None = None
@@ -54,12 +47,11 @@ class WriteBehind:
             raise self._error
         self._queue.append(item)
         self._pending[item.sop_instance_uid] = item
-        self._pending_bytes += len(item.data)
         self._ctx.publish_local(FillEvent("instance", sop=item.sop_instance_uid))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._flush(), name=f"write behind {self.series}")
-        while (item.sop_instance_uid in self._pending and self._error is None):
+        while item.sop_instance_uid in self._pending and self._error is None:
             self._room.clear()
             await self._room.wait()
 
@@ -77,7 +69,6 @@ class WriteBehind:
                     if not ok and self._on_declined is not None:
                         self._on_declined(item)
                     self._pending.pop(item.sop_instance_uid, None)
-                    self._pending_bytes -= len(item.data)
                 self._room.set()
         except Exception as exc:  # kept for the fill, which raises it (add, finish)
             self._error = exc

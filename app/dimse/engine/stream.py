@@ -42,8 +42,6 @@ async def settle_operations(timeout: float) -> None:
     running = {t for t in _RUNNING if not t.done()}
     if running:
         await asyncio.wait(running, timeout=timeout)
-        for _ in range(2):  # let the transports they closed run their close callbacks
-            await asyncio.sleep(0)
 
 
 class Sink(Generic[T]):

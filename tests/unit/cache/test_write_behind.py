@@ -71,8 +71,9 @@ async def test_local_followers_first_shared_log_once_readable(backend: CacheBack
         assert cached is not None and cached.data == item.data
 
 
-async def test_budget_holds_the_fill_back_until_written() -> None:
-    """With a budget smaller than two instances, each add waits for the previous write."""
+async def test_each_add_waits_until_its_instance_is_written() -> None:
+    """The fill waits for each write (see write_behind's note): no add returns before the
+    previous instances are written."""
     written: list[str] = []
 
     class Slow(MemoryBackend):
@@ -83,8 +84,7 @@ async def test_budget_holds_the_fill_back_until_written() -> None:
 
     backend = Slow(10_000_000)
     cache = GatewayCache(backend, "t", ttl=60, query_ttl=0)
-    item_size = len(instance("9.0", 400).data)
-    writer = WriteBehind(cache, SERIES, context(backend), max_pending=item_size + 10)
+    writer = WriteBehind(cache, SERIES, context(backend))
     for n in range(3):
         await writer.add(instance(f"9.{n}", 400))
         assert len(written) >= n  # the previous ones are written before the next add returns
