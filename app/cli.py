@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
+import secrets
 import socket
+import ssl
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
-from app.settings import ConfigurationError, PacsPeer, Settings, load_settings
+from pydantic import ValidationError
+
+from app.settings import ApiKey, ConfigurationError, PacsPeer, Settings, load_settings
+from app.tlsfiles import TLS12_CIPHERS, load_ca, server_context
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -35,13 +45,82 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(settings: Settings, sock: socket.socket) -> None:
+def https_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options for ``settings`` (none when HTTPS is off). The files are loaded
+    once here first, so that a wrong path or password stops the start with a message naming
+    the setting rather than a traceback from uvicorn."""
+    if settings.https_cert_file is None:
+        return {}
+    password = (settings.https_key_password.get_secret_value()
+                if settings.https_key_password else None)
+    context = server_context(settings.https_cert_file, settings.https_key_file, password, None,
+                             "https")
+    options: dict[str, Any] = {"ssl_certfile": settings.https_cert_file,
+                               "ssl_keyfile": settings.https_key_file,
+                               "ssl_keyfile_password": password,
+                               "ssl_ciphers": TLS12_CIPHERS}
+    if settings.https_client_ca_file is not None:
+        load_ca(context, settings.https_client_ca_file, "https_client_ca_file")
+        options.update(ssl_ca_certs=settings.https_client_ca_file,
+                       ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+def _serve(settings: Settings, sock: socket.socket, tls: dict[str, Any]) -> None:
     import uvicorn
 
-    from app.main import create_app
+    from app.api.http_protocol import GatewayHttpProtocol
+    from app.main import create_server_app
 
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower())
+    config = uvicorn.Config(create_server_app(settings), log_level=settings.log_level.lower(),
+                            http=GatewayHttpProtocol, **tls)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load every certificate, key and CA file the settings name (DICOM TLS per PACS, the
+    Storage SCP's), so that a bad one is reported before the server starts."""
+    from app.dimse.tls import client_tls, storage_scp_context
+
+    for peer in settings.pacs:
+        client_tls(peer)
+    if settings.storage_scp_wanted:
+        storage_scp_context(settings)
+
+
+def _serve_workers(settings: Settings, sock: socket.socket, workers: int,
+                   tls: dict[str, Any]) -> None:
+    """Run ``workers`` uvicorn worker processes on ``sock``, each building the app from the
+    environment, with their metrics summed in a shared PROMETHEUS_MULTIPROC_DIR."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    with multiprocess_metrics():
+        config = uvicorn.Config("app.main:create_server_app", factory=True, workers=workers,
+                                log_level=settings.log_level.lower(),
+                                http="app.api.http_protocol:GatewayHttpProtocol", **tls)
+        Multiprocess(config, sockets=[sock]).run()
+
+
+@contextlib.contextmanager
+def multiprocess_metrics() -> Iterator[Path]:
+    """The directory where worker processes write their metrics (``PROMETHEUS_MULTIPROC_DIR``):
+    the one set in the environment, emptied of a previous run's samples (they would add up),
+    or a fresh temporary one, removed when the server stops."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="dwg-metrics-") as created:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+        try:
+            yield Path(created)
+        finally:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -49,7 +128,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.pacs:
         raise ConfigurationError("pacs: no PACS configured; set DWG_PACS or DWG_CONFIG_FILE")
-    _serve(settings, _listen(args.host, args.port))
+    _check_tls(settings)
+    tls = https_options(settings)
+    if args.workers > 1:
+        _serve_workers(settings, _listen(args.host, args.port), args.workers, tls)
+    else:
+        _serve(settings, _listen(args.host, args.port), tls)
     return 0
 
 
@@ -58,6 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo.pacs import DemoPacs
     from app.demo.samples import generate_sample_studies
 
+    tls = https_options(load_settings())  # a bad certificate setting fails first
     sock = _listen(args.host, args.port)  # a busy port fails here, before any output
     pacs = DemoPacs(generate_sample_studies(), ae_title="DEMO_PACS")
     pacs_port = pacs.start("127.0.0.1", 0)
@@ -68,7 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         storage_scp_enabled=False,
     )
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    root = f"http://{shown_host}:{args.port}{settings.dicomweb_prefix}"
+    scheme = "https" if settings.https_enabled else "http"
+    root = f"{scheme}://{shown_host}:{args.port}{settings.dicomweb_prefix}"
     print(f"Demo PACS DEMO_PACS listening on 127.0.0.1:{pacs_port} with "
           f"{len(pacs)} sample instances")
     print(f"DICOMweb root: {root}")
@@ -85,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"'{series}/instances/{ct.SOPInstanceUID}/frames/1'")
     sys.stdout.flush()
     try:
-        _serve(settings, sock)
+        _serve(settings, sock, tls)
     finally:
         pacs.stop()
     return 0
@@ -387,6 +473,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    """An argparse type: a number of worker processes (1-64)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text[:3]) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1-64)")
+    return int(text)
+
+
 def _listen_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on for HTTP (default: 127.0.0.1, this machine "
@@ -395,12 +488,37 @@ def _listen_options(parser: argparse.ArgumentParser) -> None:
                         help="TCP port to listen on for HTTP (default: 8080)")
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    """Make a new API key: the key for the client, and the config entry with its salted hash."""
+    from app.api.credentials import api_key_digest
+
+    key, salt = secrets.token_urlsafe(32), secrets.token_hex(8)
+    actions = [a.strip() for a in args.actions.split(",") if a.strip()]
+    try:
+        entry = ApiKey.model_validate({
+            "name": args.name, "sha256": api_key_digest(salt, key).hex(), "salt": salt,
+            "actions": actions, "pacs": args.pacs.split(",") if args.pacs else None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"api-key: {where}: {first['msg']}") from None
+    print(f"# the key, for the client only (X-API-Key: ...); it is not stored anywhere:\n{key}")
+    print("\n# for the gateway's config file:\n[[api_keys]]")
+    for field, value in entry.model_dump(exclude_none=True).items():
+        print(f"{field} = {json.dumps(value)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests can inspect it)."""
     parser = argparse.ArgumentParser(prog="dicomweb-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway in front of the configured PACS")
     _listen_options(serve)
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="worker processes (default 1); with more, /metrics sums them all "
+                            "through PROMETHEUS_MULTIPROC_DIR (a temporary directory unless "
+                            "set) and the cache should be Redis")
     serve.set_defaults(func=cmd_serve)
     demo = sub.add_parser("demo", help="run the gateway in front of an embedded demo PACS")
     _listen_options(demo)
@@ -440,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="no progress bar, only the summary")
     prefetch.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
     prefetch.set_defaults(func=cmd_prefetch)
+    api_key = sub.add_parser("api-key", help="make a new API key and its hashed config entry")
+    api_key.add_argument("name", help="who the key is for (its audit subject)")
+    api_key.add_argument("--actions", default="search,retrieve",
+                         help="comma-separated: search, retrieve, store, admin "
+                              "(default: search,retrieve)")
+    api_key.add_argument("--pacs", help="comma-separated PACS names (default: every PACS)")
+    api_key.set_defaults(func=cmd_api_key)
     return parser
 
 

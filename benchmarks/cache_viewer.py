@@ -13,12 +13,10 @@ import argparse
 import asyncio
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,13 +28,25 @@ from typing import Any
 import httpx
 
 from app.demo.samples import generate_ct_series
+from benchmarks.common import (
+    add_output_arguments,
+    log,
+    ms,
+    recorded_args,
+    replace_section,
+    run_footer,
+    run_steps,
+    started_orthanc,
+    times,
+    verdict,
+    work_directory,
+)
 from benchmarks.wado_retrieve import (
     DOC_PATH,
     HTTP_TIMEOUT,
     GatewayProcess,
     PeerAddress,
     load_orthanc,
-    log,
     machine_info,
     median,
     read_status_kb,
@@ -503,18 +513,12 @@ def run_profile(results: Results, s: Setup, backend: str) -> None:
 
 
 def run(args: argparse.Namespace) -> Results:
-    results = Results(args={k: (str(v) if isinstance(v, Path) else v)
-                            for k, v in vars(args).items()})
+    results = Results(args=recorded_args(args))
     backends = [b for b in args.backends.split(",") if b]
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="dwg-cachebench-"))
-        if not args.keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        log(f"work directory {workdir}")
+        workdir = work_directory(stack, "dwg-cachebench-", keep=args.keep)
         source, results.app_digest = snapshot_app(workdir)
-        orthanc = OrthancServer(workdir / "orthanc", ae_title="ORTHANC")
-        orthanc.start()
-        stack.callback(orthanc.stop)
+        orthanc = started_orthanc(stack, workdir)
         results.machine = machine_info(orthanc)
         redis_server = None
         if "redis" in backends:
@@ -550,36 +554,13 @@ def run(args: argparse.Namespace) -> Results:
             for backend in backends:
                 steps.append((f"profile {backend}",
                               functools.partial(run_profile, results, setup, backend)))
-        results.timings["loadavg_start"] = os.getloadavg()[0]
-        for name, step in steps:
-            log(f"== {name} (load average {os.getloadavg()[0]:.1f})")
-            t0 = time.perf_counter()
-            try:
-                step()
-            except Exception as exc:  # keep the other steps' figures; report the failure
-                last = str(exc).strip().splitlines()[-1:] or [""]
-                results.errors.append(f"{name}: {type(exc).__name__}: {last[0]}")
-                log(f"!! {name} failed: {exc}")
-            results.timings[f"{name}_s"] = time.perf_counter() - t0
-        results.timings["loadavg_end"] = os.getloadavg()[0]
+        run_steps(steps, results.timings, results.errors)
         sizes = [r.nbytes for r in results.series if r.target == "gateway"]
         results.series_bytes = sizes[0] if sizes else 0
     return results
 
 
 # -- the report ----------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.0f} ms"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("**met**" if ok else "**NOT met**")
 
 
 def paired_ratio(baseline: list[float], measured: list[float]) -> float | None:
@@ -681,15 +662,15 @@ def render(results: Results) -> str:
     for backend, s in summary.items():
         lines.append(
             f"| Warm series retrieval at least as fast as Orthanc's DICOMweb | {backend} | "
-            f"{_ms(s['series_warm'])} | {_ms(s['series_orthanc'])} | {_x(s['series_ratio'])} "
-            f"(median of per-round ratios {_x(s['series_paired'])}) | "
-            f"{_verdict(s['t_series'])} |")
+            f"{ms(s['series_warm'])} | {ms(s['series_orthanc'])} | {times(s['series_ratio'])} "
+            f"(median of per-round ratios {times(s['series_paired'])}) | "
+            f"{verdict(s['t_series'])} |")
     for backend, s in summary.items():
         counts = ", ".join(f"{c:g}" for c in s["viewer_cold_retrievals"] if c is not None)
         warm = ", ".join(f"{c:g}" for c in s["viewer_warm_retrievals"] if c is not None)
         lines.append(
             f"| Viewer session: 1 PACS retrieval cold, 0 warm | {backend} | cold: {counts or '-'};"
-            f" warm: {warm or '-'} | - | - | {_verdict(s['t_retrievals'])} |")
+            f" warm: {warm or '-'} | - | - | {verdict(s['t_retrievals'])} |")
     lines += ["", "#### Series retrieval (medians)", "",
               "| Cache | Gateway cold (fill) | Gateway warm | warm first byte | Orthanc | "
               "Orthanc first byte | Orthanc / gateway warm | PACS retrievals cold / warm |",
@@ -699,9 +680,9 @@ def render(results: Results) -> str:
         warm = s["series_warm"]
         speed = f" ({results.series_bytes / warm / 1e6:.0f} MB/s)" if warm else ""
         dimse = f"{fills['cold']:g} / {fills['warm']:g}" if fills else "-"
-        lines.append(f"| {backend} | {_ms(s['series_cold'])} | {_ms(warm)}{speed} | "
-                     f"{_ms(s['series_warm_first'])} | {_ms(s['series_orthanc'])} | "
-                     f"{_ms(s['series_orthanc_first'])} | {_x(s['series_ratio'])} | {dimse} |")
+        lines.append(f"| {backend} | {ms(s['series_cold'])} | {ms(warm)}{speed} | "
+                     f"{ms(s['series_warm_first'])} | {ms(s['series_orthanc'])} | "
+                     f"{ms(s['series_orthanc_first'])} | {times(s['series_ratio'])} | {dimse} |")
     lines += ["", "#### Simulated viewer (medians)", "",
               "| Cache | Target | Total | Metadata | Orthanc / it | Frame latency p50 / p95 "
               "(median over sessions) | PACS retrievals per session |",
@@ -718,20 +699,20 @@ def render(results: Results) -> str:
             ratio = s["viewer_orthanc"] / total if s["viewer_orthanc"] and total else None
             counts = ", ".join(f"{v.retrievals:g}" for v in runs if v.retrievals is not None)
             label = f"gateway, {phase}" if target == "gateway" else "Orthanc DICOMweb"
-            lines.append(f"| {backend} | {label} | {_ms(total)} | "
-                         f"{_ms(median(v.metadata_s for v in runs))} | {_x(ratio)} | "
+            lines.append(f"| {backend} | {label} | {ms(total)} | "
+                         f"{ms(median(v.metadata_s for v in runs))} | {times(ratio)} | "
                          f"{p50:.0f} / {p95:.0f} ms | {counts or '-'} |")
     lines += ["", "Median of the per-round ratios Orthanc / warm gateway viewer: " + ", ".join(
-        f"{b} {_x(s['viewer_warm_paired'])}" for b, s in summary.items()) + ".",
+        f"{b} {times(s['viewer_warm_paired'])}" for b, s in summary.items()) + ".",
         "", "#### Every measurement", "",
               "| Kind | Cache | Target | Phase | Time | First byte / metadata |",
               "|---|---|---|---|---|---|"]
     for r in results.series:
-        lines.append(f"| series | {r.backend} | {r.target} | {r.phase} | {_ms(r.seconds)} | "
-                     f"{_ms(r.first_byte_s)} |")
+        lines.append(f"| series | {r.backend} | {r.target} | {r.phase} | {ms(r.seconds)} | "
+                     f"{ms(r.first_byte_s)} |")
     for v in results.viewers:
-        lines.append(f"| viewer | {v.backend} | {v.target} | {v.phase} | {_ms(v.seconds)} | "
-                     f"{_ms(v.metadata_s)} |")
+        lines.append(f"| viewer | {v.backend} | {v.target} | {v.phase} | {ms(v.seconds)} | "
+                     f"{ms(v.metadata_s)} |")
     rss = ", ".join(f"{k} {v:.0f} MB" for k, v in results.rss_mb.items())
     if rss:
         lines += ["", f"Gateway VmHWM (peak RSS): {rss}."]
@@ -748,35 +729,20 @@ def render(results: Results) -> str:
                  if "(app/" in f and "app/cli.py" not in f][:12]
         for frame, count in shown:
             lines.append(f"| `{frame}` | {count} | {count / total:.0%} |")
-    if results.errors:
-        lines += ["", "#### Steps that failed", ""] + [f"- {e}" for e in results.errors]
-    spent = {k: v for k, v in results.timings.items() if k.endswith("_s")}
-    lines += ["", "Time spent: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
-                                             for k, v in spent.items()) + ".",
-              "", f"1-minute load average at the start of the measurements "
-              f"{results.timings.get('loadavg_start', 0):.1f}, at the end "
-              f"{results.timings.get('loadavg_end', 0):.1f} (on {m.get('nproc')} CPUs). Each "
-              "round waited (up to 20 s) for the CPUs to be at most 30 % busy; busy fraction "
-              "as the rounds began: " + ", ".join(f"{b:.0%}" for b in results.busy) + ".",
-              RESULTS_END]
+    lines += run_footer(results.errors, results.timings, m.get("nproc"),
+                        "). Each round waited (up to 20 s) for the CPUs to be at most 30 % busy; "
+                        "busy fraction as the rounds began: "
+                        + ", ".join(f"{b:.0%}" for b in results.busy) + ".")
+    lines.append(RESULTS_END)
     return "\n".join(lines) + "\n"
 
 
 def write_doc(section: str, path: Path = DOC_PATH) -> None:
     """Replace this benchmark's generated section of ``path``; on first use, append it under
     its own heading at the end, leaving every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before, rest = text.split(RESULTS_BEGIN, 1)
-        after = rest.split(RESULTS_END, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = (text.rstrip("\n") + f"\n\n{SECTION_HEADING}\n\n"
-                "`python -m benchmarks.cache_viewer`: see `benchmarks/README.md`.\n\n"
-                "### Generated results of the last run\n\n" + section)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
+    replace_section(path, RESULTS_BEGIN, RESULTS_END, section, new_heading=(
+        f"{SECTION_HEADING}\n\n`python -m benchmarks.cache_viewer`: see `benchmarks/README.md`."
+        "\n\n### Generated results of the last run\n\n"))
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cache_viewer",
@@ -789,10 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also sample a warm gateway with py-spy (after the measurements)")
     parser.add_argument("--keep-profiles", type=Path,
                         help="copy py-spy's raw profiles into this directory")
-    parser.add_argument("--output", type=Path, default=DOC_PATH,
-                        help="markdown file whose cache-viewer section is replaced")
-    parser.add_argument("--json", type=Path, help="also write every measurement as JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_output_arguments(parser, DOC_PATH)
     return parser
 
 

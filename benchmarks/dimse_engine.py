@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,18 @@ import httpx
 
 from app.demo.samples import generate_ct_series, generate_many_studies
 from benchmarks.cache_viewer import profile_leaves, run_profiled, wait_for_quiet
+from benchmarks.common import (
+    add_output_arguments,
+    log,
+    ms,
+    recorded_args,
+    replace_section,
+    run_footer,
+    run_steps,
+    times,
+    verdict,
+    work_directory,
+)
 from benchmarks.wado_retrieve import (
     DOC_PATH,
     GATEWAY_AE,
@@ -49,7 +60,6 @@ from benchmarks.wado_retrieve import (
     first_instance_path,
     getscu_c_get,
     load_orthanc,
-    log,
     machine_info,
     median,
     raw_c_get,
@@ -666,14 +676,10 @@ class Results:
 
 
 def run(args: argparse.Namespace) -> Results:
-    results = Results(args={k: str(v) if isinstance(v, Path) else v
-                            for k, v in vars(args).items() if k != "ohif_json"})
+    results = Results(args=recorded_args(args, leave_out=("ohif_json",)))
     results.ohif = [ohif_summary(Path(p)) for p in args.ohif_json or []]
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="dwg-engine-bench-"))
-        if not args.keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        log(f"work directory {workdir}")
+        workdir = work_directory(stack, "dwg-engine-bench-", keep=args.keep)
         source, results.app_digest = snapshot_app(workdir)
         t0 = time.perf_counter()
         lab = start_lab(stack, workdir, source, args.slices)
@@ -690,18 +696,7 @@ def run(args: argparse.Namespace) -> Results:
             steps.append(("profiles", lambda: run_profiles(results, lab)))
         if args.big_slices > 0:
             steps.append(("big study", lambda: run_big(results, lab, args.big_slices)))
-        results.timings["loadavg_start"] = os.getloadavg()[0]
-        for name, step in steps:
-            log(f"== {name} (load average {os.getloadavg()[0]:.1f})")
-            t0 = time.perf_counter()
-            try:
-                step()
-            except Exception as exc:  # keep the other steps' figures; report the failure
-                last = str(exc).strip().splitlines()[-1:] or [""]
-                results.errors.append(f"{name}: {type(exc).__name__}: {last[0]}")
-                log(f"!! {name} failed: {exc}")
-            results.timings[f"{name}_s"] = time.perf_counter() - t0
-        results.timings["loadavg_end"] = os.getloadavg()[0]
+        run_steps(steps, results.timings, results.errors)
     return results
 
 
@@ -740,18 +735,6 @@ def ohif_summary(path: Path) -> dict[str, Any]:
 
 
 # -- the report ----------------------------------------------------------------------------------
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("met" if ok else "**NOT met**")
 
 
 def med(results: Results, pacs: str, method: str, attr: str = "seconds") -> float | None:
@@ -819,15 +802,15 @@ def targets(results: Results) -> list[Target]:
     speed = partial(paired, results, NODELAY, gw, attr="seconds",
                     combine=lambda ours, theirs: theirs / ours)
     out.append(Target("Cold WADO-RS study >= 0.6x getscu (TCP_NODELAY Orthanc)",
-                      f"{_x(scu_ratio)} ({_ms(gw_t)} vs {_ms(med(results, NODELAY, GETSCU))}; "
-                      f"per-round ratios {_x(speed(GETSCU))}; best rounds "
-                      f"{_x(ratio(best(results, NODELAY, GETSCU), best_gw))})",
+                      f"{times(scu_ratio)} ({ms(gw_t)} vs {ms(med(results, NODELAY, GETSCU))}; "
+                      f"per-round ratios {times(speed(GETSCU))}; best rounds "
+                      f"{times(ratio(best(results, NODELAY, GETSCU), best_gw))})",
                       None if scu_ratio is None else scu_ratio >= 0.6))
     out.append(Target("Cold WADO-RS study >= 0.5x Orthanc's own WADO-RS",
-                      f"{_x(wado_ratio)} ({_ms(gw_t)} vs "
-                      f"{_ms(med(results, NODELAY, ORTHANC_WADO))}; per-round ratios "
-                      f"{_x(speed(ORTHANC_WADO))}; best rounds "
-                      f"{_x(ratio(best(results, NODELAY, ORTHANC_WADO), best_gw))})",
+                      f"{times(wado_ratio)} ({ms(gw_t)} vs "
+                      f"{ms(med(results, NODELAY, ORTHANC_WADO))}; per-round ratios "
+                      f"{times(speed(ORTHANC_WADO))}; best rounds "
+                      f"{times(ratio(best(results, NODELAY, ORTHANC_WADO), best_gw))})",
                       None if wado_ratio is None else wado_ratio >= 0.5))
     cpu = cpu_per_gb(results, NODELAY, gw)
     out.append(Target("Gateway CPU seconds per GB, end to end (reported, no target)",
@@ -841,16 +824,16 @@ def targets(results: Results) -> list[Target]:
         out.append(Target(f"First part <= raw first instance + 15 ms, median of per-round "
                           f"differences ({PACS_LABELS[pacs]})",
                           "-" if delta is None else
-                          f"{_ms(first)} vs {_ms(raw_first)} ({delta * 1000:+.0f} ms; "
-                          f"per-round differences {_ms(pair)})",
+                          f"{ms(first)} vs {ms(raw_first)} ({delta * 1000:+.0f} ms; "
+                          f"per-round differences {ms(pair)})",
                           None if pair is None else pair <= 0.015))
     off = med(results, NODELAY, gw)
     for method, label in ((MEMORY_COLD, "memory"), (REDIS_COLD, "Redis")):
         r = ratio(off, med(results, NODELAY, method))
         pair = paired(results, NODELAY, method, gw, "seconds", lambda ours, theirs: theirs / ours)
         out.append(Target(f"Cache on ({label}), cold >= 0.9x cache off",
-                          f"{_x(r)} ({_ms(med(results, NODELAY, method))} vs {_ms(off)}; "
-                          f"per-round ratios {_x(pair)})",
+                          f"{times(r)} ({ms(med(results, NODELAY, method))} vs {ms(off)}; "
+                          f"per-round ratios {times(pair)})",
                           None if r is None else r >= 0.9))
     for kind in ("C-ECHO, pooled association", "C-ECHO, fresh association",
                  "C-ECHO, pooled association, 5 ms pause before each"):
@@ -883,7 +866,7 @@ def targets(results: Results) -> list[Target]:
         r = gw_ms / orthanc_ms if gw_ms and orthanc_ms else None
         out.append(Target(f"OHIF cold first image, {run['slices']} slices <= {limit}x OHIF on "
                           f"Orthanc (run of {run['date']}, {run['rounds']} rounds)",
-                          f"{_x(r)} ({gw_ms or 0:.0f} ms vs {orthanc_ms or 0:.0f} ms)",
+                          f"{times(r)} ({gw_ms or 0:.0f} ms vs {orthanc_ms or 0:.0f} ms)",
                           None if r is None else r <= limit))
     return out
 
@@ -906,10 +889,10 @@ def render_retrievals(results: Results) -> list[str]:
                 continue
             mbps = f"{size / t / 1e6:.0f} MB/s" if size else "-"
             cpu = cpu_per_gb(results, pacs, method)
-            lines.append(f"| {PACS_LABELS[pacs]} | {method} | {_ms(t)} | "
-                         f"{_ms(best(results, pacs, method))} | {mbps} | "
-                         f"{_ms(med(results, pacs, method, 'first_s'))} | {_x(ratio(scu, t))} | "
-                         f"{_x(ratio(wado, t))} | {'-' if cpu is None else f'{cpu:.2f}'} |")
+            lines.append(f"| {PACS_LABELS[pacs]} | {method} | {ms(t)} | "
+                         f"{ms(best(results, pacs, method))} | {mbps} | "
+                         f"{ms(med(results, pacs, method, 'first_s'))} | {times(ratio(scu, t))} | "
+                         f"{times(ratio(wado, t))} | {'-' if cpu is None else f'{cpu:.2f}'} |")
     return lines
 
 
@@ -998,7 +981,7 @@ def render(results: Results) -> str:
         lines += ["", "#### A study larger than 1 GB, asyncio engine, cache off", "",
                   f"{big['slices']} slices, {big['nbytes'] / 1e9:.2f} GB as multipart, in "
                   f"{big['seconds']:.1f} s ({big['nbytes'] / big['seconds'] / 1e6:.0f} MB/s), "
-                  f"first part after {_ms(big['first_s'])}; RSS idle {big['idle_rss_mb']:.0f} "
+                  f"first part after {ms(big['first_s'])}; RSS idle {big['idle_rss_mb']:.0f} "
                   f"MB, peak {big['peak_rss_mb']:.0f} MB ({big['rss_samples']} samples), VmHWM "
                   f"{big['vmhwm_mb']:.0f} MB; gateway CPU "
                   f"{big['cpu_s'] / (big['nbytes'] / 1e9):.2f} s per GB."]
@@ -1008,33 +991,23 @@ def render(results: Results) -> str:
                       f"{o['gateway_ms'] or 0:.0f} ms through the gateway, "
                       f"{o['orthanc_ms'] or 0:.0f} ms on Orthanc's DICOMweb."]
     lines += render_profiles(results)
-    if results.errors:
-        lines += ["", "#### Steps that failed", ""] + [f"- {e}" for e in results.errors]
-    spent = {k: v for k, v in results.timings.items() if k.endswith("_s")}
-    lines += ["", "Time spent: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
-                                             for k, v in spent.items()) + ".",
-              "", f"1-minute load average at the start of the measurements "
-              f"{results.timings.get('loadavg_start', 0):.1f}, at the end "
-              f"{results.timings.get('loadavg_end', 0):.1f} (on {m.get('nproc')} CPUs). In each "
-              f"retrieval round, each PACS's methods waited (up to {QUIET_WAIT_S:.0f} s) for the "
-              "CPUs to be at most 30 % busy; busy fraction as they began: "
-              + (", ".join(f"{b:.0%}" for b in results.busy) or "-") + ".",
-              RESULTS_END]
+    lines += run_footer(results.errors, results.timings, m.get("nproc"),
+                        f"). In each retrieval round, each PACS's methods waited (up to "
+                        f"{QUIET_WAIT_S:.0f} s) for the CPUs to be at most 30 % busy; busy "
+                        "fraction as they began: "
+                        + (", ".join(f"{b:.0%}" for b in results.busy) or "-") + ".")
+    lines.append(RESULTS_END)
     return "\n".join(lines) + "\n"
+
+
+def _verdict(ok: bool | None) -> str:
+    return verdict(ok, unmeasured="-", met="met")
 
 
 def write_doc(section: str, path: Path = DOC_PATH) -> None:
     """Replace the generated section between this benchmark's markers (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before, rest = text.split(RESULTS_BEGIN, 1)
-        after = rest.split(RESULTS_END, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = (text.rstrip("\n") + "\n\n## DIMSE engine (issue #8)\n\n"
-                "### Generated results of the last run\n\n" + section)
-    path.write_text(text)
-
+    replace_section(path, RESULTS_BEGIN, RESULTS_END, section, new_heading=(
+        "## DIMSE engine (issue #8)\n\n### Generated results of the last run\n\n"))
 
 # -- entry point ---------------------------------------------------------------------------------
 
@@ -1062,9 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-profiles", type=Path, help="copy py-spy's raw output here")
     parser.add_argument("--ohif-json", type=Path, action="append",
                         help="an ohif_load --json file to include in the targets (repeatable)")
-    parser.add_argument("--output", type=Path, default=DOC_PATH)
-    parser.add_argument("--json", type=Path, help="every measurement as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_output_arguments(parser, DOC_PATH)
     return parser
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -33,6 +33,14 @@ from typing import Any
 import httpx
 
 from app.demo.samples import generate_ct_series
+from benchmarks.common import (
+    add_output_arguments,
+    log,
+    recorded_args,
+    replace_section,
+    started_orthanc,
+    work_directory,
+)
 from benchmarks.wado_retrieve import (
     GatewayProcess,
     PeerAddress,
@@ -79,10 +87,6 @@ TARGET_LABELS = {
     ORTHANC_IDENTITY: "Orthanc, HttpCompressionEnabled false",
     GATEWAY_CORS: "gateway, CORS, normal web security",
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # -- one load ------------------------------------------------------------------------------------
@@ -521,18 +525,12 @@ class Bench:
 
 
 def run(args: argparse.Namespace) -> Results:
-    results = Results(args={k: str(v) if isinstance(v, Path) else v
-                            for k, v in vars(args).items()})
+    results = Results(args=recorded_args(args))
     browser = Browser.find()
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="dwg-ohif-bench-"))
-        if not args.keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        log(f"work directory {workdir}")
+        workdir = work_directory(stack, "dwg-ohif-bench-", keep=args.keep)
         app_source, results.app_digest = snapshot_app(workdir)
-        orthanc = OrthancServer(workdir / "orthanc", ae_title="ORTHANC")
-        orthanc.start()
-        stack.callback(orthanc.stop)
+        orthanc = started_orthanc(stack, workdir)
         results.machine = machine_info(orthanc)
         results.orthanc_config = {k: v for k, v in orthanc.config().items()
                                   if k in ("DicomWeb", "MaximumStorageCacheSize",
@@ -586,6 +584,23 @@ def verdict(gateway: float | None, orthanc: float | None, limit: float) -> tuple
         return "-", "no data"
     ratio = gateway / orthanc
     return f"{ratio:.2f}x", ("met" if ratio <= limit else "**NOT met**")
+
+
+def _every_load(results: Results, extra: list[str], cells: Callable[[Load], list[str]]
+                ) -> list[str]:
+    """The folded table of every load: round, target, phase, times, frames, then the
+    ``extra`` columns (``cells`` of a load), then the statuses."""
+    heads = ["Round", "Target", "Phase", "First image", "Whole series", "Frames", *extra,
+             "Statuses"]
+    lines = ["", "<details><summary>Every load</summary>", "", "| " + " | ".join(heads) + " |",
+             "|" + "---|" * len(heads)]
+    for x in results.loads:
+        statuses = ", ".join(f"{k} x{v}" for k, v in sorted(x.statuses.items()))
+        row = [str(x.round), TARGET_LABELS[x.target], x.phase, _ms(x.first_image_ms),
+               _ms(x.all_loaded_ms), str(x.frames), *cells(x),
+               statuses + ("" if x.ok else " ERROR")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + ["", "</details>", ""]
 
 
 def render(results: Results) -> str:
@@ -676,21 +691,8 @@ def render(results: Results) -> str:
             + "; ".join(f"{TARGET_LABELS[t]} {_num(r)} frames/s" for t, r in rates.items())
             + ".",
         ]
-    lines += [
-        "",
-        "<details><summary>Every load</summary>",
-        "",
-        "| Round | Target | Phase | First image | Whole series | Frames | Peak frames in flight "
-        "| Statuses |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for x in results.loads:
-        statuses = ", ".join(f"{k} x{v}" for k, v in sorted(x.statuses.items()))
-        lines.append(
-            f"| {x.round} | {TARGET_LABELS[x.target]} | {x.phase} | {_ms(x.first_image_ms)} | "
-            f"{_ms(x.all_loaded_ms)} | {x.frames} | {x.max_frames_in_flight} | {statuses}"
-            f"{'' if x.ok else ' ERROR'} |")
-    lines += ["", "</details>", ""]
+    lines += _every_load(results, ["Peak frames in flight"],
+                         lambda x: [str(x.max_frames_in_flight)])
     lines += ["<details><summary>Requests of the first cold load of each target (resource "
               "timing; status as the browser saw it)</summary>", ""]
     for target in targets:
@@ -816,21 +818,11 @@ def render_wan(results: Results) -> str:
         f"{sum(x.context_frames for x in emulated)} over {len(emulated)} loads; dedicated "
         f"workers started by the page: {max((x.workers for x in emulated), default=0)} per load "
         "(cornerstone's decoders).",
-        "",
-        "<details><summary>Every load</summary>",
-        "",
-        "| Round | Target | Phase | First image | Whole series | Frames | Metadata on the wire "
-        "| All DICOMweb bytes on the wire | Statuses |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for x in results.loads:
-        statuses = ", ".join(f"{k} x{v}" for k, v in sorted(x.statuses.items()))
-        lines.append(
-            f"| {x.round} | {TARGET_LABELS[x.target]} | {x.phase} | {_ms(x.first_image_ms)} | "
-            f"{_ms(x.all_loaded_ms)} | {x.frames} | {_kb(x.metadata_wire_bytes)} "
-            f"({x.metadata_encoding or '?'}) | {_kb(x.wire_bytes)} | {statuses}"
-            f"{'' if x.ok else ' ERROR'} |")
-    lines += ["", "</details>", ""]
+    lines += _every_load(
+        results, ["Metadata on the wire", "All DICOMweb bytes on the wire"],
+        lambda x: [f"{_kb(x.metadata_wire_bytes)} ({x.metadata_encoding or '?'})",
+                   _kb(x.wire_bytes)])
     if results.errors:
         lines += ["Errors:", ""] + [f"- {e}" for e in results.errors] + [""]
     lines.append(WAN_RESULTS_END)
@@ -857,17 +849,8 @@ def write_doc(section: str, path: Path, *, wan: bool = False) -> None:
     """Replace the generated section between the ohif-load (or, with ``wan``, the ohif-wan)
     markers, or append a new section."""
     begin, end = (WAN_RESULTS_BEGIN, WAN_RESULTS_END) if wan else (RESULTS_BEGIN, RESULTS_END)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        before = text.split(begin, 1)[0]
-        after = text.split(end, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = (text.rstrip("\n") + "\n\n" + (WAN_SECTION_HEADER if wan else SECTION_HEADER)
-                + section)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
+    replace_section(path, begin, end, section,
+                    new_heading=WAN_SECTION_HEADER if wan else SECTION_HEADER)
 
 # -- entry point ---------------------------------------------------------------------------------
 
@@ -893,13 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="emulated upload throughput, Mbit/s (with --network wan)")
     parser.add_argument("--rtt-ms", type=float, default=40.0,
                         help="latency added to every request, ms (with --network wan)")
-    parser.add_argument("--output", type=Path, default=DOC_PATH)
-    parser.add_argument("--json", type=Path, default=None, help="every load as JSON")
+    add_output_arguments(parser, DOC_PATH)
     parser.add_argument("--screenshots", type=Path, default=None,
                         help="a directory for a screenshot at the end of each load")
     parser.add_argument("--profile", type=Path, default=None,
                         help="a directory for py-spy profiles of one extra cold and warm load")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser
 
 

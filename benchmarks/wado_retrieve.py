@@ -21,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +37,18 @@ from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
 from app.demo.samples import generate_ct_series
+from benchmarks.common import (
+    add_output_arguments,
+    log,
+    ms,
+    replace_section,
+    run_footer,
+    run_steps,
+    started_orthanc,
+    times,
+    verdict,
+    work_directory,
+)
 from tests.peers.binaries import find_binary
 from tests.peers.dcmqrscp import DcmqrscpServer, dcmtk_environment
 from tests.peers.orthanc import OrthancServer, dataset_to_part10
@@ -555,10 +566,6 @@ class Results:
     errors: list[str] = field(default_factory=list)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def check(m: Measurement, expected: int) -> Measurement:
     """Refuse a measurement that did not deliver the whole study."""
     if m.instances not in (expected, -1):
@@ -730,15 +737,10 @@ def run(args: argparse.Namespace) -> Results:
     results = Results(args=vars(args).copy())
     results.args.pop("func", None)
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="dwg-bench-"))
-        if not args.keep:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        log(f"work directory {workdir}")
+        workdir = work_directory(stack, "dwg-bench-", keep=args.keep)
         results.app_source, results.app_digest = snapshot_app(workdir)
         log(f"measuring a copy of app/ (sources digest {results.app_digest})")
-        orthanc = OrthancServer(workdir / "orthanc", ae_title="ORTHANC")
-        orthanc.start()
-        stack.callback(orthanc.stop)
+        orthanc = started_orthanc(stack, workdir)
         results.machine = machine_info(orthanc)
         log(f"Orthanc {results.machine['orthanc']} on DICOM port {orthanc.dicom_port}")
         small_uid = study_uid_of(args.slices, SMALL_SEED)
@@ -780,42 +782,19 @@ def run(args: argparse.Namespace) -> Results:
         if args.big_slices > 0:
             steps.append(("big study RSS", lambda: run_big(results, orthanc, workdir,
                                                            small_uid, args.big_slices)))
-        results.timings["loadavg_start"] = os.getloadavg()[0]
-        for name, step in steps:
-            log(f"== {name} (load average {os.getloadavg()[0]:.1f})")
-            t0 = time.perf_counter()
-            try:
-                step()
-            except Exception as exc:  # keep the other steps' figures; report the failure
-                last = str(exc).strip().splitlines()[-1:] or [""]
-                results.errors.append(f"{name}: {type(exc).__name__}: {last[0]}")
-                log(f"!! {name} failed: {exc}")
-            results.timings[f"{name}_s"] = time.perf_counter() - t0
-        results.timings["loadavg_end"] = os.getloadavg()[0]
+        run_steps(steps, results.timings, results.errors)
     return results
 
 
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.0f} ms"
-
-
 def _mbps(nbytes: int, seconds: float | None) -> str:
     return "-" if not seconds else f"{nbytes / seconds / 1e6:.0f} MB/s"
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
 def _delta(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:+.0f} ms"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("**met**" if ok else "**NOT met**")
 
 
 def summarise(results: Results) -> dict[str, Any]:
@@ -881,18 +860,18 @@ def render(results: Results) -> str:
         "",
         "| Target | Gateway | Baseline (same run) | Ratio / difference | Verdict |",
         "|---|---|---|---|---|",
-        f"| Cold WADO-RS throughput >= 0.9x raw pynetdicom C-GET | {_ms(s['gw_t'])} "
-        f"({_mbps(size, s['gw_t'])}) | {_ms(s['raw_t'])} ({_mbps(size, s['raw_t'])}) | "
-        f"{_ratio(s['ratio_raw'])} | "
-        f"{_verdict(s['t_throughput_raw'])} |",
-        f"| Time to first part <= raw first instance + 30 ms | {_ms(s['gw_first'])} | "
-        f"{_ms(s['raw_first'])} | "
+        f"| Cold WADO-RS throughput >= 0.9x raw pynetdicom C-GET | {ms(s['gw_t'])} "
+        f"({_mbps(size, s['gw_t'])}) | {ms(s['raw_t'])} ({_mbps(size, s['raw_t'])}) | "
+        f"{times(s['ratio_raw'])} | "
+        f"{verdict(s['t_throughput_raw'])} |",
+        f"| Time to first part <= raw first instance + 30 ms | {ms(s['gw_first'])} | "
+        f"{ms(s['raw_first'])} | "
         f"{_delta(s['first_delta'])} | "
-        f"{_verdict(s['t_first'])} |",
-        f"| Throughput >= 0.8x DCMTK getscu (TCP_NODELAY=1, -pdu 131072) | {_ms(s['gw_t'])} | "
-        f"{_ms(s['scu_t'])} ({_mbps(size, s['scu_t'])}) | "
-        f"{_ratio(s['ratio_scu'])} | "
-        f"{_verdict(s['t_scu'])} |",
+        f"{verdict(s['t_first'])} |",
+        f"| Throughput >= 0.8x DCMTK getscu (TCP_NODELAY=1, -pdu 131072) | {ms(s['gw_t'])} | "
+        f"{ms(s['scu_t'])} ({_mbps(size, s['scu_t'])}) | "
+        f"{times(s['ratio_scu'])} | "
+        f"{verdict(s['t_scu'])} |",
     ]
     if s["rss"]:
         r = s["rss"]
@@ -900,19 +879,19 @@ def render(results: Results) -> str:
             f"| Peak RSS growth < 150 MB streaming {a['big_slices']} slices "
             f"({results.big_study_bytes / 1e9:.2f} GB), cache off | peak {r['peak_rss_mb']:.0f} MB "
             f"(VmHWM {r['vmhwm_mb']:.0f} MB) | idle {r['idle_rss_mb']:.0f} MB | "
-            f"+{s['growth_mb']:.0f} MB | {_verdict(s['t_rss'])} |")
+            f"+{s['growth_mb']:.0f} MB | {verdict(s['t_rss'])} |")
     else:
         lines.append("| Peak RSS growth < 150 MB on a >1 GB study | - | - | - | not measured |")
     lines += ["", "#### Every run of the main comparison", "",
               "| Round | Method | Time | Throughput | First instance / part |",
               "|---|---|---|---|---|"]
     for i, meas in enumerate(results.main):
-        lines.append(f"| {i // 3 + 1} | {meas.method} | {_ms(meas.seconds)} | "
-                     f"{_mbps(size, meas.seconds)} | {_ms(meas.first_s)} |")
+        lines.append(f"| {i // 3 + 1} | {meas.method} | {ms(meas.seconds)} | "
+                     f"{_mbps(size, meas.seconds)} | {ms(meas.first_s)} |")
     if results.gateway_first_request:
         f = results.gateway_first_request
         lines += ["", f"The gateway's very first request after start-up (not in the medians): "
-                      f"{_ms(f.seconds)}, first part after {_ms(f.first_s)}."]
+                      f"{ms(f.seconds)}, first part after {ms(f.first_s)}."]
     if results.big:
         lines += ["", "#### The large study", "",
                   "| Method | Cache | Time | Throughput | First instance / part | RSS |",
@@ -925,8 +904,8 @@ def render(results: Results) -> str:
                        f"({meas.extra['rss_samples']} samples), VmHWM "
                        f"{meas.extra['vmhwm_mb']:.0f} MB")
             lines.append(f"| {meas.method} | {meas.extra.get('cache', '-')} | "
-                         f"{_ms(meas.seconds)} | {_mbps(results.big_study_bytes, meas.seconds)} "
-                         f"| {_ms(meas.first_s)} | {rss} |")
+                         f"{ms(meas.seconds)} | {_mbps(results.big_study_bytes, meas.seconds)} "
+                         f"| {ms(meas.first_s)} | {rss} |")
     if results.quiet:
         raw_q = median(x.seconds for x in results.quiet if x.method.startswith("raw"))
         raw_qf = median(x.first_s for x in results.quiet if x.method.startswith("raw"))
@@ -938,8 +917,8 @@ def render(results: Results) -> str:
                   "benchmark's launcher sets WARNING first (no app change).", "",
                   "| Raw C-GET | raw first | Gateway | gateway first | gateway / raw throughput "
                   "| first part - raw first |", "|---|---|---|---|---|---|",
-                  f"| {_ms(raw_q)} | {_ms(raw_qf)} | {_ms(gw_q)} | {_ms(gw_qf)} | "
-                  f"{_ratio(raw_q / gw_q if raw_q and gw_q else None)} | "
+                  f"| {ms(raw_q)} | {ms(raw_qf)} | {ms(gw_q)} | {ms(gw_qf)} | "
+                  f"{times(raw_q / gw_q if raw_q and gw_q else None)} | "
                   f"{_delta(gw_qf - raw_qf if gw_qf and raw_qf else None)} |"]
     if results.cached:
         raw_c = median(x.seconds for x in results.cached if x.method.startswith("raw"))
@@ -949,13 +928,13 @@ def render(results: Results) -> str:
                   "fill), the second hits.", "",
                   "| Request | Time (median) | Throughput | First part (median) | "
                   "vs raw C-GET (same rounds) |", "|---|---|---|---|---|",
-                  f"| raw pynetdicom C-GET | {_ms(raw_c)} | {_mbps(size, raw_c)} | "
-                  f"{_ms(raw_cf)} | 1.00x |"]
+                  f"| raw pynetdicom C-GET | {ms(raw_c)} | {_mbps(size, raw_c)} | "
+                  f"{ms(raw_cf)} | 1.00x |"]
         for kind in ("cold", "warm"):
             t_k = median(x.seconds for x in results.cached if x.extra.get("cache") == kind)
             f_k = median(x.first_s for x in results.cached if x.extra.get("cache") == kind)
-            lines.append(f"| gateway, {kind} cache | {_ms(t_k)} | {_mbps(size, t_k)} | "
-                         f"{_ms(f_k)} | {_ratio(raw_c / t_k if raw_c and t_k else None)} |")
+            lines.append(f"| gateway, {kind} cache | {ms(t_k)} | {_mbps(size, t_k)} | "
+                         f"{ms(f_k)} | {times(raw_c / t_k if raw_c and t_k else None)} |")
     if results.pdu_sweep:
         lines += ["", "#### Maximum PDU size (gateway forced to each size; raw C-GET alongside)",
                   "", "| max PDU | PDUs received (raw, diagnostic run) | raw time | raw first | "
@@ -975,17 +954,17 @@ def render(results: Results) -> str:
                     if diag and "pdu_count" in diag.extra else "-")
             label = "unlimited (0)" if pdu == 0 else f"{pdu // 1024} KiB"
             ratio = f"{raw_t / gw_t:.2f}x" if raw_t and gw_t else "-"
-            lines.append(f"| {label} | {pdus} | {_ms(raw_t)} | {_ms(raw_f)} | {_ms(gw_t)} | "
-                         f"{_ms(gw_f)} | {ratio} |")
+            lines.append(f"| {label} | {pdus} | {ms(raw_t)} | {ms(raw_f)} | {ms(gw_t)} | "
+                         f"{ms(gw_f)} | {ratio} |")
     if results.nodelay:
         lines += ["", "#### TCP_NODELAY on the raw pynetdicom C-GET's socket", "",
                   "| TCP_NODELAY | time (median) | first instance (median) | first instance, "
                   "each run |", "|---|---|---|---|"]
         for flag in (True, False):
             runs = [x for x in results.nodelay if x.extra.get("nodelay") is flag]
-            lines.append(f"| {'on' if flag else 'off'} | {_ms(median(x.seconds for x in runs))} "
-                         f"| {_ms(median(x.first_s for x in runs))} | "
-                         f"{', '.join(_ms(x.first_s) for x in runs)} |")
+            lines.append(f"| {'on' if flag else 'off'} | {ms(median(x.seconds for x in runs))} "
+                         f"| {ms(median(x.first_s for x in runs))} | "
+                         f"{', '.join(ms(x.first_s) for x in runs)} |")
     if results.orthanc_nodelay:
         lines += ["", "#### The same comparison with Orthanc itself started with TCP_NODELAY=1", "",
                   "Debian's Orthanc uses Debian's DCMTK network layer, which leaves Nagle's "
@@ -997,8 +976,8 @@ def render(results: Results) -> str:
         for method in ("raw pynetdicom C-GET", "DCMTK getscu", "gateway WADO-RS"):
             t_n = median(x.seconds for x in results.orthanc_nodelay if x.method == method)
             f_n = median(x.first_s for x in results.orthanc_nodelay if x.method == method)
-            lines.append(f"| {method} | {_ms(t_n)} | {_mbps(size, t_n)} | {_ms(f_n)} | "
-                         f"{_ratio(t_n / gw_n if t_n and gw_n else None)} |")
+            lines.append(f"| {method} | {ms(t_n)} | {_mbps(size, t_n)} | {ms(f_n)} | "
+                         f"{times(t_n / gw_n if t_n and gw_n else None)} |")
     if results.dcmqrscp:
         lines += ["", "#### The same study on DCMTK dcmqrscp (MaxPDUSize 131072)", "",
                   "| Method | Time (median) | Throughput | First (median) | "
@@ -1009,17 +988,11 @@ def render(results: Results) -> str:
             t_q = median(x.seconds for x in results.dcmqrscp if x.method == method)
             f_q = median(x.first_s for x in results.dcmqrscp if x.method == method)
             rel = f"{t_q / gw_q:.2f}x" if t_q and gw_q else "-"
-            lines.append(f"| {method} | {_ms(t_q)} | {_mbps(size, t_q)} | {_ms(f_q)} | {rel} |")
-    if results.errors:
-        lines += ["", "#### Steps that failed", ""] + [f"- {e}" for e in results.errors]
-    spent = {k: v for k, v in results.timings.items() if k.endswith("_s")}
-    lines += ["", "Time spent: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s"
-                                             for k, v in spent.items()) + ".",
-              "", f"1-minute load average at the start of the measurements "
-              f"{results.timings.get('loadavg_start', 0):.1f}, at the end "
-              f"{results.timings.get('loadavg_end', 0):.1f} (on {m.get('nproc')} CPUs; above "
-              f"about 2 other work was competing, and single figures are noisy).",
-              RESULTS_END]
+            lines.append(f"| {method} | {ms(t_q)} | {_mbps(size, t_q)} | {ms(f_q)} | {rel} |")
+    lines += run_footer(results.errors, results.timings, m.get("nproc"),
+                        "; above about 2 other work was competing, and single figures are "
+                        "noisy).")
+    lines.append(RESULTS_END)
     return "\n".join(lines) + "\n"
 
 
@@ -1034,16 +1007,7 @@ How to run them: see `benchmarks/README.md`.
 
 def write_doc(section: str, path: Path = DOC_PATH) -> None:
     """Replace the generated results section of docs/benchmarks.md (or create the file)."""
-    text = path.read_text() if path.exists() else DOC_HEADER
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before = text.split(RESULTS_BEGIN, 1)[0]
-        after = text.split(RESULTS_END, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
+    replace_section(path, RESULTS_BEGIN, RESULTS_END, section, new_file=DOC_HEADER)
 
 def to_json(results: Results) -> str:
     return json.dumps(asdict(results) | {"summary": summarise(results)}, indent=2, default=str)
@@ -1067,10 +1031,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dcmqrscp", action="store_true",
                         help="also compare the three methods on DCMTK dcmqrscp")
     parser.add_argument("--no-pdu-sweep", action="store_true", help="skip the PDU size sweep")
-    parser.add_argument("--output", type=Path, default=DOC_PATH,
-                        help="markdown file whose results section is replaced")
-    parser.add_argument("--json", type=Path, help="also write every measurement as JSON here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    add_output_arguments(parser, DOC_PATH)
     return parser
 
 

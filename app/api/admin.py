@@ -1,9 +1,10 @@
 """Cache management over HTTP (enabled by the cache_admin_enabled setting): stats, evict, clear.
 
 Every admin request must carry ``Authorization: Bearer {admin_token}`` (compared in constant
-time), must not come from a foreign ``Origin`` (a browser page elsewhere), and a POST takes a
-JSON body or none: form content types, which a cross-site HTML form can send without a CORS
-preflight, are refused.
+time) or, with authorization on (``auth_enabled``), any credential granted the ``admin`` action
+(app.api.authorization checked it before the route), must not come from a foreign
+``Origin`` (a browser page elsewhere), and a POST takes a JSON body or none: form content
+types, which a cross-site HTML form can send without a CORS preflight, are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
+from app.api.authorization import PRINCIPAL_KEY
 from app.api.baseurl import request_origin
+from app.api.credentials import ADMIN_TOKEN_SUBJECT, Principal
 from app.api.params import COMMON_ERRORS, errors
 from app.api.state import ServicesDep
 from app.dicomweb.refs import check_uid
@@ -47,12 +50,17 @@ async def require_admin(
     if origin is not None and origin.lower() != _origin_of(request_origin(request, settings)):
         log.warning("admin request from foreign Origin %r refused", origin[:100])
         raise Forbidden("admin requests from another origin are refused")
-    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
-    given = credentials.credentials if credentials is not None else ""
-    if not token or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-        log.warning("admin request without a valid token refused (%s %s)", request.method,
-                    request.url.path)
-        raise Unauthorized("the admin endpoints need Authorization: Bearer {admin_token}")
+    principal = request.scope.get(PRINCIPAL_KEY)
+    if not (isinstance(principal, Principal) and "admin" in principal.actions):
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        given = credentials.credentials if credentials is not None else ""
+        if not token or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+            log.warning("admin request without a valid token refused (%s %s)", request.method,
+                        request.url.path)
+            raise Unauthorized("the admin endpoints need Authorization: Bearer {admin_token}")
+        # Named in the audit trail as the admin token.
+        request.scope[PRINCIPAL_KEY] = Principal(ADMIN_TOKEN_SUBJECT, "admin-token",
+                                                 frozenset({"admin"}))
     if request.method == "POST":
         content_type = request.headers.get("content-type", "")
         has_body = (request.headers.get("content-length", "0") not in ("", "0")

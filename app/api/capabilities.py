@@ -21,6 +21,7 @@ from starlette.responses import Response
 from app.api.deps import RequestDep
 from app.api.params import COMMON_ERRORS, errors
 from app.api.rendered import RENDERED_QUERY_PARAMETERS, THUMBNAIL_QUERY_PARAMETERS
+from app.api.stow import STORE_BODY, STORE_OFFERS
 from app.api.wado import instance_representations
 from app.api.wado_uri import DICOM_ONLY, RENDERED_ONLY, URI_OFFERS
 from app.dicomweb.mediatypes import (
@@ -60,6 +61,7 @@ class Representations:
 
     offers: Callable[[], Sequence[Offer]]
     query: tuple[str, ...] = ()
+    body: tuple[str, ...] = ()  # request body media types (STOW-RS)
 
 
 def _qido() -> Representations:
@@ -96,7 +98,11 @@ REPRESENTATIONS: dict[str, Representations] = {
         "retrieve_study_thumbnail", "retrieve_series_thumbnail", "retrieve_instance_thumbnail",
         "retrieve_frame_thumbnail")},
     "retrieve_wado_uri": Representations(lambda: URI_OFFERS),
+    **{name: Representations(lambda: STORE_OFFERS, body=(STORE_BODY,)) for name in (
+        "store_instances", "store_study_instances")},
 }
+#: The methods the Capabilities Description describes (OPTIONS is the transaction itself).
+DESCRIBED_METHODS = ("GET", "POST")
 
 
 def accept_value(offer: Offer) -> str:
@@ -135,10 +141,16 @@ def _method(route: APIRoute, settings: Settings) -> WadlMethod:
                          for name in names]
     statuses = sorted(int(code) for code in route.responses if str(code).isdigit())
     media_types = tuple(dict.fromkeys(o.content_type for o in offers))
-    return WadlMethod(name="GET", id=route.name, title=route.summary or route.name,
+    return WadlMethod(name=_described(route), id=route.name, title=route.summary or route.name,
                       params=tuple(params), representations=media_types,
                       success=tuple(s for s in statuses if s < 400) or (200,),
-                      failures=tuple(s for s in statuses if s >= 400))
+                      failures=tuple(s for s in statuses if s >= 400),
+                      request_representations=served.body)
+
+
+def _described(route: APIRoute) -> str:
+    """The method of ``route`` the description names (GET before POST)."""
+    return next(m for m in DESCRIBED_METHODS if m in (route.methods or ()))
 
 
 @dataclass
@@ -178,7 +190,8 @@ def _resource(node: _Node, path: str, routes: Sequence[APIRoute],
     params = [p for segment in segments for p in _template_params(segment, routes)]
     return WadlResource(
         path=path, params=params,
-        methods=[_method(r, settings) for r in node.routes if "GET" in (r.methods or ())],
+        methods=[_method(r, settings) for r in node.routes
+                 if set(DESCRIBED_METHODS) & set(r.methods or ())],
         children=[_resource(child, child.segment, routes, settings)
                   for child in node.children.values()])
 
@@ -216,7 +229,7 @@ def capabilities_router(routes: Sequence[APIRoute], settings: Settings) -> APIRo
     routes, relative to the service root). Only the root's is in the OpenAPI document: the
     others are the same transaction on each resource."""
     router = APIRouter(tags=["Capabilities"])
-    served = [r for r in routes if "GET" in (r.methods or ())]
+    served = [r for r in routes if set(DESCRIBED_METHODS) & set(r.methods or ())]
 
     def endpoint(target: str) -> Callable[..., object]:
         async def retrieve_capabilities(req: RequestDep) -> Response:

@@ -22,8 +22,9 @@ multipart answers, and it is encoded like JSON.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -38,6 +39,7 @@ except ImportError:  # pragma: no cover - the project depends on it
     brotli = None
 
 GZIP_LEVEL = 6  # zlib's default: most of the gain for little CPU
+INLINE_ENCODE_BYTES = 512 << 10  # bodies below it are encoded on the event loop
 BROTLI_QUALITY = 5  # brotli's default (11) is for static files; 4-6 is the usual for responses
 
 #: Codings the gateway can produce, in its own order of preference for ties.
@@ -165,6 +167,24 @@ def encode_body(data: bytes, coding: str) -> bytes:
     """A whole body in ``coding`` (``br`` or ``gzip``), as the middleware would send it."""
     encoder = _Encoder(coding)
     return encoder.compress(data) + encoder.finish()
+
+
+def body_encoder(coding: str) -> Callable[[bytes], Awaitable[bytes]]:
+    """``encode_body`` in ``coding`` for a route that keeps the encoded body for later
+    requests: small bodies on the event loop (a thread hop costs more), large ones in a
+    worker thread."""
+
+    async def encode(data: bytes) -> bytes:
+        if len(data) < INLINE_ENCODE_BYTES:
+            return encode_body(data, coding)
+        return await asyncio.to_thread(encode_body, data, coding)
+
+    return encode
+
+
+def encoded_headers(coding: str) -> dict[str, str]:
+    """The headers of a response whose body a route encoded in ``coding`` itself."""
+    return {"Content-Encoding": coding, "Vary": "Accept-Encoding"}
 
 
 class _Response:

@@ -39,9 +39,10 @@ class DicomWebRequest:
 
     @cached_property
     def pacs(self) -> str:
-        """The name of the PACS the path names (or the default one); 404 for an unknown one."""
+        """The name of the PACS the path names, the default one, or ``FEDERATED`` for the
+        unnamed root while ``federate`` is set; 404 for an unknown one."""
         try:
-            return self.services.peer(self.request.path_params.get("pacs")).name
+            return self.services.dicomweb_root(self.request.path_params.get("pacs"))
         except LookupError as exc:
             raise NotFound(str(exc)) from None
 
@@ -91,7 +92,7 @@ class DicomWebRequest:
             etag, policy = etag_for(path, *representation), IMMUTABLE
         else:
             policy = REVALIDATE
-            members = (await self.services.retrieve(self.pacs).content_signature(ref)
+            members = (await self.services.wado(self.pacs).content_signature(ref)
                        if stable else None)
             if members:
                 etag = etag_for(path, *representation, *members)
@@ -102,4 +103,10 @@ class DicomWebRequest:
         return caching_headers(etag, policy), None
 
 
-RequestDep = Annotated[DicomWebRequest, Depends()]
+async def dicomweb_request(request: Request, services: ServicesDep) -> DicomWebRequest:
+    """The DicomWebRequest of a route, built on the event loop (FastAPI would build a class
+    dependency in its thread pool: two thread hops per request, slow when the loop is busy)."""
+    return DicomWebRequest(request, services)
+
+
+RequestDep = Annotated[DicomWebRequest, Depends(dicomweb_request)]

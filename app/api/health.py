@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from app.api.params import COMMON_ERRORS, errors
 from app.api.state import ServicesDep
 from app.errors import GatewayError
+from app.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -64,5 +65,4 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
             responses=errors(COMMON_ERRORS))
 async def metrics(services: ServicesDep) -> PlainTextResponse:
     """Counters and gauges in the Prometheus text format."""
-    return PlainTextResponse(services.metrics.render(),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+    return PlainTextResponse(services.metrics.render(), media_type=CONTENT_TYPE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,9 @@ from app.dicomweb.mediatypes import DICOM_JSON
 from app.errors import GatewayError
 
 log = logging.getLogger(__name__)
+#: Where the DIMSE status behind an error response is left in the ASGI scope (the audit trail
+#: reports it as the DICOM outcome).
+DIMSE_STATUS_KEY = "dwg.dimse_status"
 
 
 def problem_body(message: str, dimse_status: int | None = None) -> bytes:
@@ -42,6 +46,8 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     level = logging.WARNING if exc.http_status >= 500 else logging.INFO
     log.log(level, "%s %s -> %d: %s", request.method, request.url.path, exc.http_status,
             exc.detail)
+    if exc.dimse_status is not None:
+        request.scope[DIMSE_STATUS_KEY] = exc.dimse_status
     return problem(exc.http_status, exc.message, dimse_status=exc.dimse_status,
                    headers=exc.headers)
 
@@ -68,12 +74,26 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+_STORE_PATH = re.compile(r"/studies(/[^/]+)?/?$")
+
+
+def _turned_off(request: Request) -> str | None:
+    """Why a POST to a Store resource has no route: STOW-RS is off (``read_only``); the
+    routes are then not mounted, so the 405 and its Allow header come from the router."""
+    if request.method == "POST" and getattr(request.app.state, "read_only", False) \
+            and _STORE_PATH.search(request.url.path):
+        return ("STOW-RS is turned off on this gateway (read_only): it stores nothing; "
+                "see docs/operations.md")
+    return None
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        message = _turned_off(request) or message
     return problem(exc.status_code, message, headers=headers)
 
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydicom.dataset import Dataset
 from starlette.responses import Response
 
+from app.api.compression import body_encoder, choose_coding, encoded_headers
 from app.api.deps import DicomWebRequest, RequestDep
 from app.api.params import COMMON_ERRORS, SeriesUID, StudyUID, errors
 from app.api.warning import ignored_parameters_text, warning_value
 from app.dicomweb.attributes import QueryLevel
-from app.dicomweb.dicomjson import dataset_to_json, encode_json
 from app.dicomweb.dicomxml import dataset_to_xml
 from app.dicomweb.mediatypes import DICOM_JSON, DICOM_XML, QIDO_OFFERS, negotiate
 from app.dicomweb.multipart import encode_multipart, multipart_content_type, new_boundary
 from app.dicomweb.refs import check_uid
 from app.dicomweb.search import SearchQuery, parse_search
-from app.dicomweb.tags import STUDY_INSTANCE_UID
+from app.dicomweb.tags import SERIES_INSTANCE_UID, SERIES_RELATED_INSTANCES, STUDY_INSTANCE_UID
 from app.errors import NotAcceptable
+from app.services.search_result import SearchResult
 
 router = APIRouter(tags=["QIDO-RS"])
 
@@ -86,16 +86,17 @@ async def _search(
         max_limit=settings.qido_max_limit,
     )
     base = req.base_url
-    result = await services.query(name).search(query, base)
-    if level == QueryLevel.STUDY and result.datasets:
-        found = [str(ds.StudyInstanceUID) for ds in result.datasets if "StudyInstanceUID" in ds]
+    result = await services.searcher(name).search(query, base)
+    if level == QueryLevel.STUDY and len(result):
+        found = [str(uid) for uid in result.first_values(STUDY_INSTANCE_UID) if uid]
         services.prefetch_studies(name, found)
         if _names_studies(query):
             services.prefetch_looked_up(name, found)
-    if level == QueryLevel.SERIES and study is not None and result.datasets:
+    if level == QueryLevel.SERIES and study is not None and len(result):
         services.prefetch_series(name, study, [
-            (str(ds.SeriesInstanceUID), _count(ds, "NumberOfSeriesRelatedInstances"))
-            for ds in result.datasets if "SeriesInstanceUID" in ds])
+            (str(uid), _count(count)) for uid, count in zip(
+                result.first_values(SERIES_INSTANCE_UID),
+                result.first_values(SERIES_RELATED_INSTANCES), strict=True) if uid])
     warnings = list(result.warnings)
     if query.fuzzy:
         warnings.append(FUZZY_WARNING)
@@ -108,7 +109,7 @@ async def _search(
     if query.ignored:
         warnings.append(ignored_parameters_text(query.ignored))
     headers = [("Warning", warning_value(base, w)) for w in warnings]
-    if not result.datasets:
+    if not len(result):
         response = Response(status_code=204)
     elif negotiated.offer.part_type == DICOM_XML:
         boundary = new_boundary()
@@ -116,11 +117,24 @@ async def _search(
                                 boundary)
         response = Response(body, media_type=multipart_content_type(DICOM_XML, boundary))
     else:
-        body = encode_json([dataset_to_json(ds) for ds in result.datasets])
-        response = Response(body, media_type=DICOM_JSON)
+        response = await _json_response(req, result)
     for key, value in headers:
         response.headers.append(key, value)
     return response
+
+
+async def _json_response(req: DicomWebRequest, result: SearchResult) -> Response:
+    """The results as DICOM JSON, in the content coding the client accepts when they are worth
+    compressing: encoded here rather than by the middleware, so that identical searches
+    answered from one stored result compress it once (SearchResult.encoded_body)."""
+    settings = req.services.settings
+    body = result.json_body()
+    coding = (choose_coding(req.request.headers.get("accept-encoding"))
+              if settings.compress_responses else None)
+    if coding is None or len(body) < settings.compress_min_bytes:
+        return Response(body, media_type=DICOM_JSON)
+    return Response(await result.encoded_body(coding, body_encoder(coding)),
+                    media_type=DICOM_JSON, headers=encoded_headers(coding))
 
 
 def _names_studies(query: SearchQuery) -> bool:
@@ -129,10 +143,9 @@ def _names_studies(query: SearchQuery) -> bool:
                and not any("*" in v or "?" in v for v in key.values) for key in query.matches)
 
 
-def _count(ds: Dataset, keyword: str) -> int | None:
-    """An integer attribute of a search result, None when absent or not a number."""
+def _count(value: Any) -> int | None:
+    """An integer attribute's value in a search result, None when absent or not a number."""
     try:
-        value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None

@@ -192,7 +192,7 @@ def _image_response(image: RenderedImage, headers: dict[str, str],
 def _render_service(req: DicomWebRequest) -> RenderService:
     """The rendering service of the request's PACS; 404 for an unknown one. Routes ask for it
     first, so that an unknown PACS is reported before a fault of the Accept or parameters."""
-    return RenderService(req.services.retrieve(req.pacs), req.services.query(req.pacs))
+    return RenderService(req.services.wado(req.pacs), req.services.searcher(req.pacs))
 
 
 async def _multipart(first: RenderedImage, rest: AsyncGenerator[RenderedImage, None], base: str,

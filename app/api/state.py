@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from app.services.registry import Services
 
 
-def get_services(request: Request) -> Services:
-    """The Services object stored on the app by the lifespan."""
+async def get_services(request: Request) -> Services:
+    """The Services object stored on the app by the lifespan (a coroutine, as every dependency
+    here is: FastAPI runs a plain function in its thread pool, a thread hop per request)."""
     services: Services = request.app.state.services
     return services
 

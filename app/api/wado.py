@@ -7,7 +7,6 @@ short without its closing delimiter so the client sees the truncation (PS3.18 8.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 from starlette.responses import Response, StreamingResponse
 
-from app.api.compression import choose_coding, coded_etag, encode_body
+from app.api.compression import body_encoder, choose_coding, coded_etag, encoded_headers
 from app.api.deps import DicomWebRequest, RequestDep
 from app.api.params import (
     COMMON_ERRORS,
@@ -69,7 +68,7 @@ from app.dicomweb.transfer_syntax import (
 from app.dicomweb.urls import instance_url
 from app.dicomweb.ziparchive import ZipStream
 from app.errors import GatewayError, NotAcceptable
-from app.services.retrieve import Ref
+from app.services.pacs_retrieval import Ref
 from app.services.wado import MetadataItem, WireInstance, bulk_uri_minter
 
 log = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ async def _retrieve(req: DicomWebRequest, ref: Ref) -> Response:
     if unchanged is not None:
         return unchanged
     base = req.base_url
-    instances = req.services.retrieve(name).instances(ref, wanted)
+    instances = req.services.wado(name).instances(ref, wanted)
     first = await _peek(instances)
     if chosen.offer.media_type == ZIP:
         return _zip_stream(name, ref, first, instances, headers)
@@ -266,7 +265,7 @@ async def _metadata(req: DicomWebRequest, ref: Ref) -> Response:
     if unchanged is not None:
         return unchanged
     base = req.base_url
-    wado = req.services.retrieve(name)
+    wado = req.services.wado(name)
     if chosen.offer.part_type == DICOM_XML:
         datasets = wado.metadata_datasets(ref, base)
         first = await _peek(datasets)
@@ -311,15 +310,11 @@ async def _encoded_series_metadata(req: DicomWebRequest, ref: SeriesRef,
         return None
     variant = hashlib.sha256("\x1f".join((req.base_url, coding, etag)).encode()).hexdigest()
 
-    async def encode(body: bytes) -> bytes:
-        return await asyncio.to_thread(encode_body, body, coding)
-
-    body = await req.services.retrieve(req.pacs).encoded_series_metadata(
-        ref, req.base_url, variant, encode)
+    body = await req.services.wado(req.pacs).encoded_series_metadata(
+        ref, req.base_url, variant, body_encoder(coding))
     if body is None:
         return None
-    sent = {**headers, "ETag": coded_etag(etag, coding), "Content-Encoding": coding,
-            "Vary": "Accept-Encoding"}
+    sent = {**headers, "ETag": coded_etag(etag, coding), **encoded_headers(coding)}
     return Response(body, media_type=DICOM_JSON, headers=sent)
 
 
@@ -382,7 +377,7 @@ async def retrieve_frames(req: RequestDep, study: StudyUID, series: SeriesUID,
     if unchanged is not None:
         return unchanged
     base = req.base_url
-    parts = req.services.retrieve(name).frames(ref, numbers, wanted)
+    parts = req.services.wado(name).frames(ref, numbers, wanted)
     first = await _peek(parts)
     location = instance_url(base, study, series, instance) + "/frames/"
     return _frame_stream(name, first, parts, lambda f: f"{location}{f.number}",
@@ -401,7 +396,7 @@ async def retrieve_bulkdata(req: RequestDep, study: StudyUID, series: SeriesUID,
     headers, unchanged = await req.validators(ref, _representation(chosen))
     if unchanged is not None:
         return unchanged
-    values = req.services.retrieve(name).bulkdata(ref, reference, wanted)
+    values = req.services.wado(name).bulkdata(ref, reference, wanted)
     first = await _peek(values)
     location = str(req.request.url.remove_query_params("accept"))
     return _frame_stream(name, first, values, lambda _: location,

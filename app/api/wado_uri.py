@@ -219,7 +219,7 @@ async def retrieve_wado_uri(
     if unchanged is not None:
         return unchanged
     headers["Content-Location"] = _location(request, services)
-    wado = services.retrieve(name)
+    wado = services.wado(name)
     if media_type == DICOM:
         wire: WireInstance | None = None
         async for candidate in wado.instances(ref, preferences):

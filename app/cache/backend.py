@@ -20,6 +20,19 @@ class CacheBackend(ABC):
     """Async key/value store with locks and event logs; all values are bytes."""
 
     name: str = "backend"
+    #: Whether other processes (workers, replicas) see what this backend holds.
+    spans_processes: bool = False
+
+    @property
+    def answering(self) -> bool:
+        """Whether the backend answers now, as far as it knows (only a backend that tracks
+        outages says otherwise)."""
+        return True
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see what is written now: it spans processes and answers."""
+        return self.spans_processes and self.answering
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None:

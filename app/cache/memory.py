@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.cache.backend import CacheBackend
+from app.cache.heap import keep_freed_memory
 
 
 class MemoryBackend(CacheBackend):
@@ -24,6 +25,7 @@ class MemoryBackend(CacheBackend):
 
     def __init__(self, max_bytes: int, max_object_bytes: int | None = None) -> None:
         self._max_bytes = max_bytes
+        keep_freed_memory(max_bytes)  # a refill reuses what an eviction freed
         self._max_object = max_object_bytes if max_object_bytes is not None else max_bytes
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._bytes = 0
@@ -168,9 +170,9 @@ class MemoryBackend(CacheBackend):
         if events:
             return events
         cond = self._condition(key)
-        try:
-            async with cond:
-                await asyncio.wait_for(cond.wait(), timeout)
+        try:  # asyncio.timeout keeps a cancellation that lands with the wake-up (see redis)
+            async with asyncio.timeout(timeout), cond:
+                await cond.wait()
         except TimeoutError:
             pass
         return await self.read_events(key, start)

@@ -5,6 +5,9 @@ in one Cluster slot. Locks are SET NX PX with token-checked renew/release script
 lists with a PUBLISH on a single channel to wake waiters (polling remains as a fallback, and is
 the only mechanism on a Cluster, where pub/sub is not used).
 
+Values are read over a raw pipelined connection of their own (``redis_reader``) on plain TCP
+URLs, with one copy per value; other commands, TLS and Cluster URLs use redis-py.
+
 Batches of a cache fill (instances, then their events) are written by one thread of their own
 over a synchronous connection, pipelined: the socket writes of hundreds of megabytes then run
 outside the event loop (and the GIL), at a lower CPU priority than the requests being served.
@@ -29,6 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 from app.cache.backend import CacheBackend, CacheUnavailable
+from app.cache.redis_reader import RedisBulkReader, supports
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "dwg:events"
@@ -49,6 +53,8 @@ return 0
 ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
           redis_errors.ClusterDownError, redis_errors.BusyLoadingError,
           redis_errors.RedisClusterException)
+MAX_VALUE = 512 * 1024 * 1024  # the largest value read when objects are not capped
+LISTENER_STOP_S = 2.0  # how long close() waits for the pub/sub listener to end
 WRITER_NICENESS = 5  # the batch writer thread yields the CPU to the event loop's thread
 
 
@@ -62,6 +68,7 @@ class RedisBackend(CacheBackend):
     """Cache in Redis; every value expires after ``default_ttl`` unless given its own TTL."""
 
     name = "redis"
+    spans_processes = True
 
     def __init__(self, url: str, *, cluster: bool = False, default_ttl: float | None = None,
                  max_object_bytes: int | None = None, prefix: str = "dwg:",
@@ -84,6 +91,11 @@ class RedisBackend(CacheBackend):
         self._waiters: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # how many wait_events calls use each waiter
         self._listener: asyncio.Task[None] | None = None
+        # Reads of values go through a raw pipelined connection where the URL allows it.
+        self._reader = (RedisBulkReader(url, timeout=socket_timeout,
+                                        max_value=(max_object_bytes or MAX_VALUE) + 4096)
+                        if supports(url) and not cluster else None)
+        self._closing = False
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -92,12 +104,16 @@ class RedisBackend(CacheBackend):
             raise CacheUnavailable(f"redis: {exc}") from exc
 
     async def get(self, key: str) -> bytes | None:
+        if self._reader is not None:
+            return await self._reader.get(key)
         value = await self._call(self._redis.get(key))
         return bytes(value) if value is not None else None
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
+        if self._reader is not None:
+            return await self._reader.get_many(keys)
         if self._cluster:
             return [await self.get(k) for k in keys]
         values = await self._call(self._redis.mget(list(keys)))
@@ -232,8 +248,12 @@ class RedisBackend(CacheBackend):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the wait's
+                # result when a cancellation lands just after the wake-up, and the cancelled
+                # caller (a C-MOVE's relay, a follower) would go on waiting.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.wait(), min(poll, remaining))
+                    async with asyncio.timeout(min(poll, remaining)):
+                        await waiter.wait()
                 waiter.clear()
                 events = await self.read_events(key, start)
                 if events:
@@ -253,7 +273,7 @@ class RedisBackend(CacheBackend):
     async def _listen(self) -> None:
         """Wake local waiters when any process appends to an event log."""
         assert isinstance(self._redis, Redis)
-        while True:
+        while not self._closing:
             try:
                 pubsub = self._redis.pubsub()
                 await pubsub.subscribe(EVENTS_CHANNEL)
@@ -305,10 +325,14 @@ class RedisBackend(CacheBackend):
         return False
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._closing = True
         if self._listener is not None:
+            # Bounded: a cancellation landing as a redis-py call completes can be lost on
+            # Python 3.11 (see wait_events), and the listener would then listen on.
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+            await asyncio.wait({self._listener}, timeout=LISTENER_STOP_S)
         with contextlib.suppress(Exception):
             await self._redis.aclose()
         if self._writer is not None:

@@ -21,6 +21,8 @@ T = TypeVar("T")
 class ResilientBackend(CacheBackend):
     """Delegates to ``primary``; on CacheUnavailable switches to ``fallback`` and re-probes."""
 
+    spans_processes = True  # built around a shared backend (Redis); its fallback is not
+
     def __init__(self, primary: CacheBackend, fallback: MemoryBackend,
                  retry_interval: float = 2.0,
                  on_error: Callable[[], None] | None = None) -> None:
@@ -38,6 +40,11 @@ class ResilientBackend(CacheBackend):
     def healthy(self) -> bool:
         """False while the primary is unreachable."""
         return self._down_since is None
+
+    @property
+    def answering(self) -> bool:
+        """False while the primary is unreachable (writes land in the process-local fallback)."""
+        return self.healthy
 
     async def _probe(self) -> bool:
         """Ping the primary (one probe at a time); True, and healthy again, if it answers."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,26 @@ def _decode_query(raw: bytes | None) -> dict[str, Any] | None:
     return result
 
 
+class MoveRelayKeys:
+    """Key names of the C-MOVE relay (not per PACS): one C-MOVE's event log and the instances
+    it names share the hash tag ``{originator:message id}``."""
+
+    @staticmethod
+    def log(originator: str, message_id: int) -> str:
+        """The event log naming each instance published for that C-MOVE."""
+        return f"dwg:mv:{{{originator.strip()}:{message_id}}}"
+
+    @classmethod
+    def instance(cls, originator: str, message_id: int, sop: str) -> str:
+        """One published instance."""
+        return f"{cls.log(originator, message_id)}:{sop}"
+
+    @classmethod
+    def message_id(cls, originator: str, message_id: int) -> str:
+        """The lock that reserves a Message ID among all workers using one AE title."""
+        return f"{cls.log(originator, message_id)}:id"
+
+
 class Keys:
     """Key names for one PACS; series keys carry the ``{series}`` hash tag."""
 
@@ -122,6 +143,11 @@ class Keys:
 
     def query(self, digest: str) -> str:
         return f"{self._p}q2:{digest}"  # q2: results without RetrieveURL
+
+    def query_generation(self) -> str:
+        """A token that every search digest includes; a store replaces it, so no search
+        answered before the store is reused after it."""
+        return f"{self._p}qgen"
 
     def query_flight(self, digest: str) -> str:
         """The result of the latest coalesced run of a search (kept briefly for its followers)."""
@@ -189,11 +215,14 @@ class GatewayCache:
 
     # metadata ------------------------------------------------------------------------------
 
-    async def put_metadata(self, series: str, sop: str, raw: bytes, token: str) -> None:
-        """Store an instance's DICOM JSON whose URLs were minted under the base ``token``."""
-        head = token.encode()
-        await self.backend.set(self.keys.metadata(series, sop),
-                               _METADATA_MAGIC + bytes([len(head)]) + head + raw, self._ttl)
+    async def put_metadata_many(self, items: list[tuple[str, str, bytes]], token: str) -> None:
+        """Store (series, SOP instance, DICOM JSON) of several instances whose URLs were
+        minted under the base ``token``, in one batch (one round trip to Redis)."""
+        encoded = token.encode()
+        head = _METADATA_MAGIC + bytes([len(encoded)]) + encoded
+        await self.backend.write_batch(
+            [(self.keys.metadata(series, sop), head + raw, self._ttl)
+             for series, sop, raw in items], [])
 
     async def get_metadata(self, series: str, sops: list[str],
                            base_url: str) -> list[bytes | None]:
@@ -277,6 +306,17 @@ class GatewayCache:
 
     # query results -------------------------------------------------------------------------
 
+    async def query_generation(self) -> str:
+        """The current query generation (empty until the first store)."""
+        raw = await self.backend.get(self.keys.query_generation())
+        return raw.decode() if raw is not None else ""
+
+    async def new_query_generation(self) -> None:
+        """Start a new query generation: searches cached or coalesced until now are not
+        reused (they may miss instances just stored)."""
+        await self.backend.set(self.keys.query_generation(), secrets.token_hex(8).encode(),
+                               None)
+
     @staticmethod
     def query_digest(parts: Iterable[str]) -> str:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
@@ -317,6 +357,19 @@ class GatewayCache:
         if index is not None:
             removed += await self.backend.delete(self.keys.study_series_list(index.study_uid))
         return removed
+
+    async def forget_stored(self, study: str, series: str, sops: Iterable[str]) -> int:
+        """What instances just stored into ``series`` make stale: the series index (the
+        series is no longer known complete, so the next retrieval asks the PACS), its summary
+        (count and classes), the study's series list (the series may be new), and any entry
+        of the stored instances themselves (an instance stored again). A series' encoded
+        metadata needs nothing: it is named by the series' content (the ETag). Fill locks and
+        event logs are left alone (a fill in progress must not lose its lock)."""
+        keys = [self.keys.series_index(series), self.keys.summary(series),
+                self.keys.study_series_list(study)]
+        for sop in sops:
+            keys += [self.keys.instance(series, sop), self.keys.metadata(series, sop)]
+        return await self.backend.delete(*keys)
 
     async def evict_study(self, study: str) -> int:
         """Remove every cached series of a study (those marked, and those its series list

@@ -1,35 +1,49 @@
-"""Writing a fill's instances to the cache beside the fill: each verified instance is announced
-to the fill's local followers at once and queued; queued instances are written in batches, each
-batch with the shared-log events that announce it to other processes (on Redis from a writer
-thread of its own, see redisbackend).
+"""Writing a fill's instances to the cache behind the fill, so that the retrieval (and the
+requests reading it) run at the PACS's pace rather than the cache's: each verified instance is
+announced to the fill's local followers at once and queued; queued instances are written in
+batches (on Redis from a writer thread of its own, see redisbackend), each batch with the
+shared-log events that announce it to other processes, so another process never hears of an
+instance before it can read it. Local followers take a queued instance from memory
+(``pending``). A byte budget bounds what waits to be written (the fill waits for room beyond
+it). The fill publishes ``done`` only after ``finish``: every batch is written by then.
 
-For now ``add`` returns only once its instance is written (write-through): with the fill
-running ahead of its writes, one request in 20 of a C-MOVE retrieval spread over two replicas
-sharing Redis hung in about one run in four (tests/integration/test_cache_workers.py); the
-cause is not yet found. Local followers still read the local log without round trips, and the
-socket writes still run in the writer thread."""
+The fill once waited for each write (write-through) because a C-MOVE retrieval over two
+replicas hung about one run in four with this design. The cause was not here: leaving the
+C-MOVE cancels its relay task (services/move_relay.py), and on Python 3.11 that cancellation
+can be lost when it lands just as an awaited call completes (``asyncio.wait_for`` returns the
+result instead of raising; redis-py uses it too), so the relay polled on and the fill never
+ended. Running ahead made the C-MOVE end right as the relay was woken for its last instance.
+The relay now also stops on a flag and is waited for with a bound, and the event-log waits use
+``asyncio.timeout``; tests/component/test_relay_cancellation.py reproduces the race."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from app.cache.singleflight import FillContext, FillEvent
 from app.cache.store import CachedInstance, GatewayCache
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_PENDING = 32 * 1024 * 1024
 
 
 class WriteBehind:
     """The instances of one fill on their way into the cache (series ``series``)."""
 
     def __init__(self, cache: GatewayCache, series: str, ctx: FillContext, *,
-                 on_declined: Callable[[CachedInstance], None] | None = None) -> None:
+                 on_declined: Callable[[CachedInstance], None] | None = None,
+                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
         """``on_declined`` gets each instance the cache refused (e.g. over its size cap)."""
         self._cache = cache
         self._on_declined = on_declined
         self.series = series
         self._ctx = ctx
+        self._max_pending = max_pending
         self._queue: list[CachedInstance] = []
         self._pending: dict[str, CachedInstance] = {}  # queued or being written, by SOP UID
+        self._pending_bytes = 0
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._error: Exception | None = None
@@ -41,17 +55,18 @@ class WriteBehind:
         return self._pending.get(sop)
 
     async def add(self, item: CachedInstance) -> None:
-        """Queue ``item``, announce it to local followers and wait until it is written (see the
-        module's note). Raises what a previous batch raised (the cache is unreachable)."""
+        """Queue ``item`` and announce it to local followers; waits while the budget is full.
+        Raises what a previous batch raised (the cache is unreachable)."""
         if self._error is not None:
             raise self._error
         self._queue.append(item)
         self._pending[item.sop_instance_uid] = item
+        self._pending_bytes += len(item.data)
         self._ctx.publish_local(FillEvent("instance", sop=item.sop_instance_uid))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._flush(), name=f"write behind {self.series}")
-        while item.sop_instance_uid in self._pending and self._error is None:
+        while self._pending_bytes > self._max_pending and self._error is None:
             self._room.clear()
             await self._room.wait()
 
@@ -69,6 +84,7 @@ class WriteBehind:
                     if not ok and self._on_declined is not None:
                         self._on_declined(item)
                     self._pending.pop(item.sop_instance_uid, None)
+                    self._pending_bytes -= len(item.data)
                 self._room.set()
         except Exception as exc:  # kept for the fill, which raises it (add, finish)
             self._error = exc

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -191,6 +191,7 @@ class DemoPacs:
         omit_sop_class: bool = False,
         refuse_get: int | Literal["context"] | None = None,
         find_limit: int = 0,
+        store_status: Callable[[Dataset], int] | None = None,
     ) -> None:
         """``response_delay`` (seconds) is slept before each C-FIND match and each C-GET or
         C-MOVE sub-operation, to imitate a slow PACS in timeout and cancel tests.
@@ -203,7 +204,11 @@ class DemoPacs:
         presentation contexts at association time (as dcmqrscp ``--disable-get`` does); a
         status (e.g. 0xA702 or 0xC000) answers every C-GET with it before any sub-operation.
         ``find_limit`` (> 0) caps C-FIND answers like Orthanc's ``LimitFindResults``: past that
-        many matches the C-FIND ends with Cancel (FE00) although nobody asked."""
+        many matches the C-FIND ends with Cancel (FE00) although nobody asked.
+        ``store_status`` answers each C-STORE with the status it returns for the data set
+        (a failure stores nothing; success and warnings, 0xB000-0xBFFF, store it), to imitate
+        a PACS that refuses or coerces some instances."""
+        self._store_status = store_status
         self._find_limit = max(0, find_limit)
         self._refuse_get = refuse_get
         self._relational_queries = relational_queries
@@ -216,8 +221,11 @@ class DemoPacs:
         self._instances: dict[str, Dataset] = {}
         self._destinations: dict[str, tuple[str, int]] = dict(move_destinations or {})
         self._counts: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
+        self._associations = 0
         self._server: ThreadedAssociationServer | None = None
         self._cancels = _CancelRegister()
+        self._open: set[int] = set()  # established associations, by id
+        self._peak_open = 0
         for ds in datasets:
             self.add(ds)
 
@@ -256,10 +264,47 @@ class DemoPacs:
         with self._lock:
             return dict(self._counts)
 
+    @property
+    def associations(self) -> int:
+        """Associations accepted since start (or the last reset)."""
+        with self._lock:
+            return self._associations
+
     def reset_operation_counts(self) -> None:
-        """Set every counter back to zero."""
+        """Set every counter (and the association count) back to zero."""
         with self._lock:
             self._counts = dict.fromkeys(OPERATIONS, 0)
+            self._associations = 0
+
+    def _on_accepted(self, event: Event) -> None:
+        with self._lock:
+            self._associations += 1
+
+    @property
+    def open_associations(self) -> int:
+        """Associations established and not yet released, aborted or disconnected."""
+        with self._lock:
+            return len(self._open)
+
+    @property
+    def peak_associations(self) -> int:
+        """The most associations open at once since start (or the last reset)."""
+        with self._lock:
+            return self._peak_open
+
+    def reset_peak_associations(self) -> None:
+        """Start counting the peak again from the associations open now."""
+        with self._lock:
+            self._peak_open = len(self._open)
+
+    def _on_established(self, event: Event) -> None:
+        with self._lock:
+            self._open.add(id(event.assoc))
+            self._peak_open = max(self._peak_open, len(self._open))
+
+    def _on_closed(self, event: Event) -> None:
+        with self._lock:
+            self._open.discard(id(event.assoc))
 
     def _count(self, operation: str) -> None:
         with self._lock:
@@ -304,6 +349,11 @@ class DemoPacs:
             raise RuntimeError("DemoPacs is already running")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_tcp_nodelay),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_DIMSE_RECV, self._cancels.on_dimse_recv),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -359,8 +409,10 @@ class DemoPacs:
         except Exception:  # undecodable data set: "cannot understand" (PS3.4 B.2.3)
             LOGGER.exception("Demo PACS could not decode a C-STORE data set")
             return _STORE_CANNOT_UNDERSTAND
-        self.add(ds)
-        return _SUCCESS
+        status = self._store_status(ds) if self._store_status is not None else _SUCCESS
+        if status == _SUCCESS or 0xB000 <= status <= 0xBFFF:
+            self.add(ds)
+        return status
 
     def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         """C-FIND SCP (PS3.4 C.4.1): pending per match, in a stable order; honours C-CANCEL."""

@@ -11,7 +11,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from app.dicomweb.tags import MEDIA_STORAGE_SOP_CLASS_UID, SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID
+from app.dicomweb.tags import (
+    MEDIA_STORAGE_SOP_CLASS_UID,
+    MEDIA_STORAGE_SOP_INSTANCE_UID,
+    SOP_INSTANCE_UID,
+    TRANSFER_SYNTAX_UID,
+)
 
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
@@ -157,10 +162,12 @@ def _dataset_start(data: bytes) -> int:
     return start
 
 
-def _walk(data: bytes, transfer_syntax: str, wanted: int, stop: bool) -> str | None:
+def _walk(data: bytes, transfer_syntax: str, wanted: int, stop: bool,
+          start: int | None = None) -> str | None:
     if transfer_syntax in NOT_WALKABLE:
         return None
-    start = _dataset_start(data)
+    if start is None:
+        start = _dataset_start(data)
     walker = _Walker(data, transfer_syntax != IMPLICIT_LE, wanted, stop)
     try:
         walker.dataset(start, len(data), 0, in_item=False)
@@ -171,27 +178,31 @@ def _walk(data: bytes, transfer_syntax: str, wanted: int, stop: bool) -> str | N
     return walker.value
 
 
-def walk_part10(data: bytes, transfer_syntax: str) -> str | None:
-    """The SOP Instance UID of a complete, well-formed Part-10 instance; Malformed otherwise;
+def walk_part10(data: bytes, transfer_syntax: str, dataset_start: int | None = None
+                ) -> str | None:
+    """The SOP Instance UID of a complete, well-formed Part-10 instance (whose data set starts
+    at ``dataset_start``, by default after the preamble and File Meta); Malformed otherwise;
     None when the syntax cannot be walked here (use pydicom)."""
-    return _walk(data, transfer_syntax, SOP_INSTANCE_UID, stop=False)
+    return _walk(data, transfer_syntax, SOP_INSTANCE_UID, stop=False, start=dataset_start)
 
 
-def top_level_text(data: bytes, transfer_syntax: str, tag: int) -> str | None:
+def top_level_text(data: bytes, transfer_syntax: str, tag: int,
+                   dataset_start: int | None = None) -> str | None:
     """A top-level text value (e.g. SeriesInstanceUID) read by walking only the elements
     before it: microseconds, no pydicom. None if absent or the syntax cannot be walked here;
     Malformed if the bytes up to it are."""
-    return _walk(data, transfer_syntax, tag, stop=True)
+    return _walk(data, transfer_syntax, tag, stop=True, start=dataset_start)
 
 
 @dataclass(frozen=True, slots=True)
 class FileMeta:
     """What a Part-10 File Meta group says: where the data set starts, its transfer syntax,
-    and the Media Storage SOP Class UID (None when absent)."""
+    and the Media Storage SOP Class and Instance UIDs (None when absent)."""
 
     dataset_start: int
     transfer_syntax: str
     sop_class: str | None
+    sop_instance: str | None = None
 
 
 def read_file_meta(data: bytes) -> FileMeta | None:
@@ -202,22 +213,39 @@ def read_file_meta(data: bytes) -> FileMeta | None:
     end = 144 + _U32.unpack_from(data, 140)[0]
     if end > len(data):
         return None
+    return _meta_group(data, 144, end, to_end=True)
+
+
+def read_unprefixed_file_meta(data: bytes) -> FileMeta | None:
+    """The File Meta of bytes that start with the group 0002 elements themselves, without the
+    128-byte preamble and "DICM" prefix PS3.10 7.1 requires (what pydicom's ``dcmwrite`` of an
+    in-memory data set writes, and so what dicomweb-client sends); None unless they hold a
+    Transfer Syntax UID."""
+    return _meta_group(data, 0, len(data), to_end=False)
+
+
+def _meta_group(data: bytes, offset: int, end: int, *, to_end: bool) -> FileMeta | None:
+    """Walk group 0002 from ``offset``: every element up to ``end`` (``to_end``: the group's
+    declared length, which it must fill exactly) or while the tags are in group 0002. The data
+    set starts where the walk stops; None without a Transfer Syntax UID or if malformed."""
     found: dict[int, str] = {}
-    offset = 144
     try:
-        while offset < end:
+        while (offset < end if to_end
+               else offset + 8 <= end and _TAG.unpack_from(data, offset)[0] == 0x0002):
             tag, _, length, value = element_header(data, offset, end, explicit=True)
             if tag >> 16 != 0x0002 or length > end - value:
                 return None
-            if tag in (MEDIA_STORAGE_SOP_CLASS_UID, TRANSFER_SYNTAX_UID):
+            if tag in (MEDIA_STORAGE_SOP_CLASS_UID, MEDIA_STORAGE_SOP_INSTANCE_UID,
+                       TRANSFER_SYNTAX_UID):
                 found[tag] = _text(data, value, length)
             offset = value + length
     except Malformed:
         return None
     syntax = found.get(TRANSFER_SYNTAX_UID)
-    if offset != end or not syntax:
+    if not syntax or (to_end and offset != end):
         return None
-    return FileMeta(end, syntax, found.get(MEDIA_STORAGE_SOP_CLASS_UID))
+    return FileMeta(offset, syntax, found.get(MEDIA_STORAGE_SOP_CLASS_UID),
+                    found.get(MEDIA_STORAGE_SOP_INSTANCE_UID))
 
 
 def part10_meta(data: bytes) -> tuple[str, str] | None:

@@ -1,7 +1,9 @@
 """multipart/related framing (RFC 2046 5.1, RFC 2387; PS3.18 8.6.1.2): writer and strict parser.
 
 The writer is split into header, trailer and closing pieces so that responses can be streamed
-one part at a time; the parser is for STOW-RS request bodies and for tests.
+one part at a time. The parser is incremental (``MultipartParser``: bytes in as they arrive,
+part events out, holding no more than a delimiter's length of body between calls), so a STOW-RS
+request body is read as a stream; ``parse_multipart`` runs it over a whole body.
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ from app.dicomweb.mediatypes import split_outside_quotes, unquote
 
 __all__ = [
     "MultipartError",
+    "MultipartParser",
     "Part",
+    "PartData",
+    "PartEnd",
+    "PartEvent",
     "PartHeaders",
+    "PartStart",
     "closing_delimiter",
     "encode_multipart",
     "encode_part",
+    "multipart_boundary",
     "multipart_content_type",
     "new_boundary",
     "parse_content_type",
@@ -221,13 +229,8 @@ def _parse_headers(block: bytes) -> PartHeaders:
     return PartHeaders(items)
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[Part]:
-    """Parse a complete ``multipart/related`` body into parts, strictly.
-
-    The preamble and epilogue are ignored; every part must be followed by a delimiter, the
-    body must end with the close delimiter, and a part's Content-Length, when present, must
-    equal its body length. Raises ``MultipartError`` otherwise.
-    """
+def multipart_boundary(content_type: str) -> str:
+    """The boundary of a ``multipart/*`` Content-Type; MultipartError when there is none."""
     media_type, params = parse_content_type(content_type)
     if not media_type.startswith("multipart/"):
         raise MultipartError(f"not a multipart media type: {media_type!r}")
@@ -235,46 +238,223 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
     if not boundary:
         raise MultipartError("multipart Content-Type without a boundary")
     _check_boundary(boundary)
-    dash_boundary = b"--" + boundary.encode("ascii")
-    delimiter = CRLF + dash_boundary
+    return boundary
 
-    # The first dash-boundary is at the very start or follows the preamble's CRLF.
-    if body.startswith(dash_boundary):
-        pos = len(dash_boundary)
-    else:
-        index = body.find(delimiter)
-        if index < 0:
+
+@dataclass(frozen=True, slots=True)
+class PartStart:
+    """A part begins: its header fields (its body follows as PartData events)."""
+
+    headers: PartHeaders
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    """A piece of the current part's body, in order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartEnd:
+    """The current part's body is complete."""
+
+
+PartEvent = PartStart | PartData | PartEnd
+MAX_HEADER_BYTES = 16 * 1024  # a part's header block; real ones are a few hundred bytes
+_MAX_DELIMITER_LINE = 1024  # transport padding after a delimiter (RFC 2046 5.1.1)
+
+
+class MultipartParser:
+    """Incremental, strict ``multipart/related`` parser (RFC 2046 5.1.1).
+
+    ``feed`` bytes as they arrive and act on the events it returns; ``close`` at the end of
+    the body. Body bytes are handed on as soon as they cannot be the start of a delimiter, so
+    the parser itself holds at most a header block or a delimiter's length. The preamble and
+    the epilogue are ignored; every part must be followed by a delimiter, the body must end
+    with the close delimiter, and a part's Content-Length, when present, must equal its body
+    length. Raises MultipartError otherwise (and from then on)."""
+
+    def __init__(self, content_type: str, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        boundary = multipart_boundary(content_type)
+        self._dash_boundary = b"--" + boundary.encode("ascii")
+        self._delimiter = CRLF + self._dash_boundary
+        self._max_header = max_header_bytes
+        self._buffer = bytearray()
+        self._state = "preamble"
+        self._at_start = True  # nothing consumed yet: the body may open with the dash-boundary
+        self._remaining = 0  # body bytes still due, when the part has a Content-Length
+        self.parts = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the close delimiter has been seen."""
+        return self._state == "done"
+
+    def feed(self, data: bytes) -> list[PartEvent]:
+        """Take the next bytes of the body; the events they complete."""
+        if self._state == "failed":
+            raise MultipartError("the multipart body was already found malformed")
+        if self._state == "done":
+            return []  # epilogue
+        self._buffer += data
+        events: list[PartEvent] = []
+        try:
+            while self._step(events):
+                pass
+        except MultipartError:
+            self._state = "failed"
+            raise
+        return events
+
+    def close(self) -> None:
+        """The body has ended: MultipartError unless it ended with the close delimiter."""
+        if self._state == "done":
+            return
+        state, self._state = self._state, "failed"
+        if state == "preamble":
             raise MultipartError("multipart body without a boundary delimiter")
-        pos = index + len(delimiter)
+        if state in ("body", "length", "after-length"):
+            raise MultipartError("multipart body truncated: no delimiter after a part")
+        if state == "headers":
+            raise MultipartError("part headers not terminated by an empty line")
+        raise MultipartError("multipart body truncated after a delimiter")
 
-    parts: list[Part] = []
-    while True:
-        if body.startswith(b"--", pos):
-            return parts  # close delimiter; anything after it is epilogue
-        line_end = body.find(CRLF, pos)
-        if line_end < 0 or body[pos:line_end].strip(b" \t"):
-            raise MultipartError("boundary delimiter not followed by CRLF")
-        start = line_end + 2
-        if body.startswith(CRLF, start):
-            headers, content_start = PartHeaders(), start + 2
-        else:
-            header_end = body.find(CRLF + CRLF, start)
-            if header_end < 0:
-                raise MultipartError("part headers not terminated by an empty line")
-            headers = _parse_headers(body[start:header_end])
-            content_start = header_end + 4
-        length_text = headers.get("Content-Length")
-        if length_text is not None:
-            try:
-                length = int(length_text)
-            except ValueError:
-                raise MultipartError(f"invalid part Content-Length {length_text!r}") from None
-            content_end = content_start + length
-            if length < 0 or not body.startswith(delimiter, content_end):
+    # -- one step of the state machine: True when it made progress and may go on ---------------
+
+    def _step(self, events: list[PartEvent]) -> bool:
+        buf = self._buffer
+        if self._state == "preamble":
+            return self._preamble()
+        if self._state == "delimiter":
+            return self._after_delimiter()
+        if self._state == "headers":
+            return self._headers(events)
+        if self._state == "length":
+            if not buf:
+                return False
+            piece = bytes(buf[:self._remaining])
+            del buf[:len(piece)]
+            self._remaining -= len(piece)
+            events.append(PartData(piece))
+            if self._remaining == 0:
+                self._state = "after-length"
+            return True
+        if self._state == "after-length":
+            if len(buf) < len(self._delimiter):
+                if not self._delimiter.startswith(bytes(buf)):
+                    raise MultipartError("part Content-Length does not match the next delimiter")
+                return False
+            if not buf.startswith(self._delimiter):
                 raise MultipartError("part Content-Length does not match the next delimiter")
+            del buf[:len(self._delimiter)]
+            events.append(PartEnd())
+            self._state = "delimiter"
+            return True
+        if self._state == "body":
+            return self._body(events)
+        return False  # done or failed
+
+    def _preamble(self) -> bool:
+        buf = self._buffer
+        if self._at_start:
+            if len(buf) < len(self._dash_boundary) and self._dash_boundary.startswith(bytes(buf)):
+                return False
+            self._at_start = False
+            if buf.startswith(self._dash_boundary):
+                del buf[:len(self._dash_boundary)]
+                self._state = "delimiter"
+                return True
+        index = buf.find(self._delimiter)
+        if index < 0:
+            keep = len(self._delimiter) - 1
+            if len(buf) > keep:
+                del buf[:len(buf) - keep]
+            return False
+        del buf[:index + len(self._delimiter)]
+        self._state = "delimiter"
+        return True
+
+    def _after_delimiter(self) -> bool:
+        buf = self._buffer
+        if len(buf) < 2:
+            return False
+        if buf.startswith(b"--"):
+            self._state = "done"
+            buf.clear()
+            return False
+        line_end = buf.find(CRLF)
+        if line_end < 0:
+            if len(buf) > _MAX_DELIMITER_LINE or bytes(buf).strip(b" \t\r"):
+                raise MultipartError("boundary delimiter not followed by CRLF")
+            return False
+        if buf[:line_end].strip(b" \t"):
+            raise MultipartError("boundary delimiter not followed by CRLF")
+        del buf[:line_end + 2]
+        self._state = "headers"
+        return True
+
+    def _headers(self, events: list[PartEvent]) -> bool:
+        buf = self._buffer
+        if len(buf) < 2:
+            return False
+        if buf.startswith(CRLF):
+            headers, consumed = PartHeaders(), 2
         else:
-            content_end = body.find(delimiter, content_start)
-            if content_end < 0:
-                raise MultipartError("multipart body truncated: no delimiter after a part")
-        parts.append(Part(headers=headers, body=body[content_start:content_end]))
-        pos = content_end + len(delimiter)
+            end = buf.find(CRLF + CRLF)
+            if end < 0:
+                if len(buf) > self._max_header:
+                    raise MultipartError(f"part headers longer than {self._max_header} bytes")
+                return False
+            headers, consumed = _parse_headers(bytes(buf[:end])), end + 4
+        del buf[:consumed]
+        self.parts += 1
+        events.append(PartStart(headers))
+        length_text = headers.get("Content-Length")
+        if length_text is None:
+            self._state = "body"
+            return True
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise MultipartError(f"invalid part Content-Length {length_text!r}") from None
+        if length < 0:
+            raise MultipartError("part Content-Length does not match the next delimiter")
+        self._remaining = length
+        self._state = "length" if length else "after-length"
+        return True
+
+    def _body(self, events: list[PartEvent]) -> bool:
+        buf = self._buffer
+        index = buf.find(self._delimiter)
+        if index < 0:
+            keep = len(self._delimiter) - 1
+            if len(buf) > keep:
+                events.append(PartData(bytes(buf[:len(buf) - keep])))
+                del buf[:len(buf) - keep]
+            return False
+        if index:
+            events.append(PartData(bytes(buf[:index])))
+        del buf[:index + len(self._delimiter)]
+        events.append(PartEnd())
+        self._state = "delimiter"
+        return True
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[Part]:
+    """Parse a complete ``multipart/related`` body into parts, strictly (see MultipartParser).
+
+    Raises ``MultipartError`` for a body that does not follow RFC 2046."""
+    parser = MultipartParser(content_type, max_header_bytes=max(MAX_HEADER_BYTES, len(body)))
+    parts: list[Part] = []
+    headers = PartHeaders()
+    chunks: list[bytes] = []
+    for event in parser.feed(body):
+        if isinstance(event, PartStart):
+            headers, chunks = event.headers, []
+        elif isinstance(event, PartData):
+            chunks.append(event.data)
+        else:
+            parts.append(Part(headers=headers, body=b"".join(chunks)))
+    parser.close()
+    return parts

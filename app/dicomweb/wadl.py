@@ -44,6 +44,7 @@ class WadlMethod:
     params: tuple[WadlParam, ...] = ()
     representations: tuple[str, ...] = ()
     success: tuple[int, ...] = (200,)
+    request_representations: tuple[str, ...] = ()  # media types of a request body (POST)
     failures: tuple[int, ...] = ()
 
 
@@ -79,10 +80,12 @@ def _param(parent: ET.Element, param: WadlParam) -> None:
 def _method(parent: ET.Element, method: WadlMethod) -> None:
     element = ET.SubElement(parent, _tag("method"), {"name": method.name, "id": method.id})
     ET.SubElement(element, _tag("doc"), {"title": method.title})
-    if method.params:
+    if method.params or method.request_representations:
         request = ET.SubElement(element, _tag("request"))
         for param in method.params:
             _param(request, param)
+        for media_type in method.request_representations:
+            ET.SubElement(request, _tag("representation"), {"mediaType": media_type})
     ok = ET.SubElement(element, _tag("response"),
                        {"status": " ".join(str(s) for s in method.success)})
     for media_type in method.representations:

@@ -19,6 +19,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from app.dimse.status import no_contexts, refused, unavailable
+from app.dimse.tls import CLOSED_AFTER_HANDSHAKE, client_tls_cached
+from app.dimse.tls import describe as describe_tls
 from app.settings import PacsPeer
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,16 @@ def open_association(
             rejection.update(result=primitive.result, source=primitive.result_source or 0,
                              reason=primitive.diagnostic or 0)
 
-    handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_ACSE_RECV, on_acse_recv)]
+    connected: list[bool] = []
+
+    def on_open(event: evt.Event) -> None:
+        connected.append(True)
+        set_nodelay(event)
+
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse_recv)]
     handlers.extend(evt_handlers)
+    tls = client_tls_cached(peer)
+    tls_args = tls.for_pynetdicom() if tls is not None else None
     assoc = ae.associate(
         peer.host,
         peer.port,
@@ -88,10 +98,16 @@ def open_association(
         ext_neg=list(ext_neg) if ext_neg else None,
         evt_handlers=handlers,
         max_pdu=0,
+        tls_args=tls_args,  # type: ignore[arg-type]
     )
     if assoc.is_established:
         return assoc
-    where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+    where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}"
+    where += ", DICOM TLS)" if tls is not None else ")"
+    tls_error = tls_args[0].tls_error if tls_args is not None else None
+    if tls_error is not None:
+        log.warning("%s: DICOM TLS: %s", where, describe_tls(tls_error))
+        raise unavailable(peer.name, f"{where}: DICOM TLS: {describe_tls(tls_error)}")
     if assoc.is_rejected:
         detail = (
             f"result {rejection.get('result', 0)}, source {rejection.get('source', 0)}, "
@@ -104,6 +120,9 @@ def open_association(
     if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
         raise no_contexts(peer.name,
                           f"{where} accepted none of the proposed presentation contexts")
+    if tls is not None and connected and not rejection:
+        log.warning("%s: %s", where, CLOSED_AFTER_HANDSHAKE)
+        raise unavailable(peer.name, f"{where}: {CLOSED_AFTER_HANDSHAKE}")
     raise unavailable(peer.name,
                       f"{where} is unreachable or did not answer the association request")
 

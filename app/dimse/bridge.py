@@ -10,19 +10,28 @@ C-CANCEL); when the consumer is cancelled or its deadline passes, registered abo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.errors import UpstreamTimeout
 
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+
+
+class Limiter(Protocol):
+    """What bounds concurrent operations: an ``asyncio.Semaphore``, or budget.SlotGate."""
+
+    async def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class Cancelled(Exception):
@@ -68,7 +77,8 @@ class Emitter(Generic[T]):
     def emit(self, item: T) -> None:
         """Hand one item to the consumer, waiting for room; raises Cancelled if it has gone."""
         while not self._capacity.acquire(timeout=0.05):
-            if self._cancelled.is_set():
+            if self._cancelled.is_set() or self._loop.is_closed():
+                self._cancelled.set()  # a closed loop has no consumer left to wait for
                 raise Cancelled()
         if self._cancelled.is_set():
             self._capacity.release()
@@ -104,7 +114,7 @@ class ThreadStream(Generic[T, R]):
         *,
         executor: Executor | None = None,
         maxsize: int = 16,
-        limiter: asyncio.Semaphore | None = None,
+        limiter: Limiter | None = None,
         deadline: float | None = None,
         what: str = "DIMSE operation",
         abort_on_early_exit: bool = False,
@@ -137,8 +147,9 @@ class ThreadStream(Generic[T, R]):
         if self._deadline_s is not None:
             self._deadline_at = time.monotonic() + self._deadline_s
         if self._limiter is not None:
-            try:
-                await asyncio.wait_for(self._limiter.acquire(), self._remaining())
+            try:  # asyncio.timeout: a cancellation is never taken for the acquisition
+                async with asyncio.timeout(self._remaining()):
+                    await self._limiter.acquire()
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"{self._what}: no free association slot before the deadline"
@@ -184,8 +195,9 @@ class ThreadStream(Generic[T, R]):
     async def __anext__(self) -> T:
         if self._finished:
             raise StopAsyncIteration
-        try:
-            item = await asyncio.wait_for(self._queue.get(), self._remaining())
+        try:  # asyncio.timeout: a cancellation is never taken for an item
+            async with asyncio.timeout(self._remaining()):
+                item = await self._queue.get()
         except TimeoutError:
             self.abort()
             raise UpstreamTimeout(f"{self._what} did not finish within its deadline") from None
@@ -236,3 +248,16 @@ def _run_quietly(callback: Callable[[], None]) -> None:
         callback()
     except Exception:  # an abort that fails has nothing left to clean up
         log.debug("abort callback failed", exc_info=True)
+
+
+def run_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, R],
+                timeout: float) -> R:
+    """Run ``coro`` on ``loop`` from another thread (a storage SCP thread of pynetdicom's
+    engine) and wait for its result, at most ``timeout`` seconds: TimeoutError after that
+    (the coroutine is cancelled), RuntimeError when the loop has closed."""
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"no answer from the event loop within {timeout:.0f} s") from None

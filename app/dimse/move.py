@@ -19,7 +19,7 @@ from app.dimse.association import (
 from app.dimse.bridge import Emitter
 from app.dimse.move_admission import MoveRouter
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
-from app.dimse.retrieve import read_to_final
+from app.dimse.retrieve_responses import read_to_final
 from app.errors import UpstreamNotSupported
 from app.settings import PacsPeer
 

@@ -28,9 +28,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from app.dimse.bridge import Cancelled, Emitter
 from app.settings import PacsPeer
@@ -306,31 +307,54 @@ class MoveRouter:
             return len(self._by_key)
 
 
-#: Called with an admitted instance no local C-MOVE wants: (instance, Move Originator AE Title,
-#: Move Originator Message ID, admitted PACS names, calling AE title, address) -> C-STORE status.
-Unrouted = Callable[["ReceivedInstance", str | None, int | None, frozenset[str], str, str], int]
+class Relayed(Enum):
+    """What became of an admitted instance no C-MOVE of this process wants, once offered to
+    the other workers (``Unrouted``)."""
+
+    RELAYED = "relayed"  # published for the worker whose C-MOVE it is
+    UNWANTED = "no other worker can want it"  # nothing to route it by, or no shared cache
+    UNAVAILABLE = "the shared cache cannot take it now"  # a transient failure
 
 
-def store_admitted(router: MoveRouter, on_unrouted: Unrouted | None, admission: Admission,
-                   calling: str, address: str, uid: str, originator: str | None,
-                   move_id: int | None, instance: Callable[[], ReceivedInstance]) -> int:
-    """The C-STORE status of one sub-operation on an admitted association, after handing the
-    instance to its C-MOVE (or to another worker); every refusal is logged. Blocks while the
-    retrieval's consumer is behind: call it from a Storage SCP thread, never the event loop."""
+#: Called on the event loop with an admitted instance no local C-MOVE wants: (instance, Move
+#: Originator AE Title, Move Originator Message ID, admitted PACS names, calling AE title,
+#: address) -> what became of it.
+Unrouted = Callable[["ReceivedInstance", str | None, int | None, frozenset[str], str, str],
+                    Coroutine[Any, Any, Relayed]]
+RELAY_WAIT_S = 35.0  # a storage SCP thread's wait for a relay (the relay's own limit is 30 s)
+
+
+def admit_store(router: MoveRouter, admission: Admission, calling: str, address: str, uid: str,
+                originator: str | None, move_id: int | None) -> StoreDecision:
+    """The verdict on one C-STORE sub-operation of an admitted association (quick, any
+    thread); a refusal is logged."""
     decision = router.admit_store(admission.peers, originator, move_id, uid)
     if decision.status is not None:
         log_refusal(calling, address, uid, decision.reason)
-        return decision.status
-    if decision.sink is not None:
-        status = decision.sink.deliver(instance())
-        if status != SUCCESS:
-            log_refusal(calling, address, uid, "the retrieval waiting for it was abandoned")
-        return status
-    if on_unrouted is not None:
-        status = on_unrouted(instance(), originator, move_id, admission.peers, calling, address)
-        if status != SUCCESS:
-            log_refusal(calling, address, uid,
-                        f"{decision.reason}, and it cannot be relayed to another worker")
-        return status
-    log_refusal(calling, address, uid, decision.reason)
-    return NOT_EXPECTED
+    return decision
+
+
+def deliver_admitted(sink: MoveSink, calling: str, address: str,
+                     instance: ReceivedInstance) -> int:
+    """Hand an admitted instance to its C-MOVE; the C-STORE status. Blocks while the
+    retrieval's consumer is behind: call it from a Storage SCP thread, never the event loop."""
+    status = sink.deliver(instance)
+    if status != SUCCESS:
+        log_refusal(calling, address, instance.sop_instance_uid,
+                    "the retrieval waiting for it was abandoned")
+    return status
+
+
+def unrouted_status(outcome: Relayed | None, decision: StoreDecision, calling: str,
+                    address: str, uid: str) -> int:
+    """The C-STORE status of an instance no local C-MOVE wants, from what the relay did with
+    it (None: there is no relay); a refusal is logged."""
+    if outcome is Relayed.RELAYED:
+        return SUCCESS
+    if outcome is None:
+        log_refusal(calling, address, uid, decision.reason)
+        return NOT_EXPECTED
+    log_refusal(calling, address, uid,
+                f"{decision.reason}, and it cannot be relayed to another worker "
+                f"({outcome.value})")
+    return OUT_OF_RESOURCES if outcome is Relayed.UNAVAILABLE else NOT_EXPECTED

@@ -37,41 +37,42 @@ def category(status: int) -> Category:
     return Category.FAILURE
 
 
+def _failure(status: int, operation: str, comment: str | None,
+             specific: dict[int, tuple[type[GatewayError], str]]) -> GatewayError:
+    """The error for a failed final status: the operation's own readings of some statuses
+    (``specific``), then those every operation shares (out of resources, SOP class not
+    supported), else a plain 502."""
+    text = f"{operation} failed with status 0x{status:04X}"
+    if comment:
+        text += f": {comment}"
+    readings: dict[int, tuple[type[GatewayError], str]] = {
+        **dict.fromkeys((0xA700, 0xA701, 0xA702), (UpstreamUnavailable,
+                                                    " (PACS out of resources)")),
+        **dict.fromkeys((0x0122, 0x0112), (UpstreamNotSupported, " (SOP class not supported)")),
+        **specific,
+    }
+    kind, reason = readings.get(status, (UpstreamError, ""))
+    return kind(text + reason, dimse_status=status)
+
+
 def find_failure(
     status: int, operation: str = "C-FIND", comment: str | None = None
 ) -> GatewayError:
     """The error to raise for a failed C-FIND final status (PS3.4 C.4.1.1.4)."""
-    text = f"{operation} failed with status 0x{status:04X}"
-    if comment:
-        text += f": {comment}"
-    if status in (0xA700, 0xA701, 0xA702):
-        return UpstreamUnavailable(text + " (PACS out of resources)", dimse_status=status)
-    if status == 0xA900:
-        return BadRequest(
-            text + " (identifier does not match SOP class: a query key the PACS refuses)",
-            dimse_status=status,
-        )
-    if status in (0x0122, 0x0112):
-        return UpstreamNotSupported(text + " (SOP class not supported)", dimse_status=status)
-    if status == 0xFE00:
-        return UpstreamError(text + " (cancelled by the PACS)", dimse_status=status)
-    return UpstreamError(text, dimse_status=status)
+    return _failure(status, operation, comment, {
+        0xA900: (BadRequest,
+                 " (identifier does not match SOP class: a query key the PACS refuses)"),
+        0xFE00: (UpstreamError, " (cancelled by the PACS)"),
+    })
 
 
 def retrieve_failure(
     status: int, operation: str, comment: str | None = None
 ) -> GatewayError:
     """The error to raise for a failed C-GET/C-MOVE final status with nothing received."""
-    text = f"{operation} failed with status 0x{status:04X}"
-    if comment:
-        text += f": {comment}"
-    if status in (0xA701, 0xA702, 0xA700):
-        return UpstreamUnavailable(text + " (PACS out of resources)", dimse_status=status)
-    if status == 0xA801:
-        return UpstreamError(text + " (move destination unknown to the PACS)", dimse_status=status)
-    if status in (0x0122, 0x0112):
-        return UpstreamNotSupported(text + " (SOP class not supported)", dimse_status=status)
-    return UpstreamError(text, dimse_status=status)
+    return _failure(status, operation, comment, {
+        0xA801: (UpstreamError, " (move destination unknown to the PACS)"),
+    })
 
 
 def nothing_found(what: str, dimse_status: int | None = None) -> NotFound:

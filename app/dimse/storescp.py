@@ -10,7 +10,9 @@ is then routed to the retrieval that caused it (``MoveRouter.admit_store``) or r
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 import threading
 import weakref
 
@@ -22,17 +24,23 @@ from pynetdicom.transport import ThreadedAssociationServer
 from app.dicomweb.sop_classes import Verification
 from app.dicomweb.transfer_syntax import ALL_KNOWN, storage_scp_preference
 from app.dimse.association import set_nodelay
+from app.dimse.bridge import run_on_loop
 from app.dimse.move_admission import (
     NOT_EXPECTED,
+    RELAY_WAIT_S,
     Admission,
     MoveAdmission,
     MoveRouter,
     MoveSink,
+    Relayed,
     Unrouted,
+    admit_store,
+    deliver_admitted,
     log_refusal,
-    store_admitted,
+    unrouted_status,
 )
 from app.dimse.received import instance_from_event, store_request
+from app.dimse.tls import DeferredHandshake
 
 log = logging.getLogger(__name__)
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
@@ -60,8 +68,14 @@ class StorageSCP:
 
     def __init__(self, ae_title: str, router: MoveRouter, host: str, port: int,
                  *, admission: MoveAdmission, reuse_port: bool = True,
-                 on_unrouted: Unrouted | None = None) -> None:
+                 on_unrouted: Unrouted | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``on_unrouted`` runs on ``loop`` (the app's event loop), which this SCP's threads
+        wait for."""
         self.router = router
+        self._ssl_context = ssl_context
+        self._loop = loop
         self.admission = admission
         self._reuse_port = reuse_port
         self.on_unrouted = on_unrouted
@@ -95,15 +109,17 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested)]
         server_class = ReusePortServer if self._reuse_port else ThreadedAssociationServer
+        tls = DeferredHandshake(self._ssl_context) if self._ssl_context is not None else None
         server = self._ae.make_server((self._host, self._port), evt_handlers=handlers,
-                                      server_class=server_class)
+                                      server_class=server_class,
+                                      ssl_context=tls)  # type: ignore[arg-type]
         thread = threading.Thread(target=server.serve_forever, daemon=True,
                                   name=f"storage-scp-{self._port}")
         thread.start()
         self._ae._servers.append(server)  # as AE.start_server does, so shutdown() finds it
         self._server = server
-        log.info("storage SCP %s listening on %s:%d; accepting %s", self._ae.ae_title,
-                 self._host, self.port,
+        log.info("storage SCP %s listening on %s:%d%s; accepting %s", self._ae.ae_title,
+                 self._host, self.port, " (DICOM TLS)" if tls is not None else "",
                  ", ".join(f"{s.ae_title} from {'/'.join(s.hosts)}"
                            for s in self.admission.sources) or "no PACS (none uses C-MOVE)")
 
@@ -141,5 +157,19 @@ class StorageSCP:
         if admission is None:  # cannot happen: EVT_REQUESTED admits or rejects every association
             log_refusal(calling, address, uid, "association was not admitted")
             return NOT_EXPECTED
-        return store_admitted(self.router, self.on_unrouted, admission, calling, address, uid,
-                              originator, message_id, lambda: instance_from_event(event))
+        decision = admit_store(self.router, admission, calling, address, uid, originator,
+                               message_id)
+        if decision.status is not None:
+            return decision.status
+        if decision.sink is not None:
+            return deliver_admitted(decision.sink, calling, address, instance_from_event(event))
+        outcome: Relayed | None = None
+        if self.on_unrouted is not None and self._loop is not None:
+            relay = self.on_unrouted(instance_from_event(event), originator, message_id,
+                                     admission.peers, calling, address)
+            try:  # this thread waits: the relay runs on the event loop
+                outcome = run_on_loop(self._loop, relay, RELAY_WAIT_S)
+            except Exception:
+                log.exception("could not relay %s to the requesting worker", uid)
+                outcome = Relayed.UNAVAILABLE
+        return unrouted_status(outcome, decision, calling, address, uid)

@@ -6,6 +6,11 @@ such instance under the C-MOVE's (Move Originator AE Title, Message ID); the req
 relays them into its retrieval. Message IDs are reserved in the shared cache so that they are
 unique among all workers using the same AE title (PS3.7 9.1.1.1).
 
+``forward`` runs on the event loop (the asyncio engine's storage SCP awaits it; pynetdicom's
+waits for it from its thread through ``app.dimse.bridge.run_on_loop``) and says what became of
+the instance (``Relayed``); the storage SCP turns that into a C-STORE status
+(``app.dimse.move_admission.unrouted_status``). Keys are ``app.cache.store.MoveRelayKeys``.
+
 Only instances from an association the Storage SCP admitted (a configured C-MOVE PACS, see
 ``app.dimse.move_admission``) are published, labelled with the PACS names it was admitted as;
 the requesting worker applies the same C-STORE admission (that PACS's C-MOVE, an expected
@@ -15,21 +20,21 @@ instance, no duplicate) before relaying one into its retrieval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from app.cache.backend import CacheBackend
-from app.cache.memory import MemoryBackend
-from app.cache.resilient import ResilientBackend
-from app.dimse.move_admission import MoveRouter, log_refusal
+from app.cache.store import MoveRelayKeys
+from app.dimse.move_admission import MoveRouter, Relayed, log_refusal
 from app.dimse.received import ReceivedInstance
 
 log = logging.getLogger(__name__)
-CANNOT_UNDERSTAND = 0xC000
-OUT_OF_RESOURCES = 0xA700
+PUBLISH_TIMEOUT_S = 30.0
+RELAY_POLL_S = 0.25  # how long the relay waits on its log before looking at its stop flag
+RELAY_STOP_S = 2.0  # how long leaving a C-MOVE waits for its relay to end
 _SEP = b"\x00"
 
 
@@ -53,52 +58,51 @@ class MoveRelay:
         self._backend = backend
         self._ttl = ttl
         self._router: MoveRouter | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def relaying(self) -> bool:
+        """Whether other workers can be reached at all: the cache is shared between processes."""
+        return self._backend is not None and self._backend.spans_processes
 
     @property
     def shared(self) -> bool:
         """True when the backend is shared between processes (Redis) and answering now: while
         Redis is down nothing can be relayed, so unrouted instances are refused rather than
         acknowledged and lost."""
-        if self._backend is None or isinstance(self._backend, MemoryBackend):
-            return False
-        return not isinstance(self._backend, ResilientBackend) or self._backend.healthy
+        return self._backend is not None and self._backend.shared
 
-    def attach(self, router: MoveRouter, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to this process's router and event loop (in the app's lifespan)."""
+    def attach(self, router: MoveRouter) -> None:
+        """Bind to this process's router (in the app's lifespan)."""
         self._router = router
-        self._loop = loop
-
-    @staticmethod
-    def _key(originator: str, message_id: int) -> str:
-        return f"dwg:mv:{{{originator.strip()}:{message_id}}}"
 
     # -- the worker that received an instance nobody here asked for ----------------------------
 
-    def forward(self, item: ReceivedInstance, originator: str | None, message_id: int | None,
-                peers: frozenset[str], calling: str, address: str) -> int:
-        """Publish an unrouted instance from an association admitted as ``peers`` (called in a
-        Storage SCP thread); the C-STORE status (the Storage SCP logs refusals)."""
-        relaying = self._backend is not None and not isinstance(self._backend, MemoryBackend)
-        if not peers or not relaying or self._loop is None or not originator or message_id is None:
-            return CANNOT_UNDERSTAND  # nobody else can want it
+    async def forward(self, item: ReceivedInstance, originator: str | None,
+                      message_id: int | None, peers: frozenset[str], calling: str,
+                      address: str) -> Relayed:
+        """Publish an unrouted instance from an association admitted as ``peers`` for the
+        worker whose C-MOVE it is (on the event loop; the storage SCP turns the outcome into
+        a C-STORE status and logs refusals)."""
+        if not peers or not self.relaying or not originator or message_id is None:
+            return Relayed.UNWANTED  # nobody else can want it
         if not self.shared:
-            return OUT_OF_RESOURCES  # the shared cache is down now: a transient refusal
-        future = asyncio.run_coroutine_threadsafe(
-            self._publish(_encode(item, peers, calling, address), item.sop_instance_uid,
-                          originator, int(message_id)), self._loop)
+            return Relayed.UNAVAILABLE  # the shared cache is down now: a transient refusal
         try:
-            future.result(timeout=30)
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self._publish(_encode(item, peers, calling, address),
+                                    item.sop_instance_uid, originator, int(message_id))
         except Exception:
             log.exception("could not relay %s to the requesting worker", item.sop_instance_uid)
-            return OUT_OF_RESOURCES
-        return 0x0000
+            return Relayed.UNAVAILABLE
+        return Relayed.RELAYED
 
     async def _publish(self, blob: bytes, sop: str, originator: str, message_id: int) -> None:
         assert self._backend is not None
-        key = self._key(originator, message_id)
-        await self._backend.set(f"{key}:{sop}", blob, self._ttl)
-        await self._backend.append_event(key, sop, self._ttl)
+        entry = f"{sop}/{secrets.token_hex(4)}"  # one entry per delivery, duplicates included
+        await self._backend.set(MoveRelayKeys.instance(originator, message_id, entry), blob,
+                                self._ttl)
+        await self._backend.append_event(MoveRelayKeys.log(originator, message_id), entry,
+                                         self._ttl)
 
     # -- the worker whose C-MOVE it is ---------------------------------------------------------
 
@@ -109,25 +113,28 @@ class MoveRelay:
         assert self._backend is not None
         for _ in range(32):
             candidate = random.randint(1, 65535)
-            token = await self._backend.acquire_lock(f"{self._key(originator, candidate)}:id",
-                                                     self._ttl)
+            token = await self._backend.acquire_lock(
+                MoveRelayKeys.message_id(originator, candidate), self._ttl)
             if token is not None:
                 return candidate
         return None
 
-    async def relay(self, originator: str, message_id: int) -> None:
-        """Deliver instances other workers publish for this C-MOVE until cancelled."""
+    async def relay(self, originator: str, message_id: int, stop: asyncio.Event) -> None:
+        """Deliver instances other workers publish for this C-MOVE until ``stop`` is set."""
         assert self._backend is not None and self._router is not None
-        key = self._key(originator, message_id)
+        key = MoveRelayKeys.log(originator, message_id)
         position = 0
-        while True:
-            events = await self._backend.wait_events(key, position, 1.0)
-            for sop in events:
+        while not stop.is_set():
+            events = await self._backend.wait_events(key, position, RELAY_POLL_S)
+            for entry in events:
+                if stop.is_set():
+                    return
                 position += 1
-                blob = await self._backend.get(f"{key}:{sop}")
+                published = MoveRelayKeys.instance(originator, message_id, entry)
+                blob = await self._backend.get(published)
                 if blob is None:
                     continue
-                await self._backend.delete(f"{key}:{sop}")
+                await self._backend.delete(published)
                 item, peers, calling, address = _decode(blob)
                 decision = self._router.admit_store(peers, originator, message_id,
                                                     item.sop_instance_uid)
@@ -139,14 +146,26 @@ class MoveRelay:
 
     @asynccontextmanager
     async def running(self, originator: str, message_id: int | None) -> AsyncIterator[None]:
-        """Context for a C-MOVE: relays published instances while it runs."""
+        """Context for a C-MOVE: relays published instances while it runs. On leaving, the
+        relay is told to stop and cancelled, and waited for at most ``RELAY_STOP_S``: on
+        Python 3.11 a cancellation that lands just as an awaited call completes can be lost
+        (``asyncio.wait_for``, used inside redis-py, then returns normally), so the relay
+        also stops at its next look at ``stop``, and the C-MOVE never waits on it unbounded."""
         if message_id is None or not self.shared:
             yield
             return
-        task = asyncio.get_running_loop().create_task(self.relay(originator, message_id))
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            self.relay(originator, message_id, stop), name=f"relay {originator}:{message_id}")
         try:
             yield
         finally:
+            stop.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=RELAY_STOP_S)
+            if not done:
+                log.warning("the relay of C-MOVE %s:%d did not stop within %.0f s",
+                            originator, message_id, RELAY_STOP_S)
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("the relay of C-MOVE %s:%d failed: %s", originator, message_id,
+                            task.exception())

@@ -14,7 +14,10 @@ cache, and the others wait for its result (kept briefly even when ``qido_cache_t
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
@@ -23,7 +26,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from app.cache.singleflight import FillContext, FillEvent, SingleFlight
+from app.cache.singleflight import Fill, FillContext, FillEvent, SingleFlight
 from app.cache.store import GatewayCache
 from app.dicomweb.attributes import (
     ALL_RETURN_KEYS,
@@ -37,12 +40,10 @@ from app.dicomweb.counts import (
     has_value,
     wanted_keys,
 )
-from app.dicomweb.dicomjson import dataset_to_json, json_to_dataset
 from app.dicomweb.identifiers import build_identifier
 from app.dicomweb.matching import DATE_TIME_PAIRS, can_match, combined_range_matches
 from app.dicomweb.search import AttributePath, MatchKey, SearchQuery, is_private
 from app.dicomweb.tags import MODALITIES_IN_STUDY, SPECIFIC_CHARACTER_SET, STUDY_RELATED_SERIES
-from app.dicomweb.urls import instance_url, series_url, study_url
 from app.dimse.client import Client
 from app.dimse.find import FindOutcome
 from app.errors import GatewayError
@@ -50,11 +51,14 @@ from app.metrics import Metrics
 from app.services.capped import INCOMPLETE_WARNING, CappedFind
 from app.services.counts import CountsComputer, SeriesMemo
 from app.services.fill_errors import error_from_event, failure_event
+from app.services.search_result import AnswerMemo, SearchResult, with_retrieve_url
 
 log = logging.getLogger(__name__)
 LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
 SHARED_RESULT_TTL = 60.0
 """Seconds a coalesced search's result is kept for the identical searches that waited for it."""
+REFRESHED_REMEMBERED = 1024
+"""Query-cache entries remembered as refreshed already (each is refreshed at most once)."""
 
 
 CAPPED_WARNING = INCOMPLETE_WARNING
@@ -80,121 +84,194 @@ def _note_outcome(outcome: FindOutcome, *, capped_handled: bool = False) -> None
         _note(UNSUPPORTED_KEYS_WARNING)
 
 
-@dataclass
-class SearchResult:
-    """One page of results, whether more remain, and warnings for the Warning header."""
-
-    datasets: list[Dataset]
-    more: bool
-    warnings: list[str] = field(default_factory=list)
-
-
 class QueryService:
     """Runs searches against one PACS through its DIMSE client."""
 
     def __init__(self, client: Client, cache: GatewayCache | None = None,
-                 flights: SingleFlight | None = None, metrics: Metrics | None = None) -> None:
+                 flights: SingleFlight | None = None, metrics: Metrics | None = None, *,
+                 refresh_ahead: float = 0.0) -> None:
         self._client = client
+        self._refresh_ahead = refresh_ahead
+        self._refreshed: OrderedDict[Any, None] = OrderedDict()  # entry ids refreshed here
         self._peer = client.peer
         self._cache = cache
         self._flights = flights
         self._metrics = metrics if metrics is not None else Metrics()
         self._counts = CountsComputer(client, _note_outcome)
+        self._answers = AnswerMemo()
         self._capped = CappedFind(client, self._metrics, _note,
                                   lambda outcome: _note_outcome(outcome, capped_handled=True))
 
     # -- public -----------------------------------------------------------------------------
 
-    async def search(self, query: SearchQuery, base_url: str) -> SearchResult:
-        """Answer ``query``; results carry RetrieveURL under ``base_url``.
+    @property
+    def peer_name(self) -> str:
+        """The name of the PACS this service searches."""
+        return self._peer.name
+
+    async def search(self, query: SearchQuery, base_url: str, *,
+                     counts: bool = True) -> SearchResult:
+        """Answer ``query``; results carry RetrieveURL under ``base_url``. ``counts=False``
+        leaves out the computed ModalitiesInStudy and NumberOf*Related* values (a federated
+        search computes them for its page only, with ``complete_counts``).
 
         The cache holds results without RetrieveURL: each answer, cached or not, gets it built
         from its own UIDs and this request's (validated) base URL, so a cached answer is the
         same for every client except for that base URL."""
-        digest = GatewayCache.query_digest([repr(query)]) if self._cache is not None else ""
+        # A search that arrived before an identical one's fill ended shares its result, even
+        # when the event loop (busy with that fill) gets to it only after the end.
+        arrived = SingleFlight.ticket()
+        key = [repr(query)] if counts else [repr(query), "no-counts"]
+        digest = ""
+        if self._cache is not None:  # a store since an identical search makes its answer stale
+            generation = await self._cache.query_generation()
+            digest = GatewayCache.query_digest([generation, *key] if generation else key)
         if self._cache is not None:
             hit = await self._cache.get_query(digest)
             if hit is not None:
                 self._counted("cache")
-                return _from_payload(hit, query, base_url)
-        if self._cache is not None and self._flights is not None:
-            shared = await self._coalesced(query, digest)
-            if isinstance(shared, SearchResult):
-                result = shared
-            elif shared is not None:
+                if self._refresh_due(hit):
+                    await self._refresh(query, digest, counts, hit)
+                return SearchResult.from_stored(hit, query.level, base_url, self._answers)
+        if self._cache is None:
+            result = await self._run(query, counts)
+            self._counted("pacs")
+            for ds in result.datasets:
+                with_retrieve_url(ds, query.level, base_url)
+            return result
+        stored: dict[str, Any] | None = None
+        if self._flights is not None:
+            ran, stored = await self._coalesced(query, digest, counts, arrived)
+            if not ran and stored is not None:
                 self._counted("shared")
-                return _from_payload(shared, query, base_url)
-            else:
+                return SearchResult.from_stored(stored, query.level, base_url, self._answers)
+            if stored is None:
                 log.info("the result of a coalesced search on %s is gone; searching again",
                          self._peer.name)
-                result = await self._run(query)
-                await self._cache.put_query(digest, _payload(result))
-        else:
-            result = await self._run(query)
-            if self._cache is not None:
-                await self._cache.put_query(digest, _payload(result))
+        if stored is None:
+            stored = (await self._run(query, counts)).stored_form()
+            await self._cache.put_query(digest, stored)
         self._counted("pacs")
-        result.datasets = [with_retrieve_url(ds, query, base_url) for ds in result.datasets]
-        return result
+        return SearchResult.from_stored(stored, query.level, base_url, self._answers)
+
+    async def complete_counts(self, datasets: Sequence[Dataset], query: SearchQuery) -> list[str]:
+        """Fill in the ModalitiesInStudy and NumberOf*Related* values ``query`` asks for and
+        the PACS left out, for ``datasets`` found by a ``counts=False`` search; its warnings."""
+        notes: set[str] = set()
+        token = _search_notes.set(notes)
+        series_token = _search_series.set({})
+        try:
+            plan = _Plan.of(query)
+            await self._complete_counts(list(datasets), query.level,
+                                        wanted_keys(query.level, plan.return_keys[query.level]))
+        finally:
+            _search_series.reset(series_token)
+            _search_notes.reset(token)
+        return sorted(notes)
 
     def _counted(self, source: str) -> None:
         self._metrics.inc("qido_searches_total", peer=self._peer.name, source=source)
 
-    async def _run(self, query: SearchQuery) -> SearchResult:
+    async def _run(self, query: SearchQuery, counts: bool = True) -> SearchResult:
         """The C-FINDs of one search, with its own warnings and count memo."""
         notes: set[str] = set()
         token = _search_notes.set(notes)
         series_token = _search_series.set({})
         try:
-            return await self._search(query, notes)
+            return await self._search(query, notes, counts)
         finally:
             _search_series.reset(series_token)
             _search_notes.reset(token)
 
-    async def _coalesced(self, query: SearchQuery,
-                         digest: str) -> SearchResult | dict[str, Any] | None:
+    async def _coalesced(self, query: SearchQuery, digest: str, counts: bool,
+                         arrived: int) -> tuple[bool, dict[str, Any] | None]:
         """Run ``query`` once for every identical concurrent search (any process sharing the
-        cache): the SearchResult when this request's own fill ran it, the stored result
-        (without RetrieveURL) when another request's did, None when that result is gone."""
+        cache): whether this request's own fill ran it, and the stored result (without
+        RetrieveURL), None when another request's result is gone."""
         cache, flights = self._cache, self._flights
         assert cache is not None and flights is not None
-        own: list[SearchResult | GatewayError] = []
-
-        async def fill(ctx: FillContext) -> None:
-            try:
-                result = await self._run(query)
-            except GatewayError as exc:
-                own.append(exc)
-                await ctx.publish(failure_event(exc))
-                return
-            own.append(result)
-            payload = _payload(result)
-            await cache.put_query(digest, payload)
-            if not await cache.put_query_flight(digest, payload, SHARED_RESULT_TTL):
-                log.warning("a search's result on %s is too large to share", self._peer.name)
-            await ctx.publish(FillEvent("done"))
+        own: list[dict[str, Any] | GatewayError] = []
+        fill = self._fill(query, digest, counts, own)
 
         async def complete() -> bool:  # already answered by the query cache
             return cache.query_ttl > 0 and await cache.get_query(digest) is not None
 
         async for event in flights.follow(cache.keys.query_lock(digest),
                                           lambda token: cache.keys.query_events(digest, token),
-                                          fill, complete):
+                                          fill, complete, since=arrived):
             if event.kind == "failed":
                 if own and isinstance(own[0], GatewayError):
                     raise own[0]
                 raise error_from_event(event)
             if event.kind == "done":
+                if own and isinstance(own[0], dict):
+                    return True, own[0]
+                if isinstance(event.result, dict):  # a fill in this process: no read back
+                    return False, event.result
                 break
-        if own and isinstance(own[0], SearchResult):
-            return own[0]
         if cache.query_ttl > 0:
             hit = await cache.get_query(digest)
             if hit is not None:
-                return hit
-        return await cache.get_query_flight(digest)
+                return False, hit
+        return False, await cache.get_query_flight(digest)
 
-    async def _search(self, query: SearchQuery, notes: set[str]) -> SearchResult:
+    def _fill(self, query: SearchQuery, digest: str, counts: bool,
+              own: list[dict[str, Any] | GatewayError]) -> Fill:
+        """The single-flight fill of a search: run it, store the result for the query cache
+        and for the searches waiting on it, and end with ``done`` (or ``failed``); what it
+        made or met is appended to ``own``."""
+        cache = self._cache
+        assert cache is not None
+
+        async def fill(ctx: FillContext) -> None:
+            try:
+                payload = (await self._run(query, counts)).stored_form()
+            except GatewayError as exc:
+                own.append(exc)
+                await ctx.publish(failure_event(exc))
+                return
+            own.append(payload)
+            await cache.put_query(digest, payload)
+            if not await cache.put_query_flight(digest, payload, SHARED_RESULT_TTL):
+                log.warning("a search's result on %s is too large to share", self._peer.name)
+            await ctx.publish(FillEvent("done", result=payload))
+
+        return fill
+
+    def _refresh_due(self, hit: dict[str, Any]) -> bool:
+        """Whether a query-cache hit is old enough to be searched again in the background
+        (``qido_cache_refresh_ahead`` of ``qido_cache_ttl``; entries without a time never)."""
+        if self._refresh_ahead <= 0 or self._cache is None or self._flights is None:
+            return False
+        made = hit.get("at")
+        return (isinstance(made, (int, float))
+                and time.time() - made >= self._refresh_ahead * self._cache.query_ttl)
+
+    async def _refresh(self, query: SearchQuery, digest: str, counts: bool,
+                       hit: dict[str, Any]) -> None:
+        """Search again in the background so that an often-asked search never waits for the
+        PACS (at most one refresh per search at a time, anywhere, coalesced with any search
+        that misses meanwhile); a refresh that fails leaves the entry to expire."""
+        cache, flights = self._cache, self._flights
+        assert cache is not None and flights is not None
+        entry = hit.get("id")
+        if entry in self._refreshed:  # one try per entry: a failed refresh is not repeated
+            return
+        self._refreshed[entry] = None
+        if len(self._refreshed) > REFRESHED_REMEMBERED:
+            self._refreshed.popitem(last=False)
+
+        async def due() -> bool:
+            current = await cache.get_query(digest)
+            return current is not None and self._refresh_due(current)
+
+        if await flights.refresh(cache.keys.query_lock(digest),
+                                 lambda token: cache.keys.query_events(digest, token),
+                                 self._fill(query, digest, counts, []), due):
+            self._metrics.inc("qido_refreshes_total", peer=self._peer.name)
+
+    async def _search(self, query: SearchQuery, notes: set[str],
+                      counts: bool = True) -> SearchResult:
         plan = _Plan.of(query)
         relational = False
         if plan.needs_staging and not plan.lower_keys:
@@ -213,8 +290,9 @@ class QueryService:
                     more = True
                     break
                 page.append(ds)
-        await self._complete_counts(page, query.level,
-                                    wanted_keys(query.level, plan.return_keys[query.level]))
+        if counts:
+            await self._complete_counts(page, query.level,
+                                        wanted_keys(query.level, plan.return_keys[query.level]))
         return SearchResult([self._finish(ds, query) for ds in page], more,
                             sorted(notes))
 
@@ -269,16 +347,63 @@ class QueryService:
                     yield _merge(inherited, ds)
             return
         parents = await self._collect(ident, level)
+        if LEVELS[depth + 1] == plan.target and self._peer.staged_find_concurrency > 1:
+            async for ds in self._children_ahead(plan, depth, own_uids, inherited, parents):
+                yield ds
+            return
         for parent in parents:
             if not await self._acceptable(parent, plan, plan.keys[level], level):
                 continue
-            uid_element = parent.get(UNIQUE_KEY[level])
-            if uid_element is None or not uid_element.value:
+            child = self._child(plan, depth, own_uids, inherited, parent)
+            if child is None:
                 continue
-            child_uids = {**own_uids, UNIQUE_KEY[level]: str(uid_element.value)}
-            carried = _merge(inherited, parent) if plan.carry_upper else None
-            async for ds in self._staged_results(plan, depth + 1, child_uids, carried):
+            async for ds in self._staged_results(plan, depth + 1, *child):
                 yield ds
+
+    def _child(self, plan: _Plan, depth: int, own_uids: dict[int, str],
+               inherited: Dataset | None, parent: Dataset
+               ) -> tuple[dict[int, str], Dataset | None] | None:
+        """The unique keys and carried attributes of one accepted parent's children (merging
+        the inherited attributes into the parent); None for a parent without its UID."""
+        uid_element = parent.get(UNIQUE_KEY[LEVELS[depth]])
+        if uid_element is None or not uid_element.value:
+            return None
+        carried = _merge(inherited, parent) if plan.carry_upper else None
+        return {**own_uids, UNIQUE_KEY[LEVELS[depth]]: str(uid_element.value)}, carried
+
+    async def _children_ahead(self, plan: _Plan, depth: int, own_uids: dict[int, str],
+                              inherited: Dataset | None, parents: list[Dataset]
+                              ) -> AsyncGenerator[Dataset, None]:
+        """The target-level matches under each parent, in the parents' order, with up to
+        ``staged_find_concurrency`` parents' C-FINDs running at once: a PACS without
+        relational queries answers ``/series`` with one C-FIND per study, and one after the
+        other they add up. Leaving early cancels the C-FINDs still running."""
+        level = LEVELS[depth]
+
+        async def children(uids: dict[int, str], carried: Dataset | None) -> list[Dataset]:
+            async with aclosing(self._staged_results(plan, depth + 1, uids, carried)) as found:
+                return [ds async for ds in found]
+
+        running: deque[asyncio.Task[list[Dataset]]] = deque()
+        try:
+            for parent in parents:
+                if not await self._acceptable(parent, plan, plan.keys[level], level):
+                    continue
+                child = self._child(plan, depth, own_uids, inherited, parent)
+                if child is None:
+                    continue
+                running.append(asyncio.ensure_future(children(*child)))
+                if len(running) >= self._peer.staged_find_concurrency:
+                    for ds in await running.popleft():
+                        yield ds
+            while running:
+                for ds in await running.popleft():
+                    yield ds
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _stream(
         self, ident: Dataset, level: QueryLevel, *, relational: bool = False
@@ -396,32 +521,6 @@ class QueryService:
                 "SeriesInstanceUID" not in ds or not ds.SeriesInstanceUID):
             ds.SeriesInstanceUID = query.series_uid
         return ds
-
-
-def _payload(result: SearchResult) -> dict[str, Any]:
-    """A result as stored: DICOM JSON without RetrieveURL, whether more remain, warnings."""
-    return {"results": [dataset_to_json(ds) for ds in result.datasets],
-            "more": result.more, "warnings": result.warnings}
-
-
-def _from_payload(payload: dict[str, Any], query: SearchQuery, base_url: str) -> SearchResult:
-    """A stored result with RetrieveURL under this request's ``base_url``."""
-    return SearchResult([with_retrieve_url(json_to_dataset(obj), query, base_url)
-                         for obj in payload["results"]],
-                        bool(payload["more"]), list(payload["warnings"]))
-
-
-def with_retrieve_url(ds: Dataset, query: SearchQuery, base_url: str) -> Dataset:
-    """Set RetrieveURL (0008,1190) of a result from its UIDs under ``base_url``."""
-    study = str(ds.StudyInstanceUID) if ds.get("StudyInstanceUID") else None
-    series = str(ds.SeriesInstanceUID) if ds.get("SeriesInstanceUID") else None
-    if query.level == QueryLevel.STUDY and study:
-        ds.RetrieveURL = study_url(base_url, study)
-    elif query.level == QueryLevel.SERIES and study and series:
-        ds.RetrieveURL = series_url(base_url, study, series)
-    elif query.level == QueryLevel.IMAGE and study and series and "SOPInstanceUID" in ds:
-        ds.RetrieveURL = instance_url(base_url, study, series, str(ds.SOPInstanceUID))
-    return ds
 
 
 def _unique_tags(depth: int) -> set[int]:

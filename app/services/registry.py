@@ -11,14 +11,18 @@ from app.cache.factory import build_backend
 from app.cache.resilient import ResilientBackend
 from app.cache.singleflight import SingleFlight
 from app.cache.store import GatewayCache
+from app.cache.study_locations import StudyLocations
 from app.dicomweb.refs import SeriesRef
 from app.dimse.client import DimseClients
 from app.errors import GatewayError
 from app.metrics import Metrics
 from app.services.capabilities import PeerCapabilities
+from app.services.federated_query import FederatedQuery
+from app.services.federated_wado import FederatedWado, StudyLocator
 from app.services.move_relay import MoveRelay
+from app.services.pacs_retrieval import PacsRetrieval
 from app.services.query import QueryService
-from app.services.retrieve import RetrieveService
+from app.services.store import StoreService
 from app.services.wado import WadoService
 from app.services.worklist_prefetch import WorklistPrefetcher
 from app.settings import PacsPeer, Settings
@@ -28,6 +32,11 @@ PREFETCH_MAX_STUDIES = 10
 PREFETCH_SERIES_AT_ONCE = 2
 PREFETCH_LOOKUP_MAX_STUDIES = 2  # a search naming more UIDs is a list, not a study opened
 SEARCH_EVENT_TTL = 60.0
+FEDERATED = "(federated)"
+"""The name under which ``{prefix}/...`` answers from every federated PACS (``federate``); no
+PACS name can be it (names are letters, digits and ``_.-``)."""
+AnyQuery = QueryService | FederatedQuery
+AnyWado = WadoService | FederatedWado
 
 
 class Services:
@@ -56,7 +65,8 @@ class Services:
             for p in settings.pacs
         } if self.backend is not None else {}
         self._query = {p.name: QueryService(dimse.get(p.name), self.caches.get(p.name),
-                                            self.search_flights, metrics)
+                                            self.search_flights, metrics,
+                                            refresh_ahead=settings.qido_cache_refresh_ahead)
                        for p in settings.pacs}
         for p in settings.pacs:
             if p.move_fallback and not settings.storage_scp_wanted:
@@ -64,7 +74,7 @@ class Services:
                             "(storage_scp_enabled = false)", p.name)
         self.capabilities = {p.name: PeerCapabilities(p, metrics) for p in settings.pacs}
         self._wado = {
-            p.name: WadoService(RetrieveService(dimse.get(p.name), metrics, relay,
+            p.name: WadoService(PacsRetrieval(dimse.get(p.name), metrics, relay,
                                                 settings.ae_title,
                                                 p.move_fallback and settings.storage_scp_wanted,
                                                 storage_scp=settings.storage_scp_wanted,
@@ -73,12 +83,41 @@ class Services:
                                 self.caches.get(p.name), self.flights)
             for p in settings.pacs
         }
+        self._store = {
+            p.name: StoreService(p.name, dimse.get(p.name).store_session,
+                                 self.caches.get(p.name), metrics,
+                                 max_instance_bytes=settings.stow_max_instance_bytes,
+                                 max_request_bytes=settings.stow_max_request_bytes)
+            for p in settings.pacs
+        }
+        self.federated: FederatedQuery | None = None
+        self.federated_wado: FederatedWado | None = None
+        names = settings.federated_names
+        if names:
+            shared = self.backend if settings.cache_backend == "redis" else None
+            self.locations = StudyLocations(names, settings.federate_remembered_studies, shared,
+                                            ttl=settings.cache_ttl)
+            members = [self._query[n] for n in names]
+            self.federated = FederatedQuery(
+                members, {p.name: p.ae_title for p in settings.pacs}, self.locations, metrics,
+                max_matches=settings.federate_max_matches,
+                timeout=settings.federate_search_timeout)
+            self.federated_wado = FederatedWado(
+                [self._wado[n] for n in names], names,
+                StudyLocator(members, self.locations, settings.federate_search_timeout),
+                metrics)
         flights_now = self.flights
         self.worklist = WorklistPrefetcher(
-            self.query, self.retrieve, self.cache, metrics,
+            self.query, self.peer_wado, self.cache, metrics,
             fills_running=lambda: flights_now.running if flights_now is not None else 0)
         metrics.gauge("dimse_move_retrievals_in_progress", lambda: len(dimse.router),
                       "C-MOVE retrievals waiting for sub-operations")
+        for p in settings.pacs:
+            client = dimse.get(p.name)
+            for index, name in enumerate(("dimse_associations_open", "dimse_associations_in_use",
+                                          "dimse_associations_waiting")):
+                metrics.gauge(name, lambda c=client, i=index: c.associations[i],  # type: ignore[misc]
+                              peer=p.name)
         if self.flights is not None:
             flights = self.flights
             metrics.gauge("cache_fills_in_progress", lambda: flights.running,
@@ -92,13 +131,37 @@ class Services:
         """The named or default peer; LookupError when unknown."""
         return self.settings.peer(name)
 
+    def dicomweb_root(self, name: str | None) -> str:
+        """Which service a DICOMweb path answers from: the PACS it names, FEDERATED for the
+        unnamed root while ``federate`` is set, else the default PACS (LookupError for an
+        unknown name)."""
+        if name is None and self.federated is not None:
+            return FEDERATED
+        return self.settings.peer(name).name
+
     def query(self, name: str | None = None) -> QueryService:
         """The QIDO-RS service for the named or default peer."""
         return self._query[self.settings.peer(name).name]
 
-    def retrieve(self, name: str | None = None) -> WadoService:
-        """The WADO-RS service for the named or default peer."""
+    def searcher(self, name: str | None = None) -> AnyQuery:
+        """The QIDO-RS service for the named or default peer, or the federated one."""
+        if name == FEDERATED and self.federated is not None:
+            return self.federated
+        return self.query(name)
+
+    def wado(self, name: str | None = None) -> AnyWado:
+        """The WADO-RS service for the named or default peer, or the federated one."""
+        if name == FEDERATED and self.federated_wado is not None:
+            return self.federated_wado
         return self._wado[self.settings.peer(name).name]
+
+    def peer_wado(self, name: str | None = None) -> WadoService:
+        """The WADO-RS service of one PACS (never the federated one)."""
+        return self._wado[self.settings.peer(name).name]
+
+    def store(self, name: str | None = None) -> StoreService:
+        """The STOW-RS service for the named or default peer."""
+        return self._store[self.settings.peer(name).name]
 
     def cache(self, name: str | None = None) -> GatewayCache | None:
         """The cache of the named or default peer (None when caching is off)."""
@@ -109,8 +172,7 @@ class Services:
         background, at most two at a time; failures are only logged."""
         if not self.settings.prefetch_on_search or self.flights is None:
             return
-        peer = self.settings.peer(name).name
-        wado = self._wado[peer]
+        wado = self.wado(name)
 
         async def one(study: str) -> None:
             async with self._prefetch_slots:
@@ -152,7 +214,7 @@ class Services:
         if (not self.settings.prefetch_on_study_lookup or self.flights is None
                 or len(study_uids) > PREFETCH_LOOKUP_MAX_STUDIES):
             return
-        wado = self._wado[self.settings.peer(name).name]
+        wado = self.wado(name)
 
         async def one(study: str) -> None:
             try:
@@ -174,7 +236,7 @@ class Services:
                          series: list[tuple[str, int | None]], trigger: str) -> None:
         """Fill ``series`` of a study in the background, within the prefetch bounds."""
         settings = self.settings
-        wado = self._wado[settings.peer(name).name]
+        wado = self.wado(name)
         chosen: list[str] = []
         instances = 0
         for uid, count in series[:settings.prefetch_study_max_series]:
@@ -209,6 +271,8 @@ class Services:
     async def close(self) -> None:
         """Stop prefetches and fills, release connections and worker threads."""
         await self.worklist.close()
+        for store in self._store.values():
+            await store.close()
         prefetches = list(self._prefetch_tasks)
         for task in prefetches:
             task.cancel()

@@ -29,8 +29,10 @@ from app.dicomweb.search import parse_search
 from app.dimse.received import ReceivedInstance
 from app.dimse.status import nothing_found
 from app.errors import BadRequest, NotAcceptable, NotFound
+from app.services.federated_query import FederatedQuery
+from app.services.federated_wado import FederatedWado
+from app.services.pacs_retrieval import describe
 from app.services.query import QueryService
-from app.services.retrieve import describe
 from app.services.wado import WadoService
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ def middle_first(items: list[Dataset], keyword: str) -> list[Dataset]:
 class RenderService:
     """Rendered resources and thumbnails for one PACS."""
 
-    def __init__(self, wado: WadoService, query: QueryService) -> None:
+    def __init__(self, wado: WadoService | FederatedWado,
+                 query: QueryService | FederatedQuery) -> None:
         self._wado = wado
         self._query = query
 

@@ -1,31 +1,26 @@
-"""WADO-RS answers (instances, metadata, frames, bulk data) from the cache or the PACS.
+"""WADO-RS transactions (instances, metadata, frames, bulk data) of one PACS.
 
-With a cache, every request reads through it: a complete series is served with no DIMSE
-traffic; otherwise one fill per series (or instance) runs under a single-flight lock, writes
-each verified instance to the cache as it arrives, and every waiting request streams the
-instances as they land. Without a cache, instances stream straight from the PACS retrieval (and
-a client that leaves aborts it). Transcoding happens on the way out; UIDs never change.
+Instances come through the cache when there is one (``cache_fill.CacheFill``: cached, or
+brought by the one fill of their series), else straight from the PACS retrieval (and a client
+that leaves aborts it). Transcoding happens on the way out, per instance; UIDs never change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from app.cache.singleflight import FillContext, FillEvent, SingleFlight
-from app.cache.store import CachedInstance, GatewayCache, SeriesIndex
-from app.cache.write_behind import WriteBehind
+from app.cache.singleflight import SingleFlight
+from app.cache.store import GatewayCache
 from app.dicomweb.bulkdata import bulk_value, decode_bulkdata_path, encode_bulkdata_path
 from app.dicomweb.dicomjson import BulkDataRef, dataset_to_json, encode_json
-from app.dicomweb.integrity import Malformed, top_level_text, walk_part10
 from app.dicomweb.mediatypes import AS_STORED, OCTET_STREAM
+from app.dicomweb.part10_identity import series_uid_of
 from app.dicomweb.pixels import (
     Frame,
     FrameOutOfRange,
@@ -39,7 +34,7 @@ from app.dicomweb.pixels import (
 )
 from app.dicomweb.rawjson import raw_dataset_to_json
 from app.dicomweb.refs import InstanceRef, SeriesRef, StudyRef
-from app.dicomweb.tags import PIXEL_DATA, SERIES_INSTANCE_UID
+from app.dicomweb.tags import PIXEL_DATA
 from app.dicomweb.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     NOT_ON_THE_WIRE,
@@ -49,20 +44,16 @@ from app.dicomweb.transfer_syntax import (
 from app.dicomweb.urls import fill_base_url, instance_url, new_base_token
 from app.dimse.received import ReceivedInstance
 from app.dimse.status import nothing_found
-from app.errors import (
-    BadRequest,
-    GatewayError,
-    NotAcceptable,
-    NotFound,
-)
+from app.errors import BadRequest, NotAcceptable, NotFound
 from app.metrics import Metrics
-from app.services.fill_errors import error_from_event
-from app.services.fresh import FreshInstances
-from app.services.retrieve import Ref, RetrieveService, Summary, describe
+from app.services.cache_fill import CacheFill
+from app.services.keyed_locks import KeyedLocks
+from app.services.pacs_retrieval import PacsRetrieval, Ref, describe
+from app.services.ready_batches import ready_batches
 
 log = logging.getLogger(__name__)
-HANDOFF_GRACE_S = 10.0
-READ_AHEAD = 4
+METADATA_BATCH = 8
+"""Most instances whose metadata is built in one thread hop and stored in one cache write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,46 +75,6 @@ class MetadataItem:
     instance_url: str
 
 
-def verify_instance(item: ReceivedInstance) -> bool:
-    """A received instance is complete and well-formed and is the instance its C-STORE said it
-    was: walked element by element where the syntax allows (microseconds), else parsed."""
-    try:
-        walked = walk_part10(item.data, item.transfer_syntax)
-    except Malformed as exc:
-        log.warning("instance %s is malformed: %s", item.sop_instance_uid, exc)
-        return False
-    if walked is not None:
-        return walked == item.sop_instance_uid
-    try:
-        ds = dcmread(io.BytesIO(item.data), stop_before_pixels=True)
-    except Exception:
-        return False
-    return str(ds.get("SOPInstanceUID", "")) == item.sop_instance_uid
-
-
-def series_uid_of(item: ReceivedInstance) -> str:
-    """The SeriesInstanceUID of a received instance: walked to in microseconds where the syntax
-    allows, else read with pydicom (header only)."""
-    try:
-        walked = top_level_text(item.data, item.transfer_syntax, SERIES_INSTANCE_UID)
-    except Malformed:
-        walked = None
-    if walked:
-        return walked
-    data = item.data
-    try:
-        ds = dcmread(io.BytesIO(data), stop_before_pixels=True,
-                     specific_tags=["SeriesInstanceUID"])
-    except Exception:
-        return ""
-    return str(ds.get("SeriesInstanceUID", ""))
-
-
-def _received(item: CachedInstance) -> ReceivedInstance:
-    return ReceivedInstance(item.data, item.sop_class_uid, item.sop_instance_uid,
-                            item.transfer_syntax)
-
-
 def bulk_uri_minter(url: str) -> Callable[[BulkDataRef], str]:
     """Mint BulkDataURIs under an instance URL; each resolves via retrieve_bulkdata."""
 
@@ -142,286 +93,62 @@ def metadata_json(data: bytes, url: str) -> bytes:
     return encode_json(obj)
 
 
+def _metadata_of(items: list[tuple[bytes, str]]) -> list[bytes]:
+    """``metadata_json`` of several (instance, URL) pairs, in one thread hop."""
+    return [metadata_json(data, url) for data, url in items]
+
+
 class WadoService:
     """WADO-RS for one PACS: reads through the cache when there is one."""
 
-    def __init__(self, retrieval: RetrieveService, metrics: Metrics,
+    def __init__(self, retrieval: PacsRetrieval, metrics: Metrics,
                  cache: GatewayCache | None = None, flights: SingleFlight | None = None) -> None:
         self._retrieval = retrieval
         self._metrics = metrics
         self._cache = cache
-        self._flights = flights
-        self._peer = retrieval.peer
         self.retrieval = retrieval
-        # Instances a fill could not cache (over the size cap), for followers in this process.
-        self._handoff: dict[tuple[str, str], ReceivedInstance] = {}
-        # Instances a fill of this process just cached: its local readers take them from here.
-        self._fresh = FreshInstances()
-        self._writing: set[WriteBehind] = set()  # fills of this process writing to the cache
+        self._fills = (CacheFill(retrieval, cache, flights, metrics)
+                       if cache is not None and flights is not None else None)
+        self._metadata_builds = KeyedLocks()
 
     # -- the source of instances -------------------------------------------------------------
 
     async def _source(self, ref: Ref) -> AsyncIterator[tuple[str, ReceivedInstance]]:
-        """(series UID, instance) for every instance under ``ref``."""
-        if self._cache is None or self._flights is None:
-            series_of: dict[str, str] = {}
-            async for item in self._retrieval.received(ref, series_of):
-                series = series_of.get(item.sop_instance_uid) or (
+        """(series UID, instance) for every instance under ``ref``: through the cache when
+        there is one, else straight from the PACS."""
+        fills = self._fills
+        if fills is None:
+            retrieval = self._retrieval.received(ref)
+            async for item in retrieval:
+                series = retrieval.series_of.get(item.sop_instance_uid) or (
                     ref.series_uid if isinstance(ref, (SeriesRef, InstanceRef))
-                    else series_uid_of(item))
+                    else series_uid_of(item.data, item.transfer_syntax))
                 yield series, item
             return
         if isinstance(ref, InstanceRef):
-            yield ref.series_uid, await self._cached_instance(ref)
+            yield ref.series_uid, await fills.instance(ref)
             return
         if isinstance(ref, SeriesRef):
-            async for item in self._cached_series(ref):
+            async for item in fills.series(ref):
                 yield ref.series_uid, item
             return
-        series_list = await self.study_series(ref.study_uid)
+        series_list = await fills.study_series(ref.study_uid)
         if not series_list:
             raise nothing_found(describe(ref))
         for series_uid in series_list:
-            async for item in self._cached_series(SeriesRef(ref.study_uid, series_uid)):
+            async for item in fills.series(SeriesRef(ref.study_uid, series_uid)):
                 yield series_uid, item
 
     async def study_series(self, study_uid: str) -> list[str]:
-        """The series of a study: from the cache when a complete C-FIND listed them before,
-        else from the PACS (one SERIES-level C-FIND), cached when that answer was complete."""
-        cache = self._cache
-        if cache is not None:
-            cached = await cache.get_study_series(study_uid)
-            if cached:
-                self._metrics.inc("cache_hits_total", kind="study_series")
-                return cached
-            self._metrics.inc("cache_misses_total", kind="study_series")
-        uids, complete = await self._retrieval.list_series(study_uid)
-        if cache is not None and complete and uids:
-            await cache.put_study_series(study_uid, uids)
-        return uids
-
-    async def _cached_series(self, ref: SeriesRef) -> AsyncIterator[ReceivedInstance]:
-        cache, flights = self._cache, self._flights
-        assert cache is not None and flights is not None
-        sent: set[str] = set()
-        index = await cache.complete_series(ref.series_uid)
-        if index is not None:
-            self._metrics.inc("cache_hits_total", kind="series")
-            all_read = True
-            async for sop, item in self._read_ahead(ref.series_uid,
-                                                    [i[0] for i in index.instances]):
-                if item is None:
-                    all_read = False  # evicted meanwhile: the rest comes from a fill
-                    break
-                sent.add(sop)
-                yield _received(item)
-            if all_read:
-                return
-        self._metrics.inc("cache_misses_total", kind="series")
-
-        async def complete() -> bool:
-            return await cache.complete_series(ref.series_uid) is not None
-
-        events = flights.follow(cache.keys.lock(ref.series_uid),
-                                lambda token: cache.keys.events(ref.series_uid, token),
-                                functools.partial(self._fill, ref), complete)
-        async for event in events:
-            if event.kind == "instance" and event.sop not in sent:
-                sent.add(event.sop)
-                yield await self._instance_after_fill(ref, event.sop)
-            elif event.kind == "failed":
-                raise error_from_event(event)
-            elif event.kind == "done":
-                final = await cache.get_series_index(ref.series_uid)
-                for sop, _, _ in (final.instances if final else ()):
-                    if sop not in sent:
-                        sent.add(sop)
-                        yield await self._instance_after_fill(ref, sop)
-                if not sent:
-                    raise nothing_found(describe(ref))
+        """The series of a study (through the cache when there is one)."""
+        if self._fills is not None:
+            return await self._fills.study_series(study_uid)
+        return (await self._retrieval.list_series(study_uid))[0]
 
     async def warm(self, ref: SeriesRef) -> bool:
         """Fill the cache with a series (prefetch) without reading it back; False when there
         was nothing to do (no cache, or the series is cached already)."""
-        cache, flights = self._cache, self._flights
-        if cache is None or flights is None:
-            return False
-        if await cache.complete_series(ref.series_uid) is not None:
-            return False
-
-        async def complete() -> bool:
-            return await cache.complete_series(ref.series_uid) is not None
-
-        async for event in flights.follow(cache.keys.lock(ref.series_uid),
-                                          lambda token: cache.keys.events(ref.series_uid, token),
-                                          functools.partial(self._fill, ref), complete):
-            if event.kind in ("done", "failed"):
-                break
-        return True
-
-    async def _read_ahead(self, series: str, sops: list[str]
-                          ) -> AsyncIterator[tuple[str, CachedInstance | None]]:
-        """Cached instances in order, fetching the next few while the current one is sent (a
-        shared cache costs a round trip per instance otherwise)."""
-        cache = self._cache
-        assert cache is not None
-        pending: list[tuple[str, asyncio.Task[CachedInstance | None]]] = []
-        upcoming = iter(sops)
-        try:
-            for sop in upcoming:
-                pending.append((sop, asyncio.ensure_future(cache.get_instance(series, sop))))
-                if len(pending) > READ_AHEAD:
-                    break
-            while pending:
-                sop, task = pending.pop(0)
-                nxt = next(upcoming, None)
-                if nxt is not None:
-                    pending.append((nxt, asyncio.ensure_future(cache.get_instance(series, nxt))))
-                yield sop, await task
-        finally:
-            for _, task in pending:
-                task.cancel()
-
-    async def _instance_after_fill(self, ref: SeriesRef, sop: str) -> ReceivedInstance:
-        """An instance a fill announced: handed over directly when the fill ran in this
-        process, else read from the cache; fetched on its own if the cache could not keep it."""
-        assert self._cache is not None
-        fresh = self._fresh.get(ref.series_uid, sop) or self._being_written(ref.series_uid, sop)
-        if fresh is not None:
-            return fresh
-        item = await self._cache.get_instance(ref.series_uid, sop)
-        if item is not None:
-            return _received(item)
-        handed = self._handoff.get((ref.series_uid, sop))
-        if handed is not None:
-            return handed
-        log.info("instance %s announced but not in the cache (size cap or eviction)", sop)
-        return await self._direct_instance(InstanceRef(ref.study_uid, ref.series_uid, sop))
-
-    def _being_written(self, series_uid: str, sop: str) -> ReceivedInstance | None:
-        """An instance a fill of this process has queued for the cache but not yet written."""
-        for writer in self._writing:
-            if writer.series == series_uid and (item := writer.pending(sop)) is not None:
-                return _received(item)
-        return None
-
-    async def _direct_instance(self, ref: InstanceRef) -> ReceivedInstance:
-        found = [item async for item in self._retrieval.received(ref)]
-        for item in found:
-            if item.sop_instance_uid == ref.sop_instance_uid:
-                return item
-        raise NotFound(f"{describe(ref)} was not among what the PACS sent")
-
-    async def _cached_instance(self, ref: InstanceRef) -> ReceivedInstance:
-        cache, flights = self._cache, self._flights
-        assert cache is not None and flights is not None
-        fresh = (self._fresh.get(ref.series_uid, ref.sop_instance_uid)
-                 or self._being_written(ref.series_uid, ref.sop_instance_uid))
-        if fresh is not None:
-            self._metrics.inc("cache_hits_total", kind="instance")
-            return fresh
-        item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
-        if item is not None:
-            self._metrics.inc("cache_hits_total", kind="instance")
-            return _received(item)
-        self._metrics.inc("cache_misses_total", kind="instance")
-        # A fill of the whole series may be running (e.g. prefetch by a metadata request):
-        # wait for our instance rather than starting another retrieval.
-        series_lock = cache.keys.lock(ref.series_uid)
-        token = await cache.backend.lock_holder(series_lock)
-        if token is not None:
-            key = cache.keys.events(ref.series_uid, token)
-            position = 0
-            while await cache.backend.lock_holder(series_lock) == token:
-                events = await cache.backend.wait_events(key, position, 5.0)
-                position += len(events)
-                decoded = [FillEvent.decode(e) for e in events]
-                if any(e.kind == "instance" and e.sop == ref.sop_instance_uid for e in decoded):
-                    break
-                if any(e.kind in ("done", "failed") for e in decoded):
-                    break
-            item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
-            if item is not None:
-                return _received(item)
-
-        async def present() -> bool:
-            return await cache.backend.exists(
-                [cache.keys.instance(ref.series_uid, ref.sop_instance_uid)]) == 1
-
-        instance_fill = flights.follow(
-            cache.keys.lock(ref.series_uid, ref.sop_instance_uid),
-            lambda t: cache.keys.events(ref.series_uid, t, ref.sop_instance_uid),
-            functools.partial(self._fill, ref), present)
-        async for event in instance_fill:
-            if event.kind == "failed":
-                raise error_from_event(event)
-            if event.kind == "done":
-                break
-        item = await cache.get_instance(ref.series_uid, ref.sop_instance_uid)
-        if item is not None:
-            return _received(item)
-        handed = self._handoff.get((ref.series_uid, ref.sop_instance_uid))
-        return handed if handed is not None else await self._direct_instance(ref)
-
-    async def _fill(self, ref: SeriesRef | InstanceRef, ctx: FillContext) -> None:
-        """Retrieve ``ref`` from the PACS into the cache, announcing each verified instance."""
-        cache = self._cache
-        assert cache is not None
-        handed: list[tuple[str, str]] = []
-        items: list[tuple[str, str, str]] = []
-        report: dict[str, int] = {}
-        loop = asyncio.get_running_loop()
-        by_get = isinstance(ref, SeriesRef) and self._peer.retrieve_method != "move"
-
-        def hand_over(item: CachedInstance) -> None:  # too big to cache: for local followers
-            handed.append((ref.series_uid, item.sop_instance_uid))
-            self._handoff[handed[-1]] = _received(item)
-
-        writer = WriteBehind(cache, ref.series_uid, ctx, on_declined=hand_over)
-        self._writing.add(writer)
-        try:
-            known = None
-            if by_get:
-                stored = await cache.get_summary(ref.series_uid)
-                known = Summary(*stored) if stored is not None else None
-            async for item in self._retrieval.received(ref, report=report, known=known):
-                if not verify_instance(item):
-                    log.warning("instance %s from PACS %s failed verification; not cached",
-                                item.sop_instance_uid, self._peer.name)
-                    continue
-                self._fresh.put(ref.series_uid, item)
-                items.append((item.sop_instance_uid, item.sop_class_uid, item.transfer_syntax))
-                await writer.add(CachedInstance(item.sop_instance_uid, item.sop_class_uid,
-                                                item.transfer_syntax, item.data))
-            await writer.finish()
-            written = writer.written
-            if isinstance(ref, SeriesRef):
-                complete = (report.get("received") == report.get("expected") == len(written)
-                            and not report.get("failed"))
-                await cache.put_series_index(
-                    SeriesIndex(ref.study_uid, ref.series_uid, complete, tuple(items)))
-                if by_get and complete:  # what arrived, verified: the next fill needs no C-FIND
-                    await cache.put_summary(ref.series_uid, len(items),
-                                            sorted({i[1] for i in items}))
-                elif by_get:  # a summary that did not match what the PACS sent is dropped
-                    await cache.backend.delete(cache.keys.summary(ref.series_uid))
-            await ctx.publish(FillEvent("done"))
-        except GatewayError as exc:
-            if exc.detail != exc.message:  # what the clients will not be told (PACS address)
-                log.warning("cache fill of %s failed: %s", describe(ref), exc.detail)
-            writer.stop()
-            await writer.settle()
-            if writer.written:  # a failed retrieval leaves no partial entry behind
-                self._fresh.forget(ref.series_uid, writer.written)
-                await cache.backend.delete(
-                    *[cache.keys.instance(ref.series_uid, s) for s in writer.written])
-            await ctx.publish(FillEvent("failed", http_status=exc.http_status,
-                                        dimse_status=exc.dimse_status, message=exc.message))
-        finally:
-            writer.stop()
-            self._writing.discard(writer)
-            for key in handed:  # followers have had the fill's events; keep briefly for laggards
-                loop.call_later(HANDOFF_GRACE_S, self._handoff.pop, key, None)
+        return await self._fills.warm(ref) if self._fills is not None else False
 
     async def content_signature(self, ref: SeriesRef | StudyRef) -> list[str] | None:
         """The SOP Instance UIDs a series holds, when the cache knows it complete (for ETags);
@@ -483,7 +210,7 @@ class WadoService:
         requests a viewer sends next are served without PACS traffic. A study's metadata is
         its series' metadata, one series after the other, each from the cache when it can."""
         cache = self._cache
-        if cache is not None and self._flights is not None and isinstance(ref, StudyRef):
+        if cache is not None and self._fills is not None and isinstance(ref, StudyRef):
             series_list = await self.study_series(ref.study_uid)
             if not series_list:
                 raise nothing_found(describe(ref))
@@ -493,28 +220,62 @@ class WadoService:
                     yield part
             return
         if cache is not None and isinstance(ref, SeriesRef):
-            index = await cache.complete_series(ref.series_uid)
-            if index is not None:
-                sops = [i[0] for i in index.instances]
-                cached = await cache.get_metadata(ref.series_uid, sops, base_url)
-                if all(c is not None for c in cached):
-                    self._metrics.inc("cache_hits_total", kind="metadata")
-                    for raw in cached:
-                        assert raw is not None
+            complete, cached = await self._cached_metadata(cache, ref, base_url)
+            if complete and cached is None:
+                # Instances cached, metadata not: one request of this process builds it;
+                # identical requests wait for it and then read the cache, instead of each
+                # parsing every instance of the series at the same time. (A series still
+                # being retrieved is streamed to each request as its instances arrive.)
+                async with self._metadata_builds.hold(ref.series_uid):
+                    complete, cached = await self._cached_metadata(cache, ref, base_url)
+                    if cached is None:
+                        async for part in self._built_metadata(ref, base_url):
+                            yield part
+                        return
+            if cached is not None:
+                self._metrics.inc("cache_hits_total", kind="metadata")
+                for raw in cached:
+                    yield raw
+                return
+        async for part in self._built_metadata(ref, base_url):
+            yield part
+
+    async def _cached_metadata(self, cache: GatewayCache, ref: SeriesRef,
+                               base_url: str) -> tuple[bool, list[bytes] | None]:
+        """Whether the series is complete in the cache, and then every instance's metadata
+        when all of it is cached too."""
+        index = await cache.complete_series(ref.series_uid)
+        if index is None:
+            return False, None
+        cached = await cache.get_metadata(ref.series_uid, [i[0] for i in index.instances],
+                                          base_url)
+        parts = [c for c in cached if c is not None]
+        return True, (parts if len(parts) == len(cached) else None)
+
+    async def _built_metadata(self, ref: Ref, base_url: str) -> AsyncIterator[bytes]:
+        """Each instance's metadata made from the instance itself (stored for the next
+        request when there is a cache), a list of ready instances at a time: one thread hop
+        and one cache write per list, not per instance (each is a trip through a busy loop)."""
+        cache = self._cache
+        batches = ready_batches(self._source(ref), METADATA_BATCH)
+        async with aclosing(batches):
+            async for batch in batches:
+                # Cached under a token, never under this client's URL (which the next client
+                # must not see); the token is replaced by each reader's own base URL.
+                base = base_url if cache is None else new_base_token()
+                raws = await asyncio.to_thread(_metadata_of, [
+                    (item.data, instance_url(base, ref.study_uid, series_uid,
+                                             item.sop_instance_uid))
+                    for series_uid, item in batch])
+                if cache is None:
+                    for raw in raws:
                         yield raw
-                    return
-        async for series_uid, item in self._source(ref):
-            if cache is None:
-                url = instance_url(base_url, ref.study_uid, series_uid, item.sop_instance_uid)
-                yield await asyncio.to_thread(metadata_json, item.data, url)
-                continue
-            # Cached under a token, never under this client's URL (which the next client
-            # must not see); the token is replaced by each reader's own base URL.
-            token = new_base_token()
-            url = instance_url(token, ref.study_uid, series_uid, item.sop_instance_uid)
-            raw = await asyncio.to_thread(metadata_json, item.data, url)
-            await cache.put_metadata(series_uid, item.sop_instance_uid, raw, token)
-            yield fill_base_url(raw, token, base_url)
+                    continue
+                await cache.put_metadata_many(
+                    [(series_uid, item.sop_instance_uid, raw)
+                     for (series_uid, item), raw in zip(batch, raws, strict=True)], base)
+                for raw in raws:
+                    yield fill_base_url(raw, base, base_url)
 
     async def encoded_series_metadata(self, ref: SeriesRef, base_url: str, variant: str,
                                       encode: Callable[[bytes], Awaitable[bytes]]

@@ -72,8 +72,8 @@ def peer_config(port: int, ae_title: str = "DEMO_PACS", **extra: Any) -> dict[st
         "ae_title": ae_title,
         "host": "127.0.0.1",
         "port": port,
-        "connect_timeout": 2,
-        "acse_timeout": 2,
+        "connect_timeout": 5,  # an in-process PACS on a loaded 2-CPU machine may answer late
+        "acse_timeout": 5,
         "dimse_timeout": 5,
         "overall_timeout": 10,
     }

@@ -200,6 +200,36 @@ async def test_second_metadata_request_is_served_from_the_metadata_cache(
         assert services.metrics.value("cache_hits_total", kind="metadata") == 1
 
 
+async def test_concurrent_metadata_of_a_cached_series_is_built_once(
+        fresh_pacs: FailingPacs, ct: Series, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series' instances are cached and its metadata is not: ten identical requests make
+    each instance's metadata once between them, not ten times at once."""
+    import app.services.wado as wado_service
+
+    built: list[int] = []
+    original = wado_service.metadata_json
+
+    def counted(data: bytes, url: str) -> bytes:
+        built.append(1)
+        return original(data, url)
+
+    monkeypatch.setattr(wado_service, "metadata_json", counted)
+    plain = {"Accept-Encoding": "identity"}
+    async with open_gateway(settings_for(fresh_pacs)) as (client, services):
+        filled = await client.get(ct.path, headers={"Accept": MULTIPART_DICOM})
+        assert sorted(sop_uids(filled)) == ct.sops and built == []
+        fresh_pacs.reset_operation_counts()
+        answers = await asyncio.gather(*(client.get(f"{ct.path}/metadata", headers=plain)
+                                         for _ in range(10)))
+        bodies = [a.json() for a in answers]
+        assert all(a.status_code == 200 for a in answers)
+        assert all(b == bodies[0] for b in bodies)
+        assert sorted(o["00080018"]["Value"][0] for o in bodies[0]) == ct.sops
+        assert len(built) == len(ct.sops)  # once per instance, for all ten
+        assert services.metrics.value("cache_hits_total", kind="metadata") == 9
+        assert dimse(fresh_pacs) == NO_TRAFFIC
+
+
 @pytest.mark.parametrize("method", ["get", "move"])
 async def test_concurrent_series_requests_share_one_retrieval(
         fresh_pacs: FailingPacs, ct: Series, method: str) -> None:
@@ -446,7 +476,7 @@ async def test_series_metadata_etag_once_the_series_is_cached(
 
 async def test_identical_search_is_answered_from_the_cache(fresh_pacs: FailingPacs,
                                                            ct: Series) -> None:
-    async with open_gateway(settings_for(fresh_pacs, qido_cache_ttl=0.5)) as (client, _):
+    async with open_gateway(settings_for(fresh_pacs, qido_cache_ttl=2.0)) as (client, _):
         url = f"/dicomweb/studies/{ct.study}/series"
         first = await client.get(url, params={"Modality": "CT"})
         assert first.status_code == 200
@@ -459,7 +489,7 @@ async def test_identical_search_is_answered_from_the_cache(fresh_pacs: FailingPa
         assert other.status_code in (200, 204)
         assert dimse(fresh_pacs)["C-FIND"] > finds  # a different search is not a hit
         finds = dimse(fresh_pacs)["C-FIND"]
-        await asyncio.sleep(0.7)  # past qido_cache_ttl
+        await asyncio.sleep(2.1)  # past qido_cache_ttl (2 s: a loaded machine stays within)
         await client.get(url, params={"Modality": "CT"})
         assert dimse(fresh_pacs)["C-FIND"] > finds
 

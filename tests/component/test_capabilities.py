@@ -54,8 +54,7 @@ def _methods(element: ET.Element, prefix: str = "") -> dict[str, ET.Element]:
     out: dict[str, ET.Element] = {}
     for resource in element.findall("w:resource", NS):
         path = f"{prefix}/{resource.get('path')}"
-        for method in resource.findall("w:method", NS):
-            assert method.get("name") == "GET"
+        for method in resource.findall("w:method[@name='GET']", NS):
             out[path] = method
         out.update(_methods(resource, path))
     return out
@@ -79,7 +78,8 @@ def test_root_describes_every_dicomweb_route_and_nothing_else(http: httpx.Client
     served = {path.removeprefix("/dicomweb") for path, item in document["paths"].items()
               if path.startswith("/dicomweb/") and "get" in item}
     assert set(described) == served
-    assert len(served) == len(REPRESENTATIONS)  # every route has one path
+    # every GET route has one path (the others are STOW-RS's POSTs, off by default)
+    assert len(served) == len([n for n, r in REPRESENTATIONS.items() if not r.body])
     ids = {path: method.get("id") for path, method in described.items()}
     assert ids["/studies"] == "search_for_studies"
     assert ids["/studies/{study}/series/{series}/metadata"] == "retrieve_series_metadata"
@@ -190,8 +190,33 @@ def test_required_accept_header_is_required_here_too() -> None:
 def test_every_dicomweb_route_has_its_representations() -> None:
     from fastapi.routing import APIRoute
 
-    from app.api import qido, rendered, wado, wado_uri
+    from app.api import qido, rendered, stow, wado, wado_uri
 
-    names = {r.name for router in (qido.router, wado.router, rendered.router, wado_uri.router)
+    names = {r.name for router in (qido.router, wado.router, rendered.router, wado_uri.router,
+                                   stow.router)
              for r in router.routes if isinstance(r, APIRoute)}
     assert names == set(REPRESENTATIONS)
+
+
+def test_a_writable_gateway_describes_stow_rs() -> None:
+    """With read_only off, the studies resources also describe POST (Store Instances): the
+    request body's media type, the response's, and Allow names it; read-only, neither."""
+    with _server(read_only=False) as gateway, httpx.Client(base_url=gateway.url,
+                                                            timeout=10) as client:
+        response = client.options("/dicomweb/studies", headers=WADL)
+        root = _wadl(response)
+        assert response.headers["allow"] == "GET, POST, OPTIONS"
+        posts = {resource.get("path"): method
+                 for resource in root.iter(f"{{{WADL_NAMESPACE}}}resource")
+                 for method in resource.findall("w:method[@name='POST']", NS)}
+        assert set(posts) == {"studies", "{study}"}  # {study} nested under studies
+        for method in posts.values():
+            body = [r.get("mediaType") for r in method.findall("w:request/w:representation", NS)]
+            assert body == ['multipart/related; type="application/dicom"']
+            answers = [r.get("mediaType") for r in method.findall("w:response/w:representation",
+                                                                  NS)]
+            assert "application/dicom+json" in answers and "application/dicom+xml" in answers
+    with _server() as gateway, httpx.Client(base_url=gateway.url, timeout=10) as client:
+        response = client.options("/dicomweb/studies", headers=WADL)
+        assert "POST" not in response.headers["allow"]
+        assert b'name="POST"' not in response.content

@@ -190,3 +190,23 @@ async def test_series_and_matching_paths_equal_the_reference(
         assert _normalised(got, drop) == _normalised(expected, drop), (path, params)
     series = await _get(gateway, pacs, f"/studies/{study}/series")
     assert len(series) > 1 and all(obj["00201209"]["Value"][0] >= 1 for obj in series)
+
+
+@pytest.mark.parametrize("params", [{}, {"Modality": "CT"}, {"limit": "3", "offset": "2"},
+                                    {"limit": "2"}], ids=["all", "matching", "page", "first"])
+async def test_staged_relational_searches_keep_their_order_at_any_concurrency(
+    gateway: GatewayFactory, pacs_of: Callable[..., DemoPacs], params: dict[str, str],
+) -> None:
+    """``/series`` on a PACS without relational queries is a C-FIND per study; with several at
+    once (``staged_find_concurrency``) the answer, its order and its paging are the same as
+    one after the other, and leaving early (a page) cancels the ones still running. (The eight
+    sample studies: small enough for both engines, more parents than four at a time.)"""
+    pacs = pacs_of("countless", small=True)
+    one = await _get(gateway, pacs, "/series", params, staged_find_concurrency=1)
+    for concurrency in (4, 16):
+        many = await _get(gateway, pacs, "/series", params,
+                          staged_find_concurrency=concurrency)
+        assert many == one, concurrency
+    assert len(one) == int(params.get("limit", len(one))) and len(one) >= 1
+    if not params:
+        assert len({obj["0020000D"]["Value"][0] for obj in one}) == 8  # every parent

@@ -103,7 +103,7 @@ async def test_without_fallback_the_warning_names_the_undelivered_instance(
     pacs: DemoPacs, series: list[Dataset], caplog: pytest.LogCaptureFixture
 ) -> None:
     sc_uid = str(series[-1].SOPInstanceUID)
-    with caplog.at_level(logging.WARNING, logger="app.services.retrieve"):
+    with caplog.at_level(logging.WARNING, logger="app.services.pacs_retrieval"):
         async with open_gateway(settings_for(pacs, fallback=False)) as client:
             pacs.reset_operation_counts()
             got = instances(await client.get(path_of(series[0])))

@@ -95,7 +95,8 @@ async def test_series_query_prefetches_the_study(gateway: GatewayFactory,
                 if "cache_fills_in_progress 0" in metrics:
                     break
                 await asyncio.sleep(0.05)
-            assert f'cache_prefetches_total{{trigger="series_query"}} {len(series)}\n' in metrics
+            assert (f'cache_prefetches_total{{trigger="series_query"}} {float(len(series))}\n'
+                    in metrics)
             gets, finds = pacs.operation_counts["C-GET"], pacs.operation_counts["C-FIND"]
             assert gets == len(series)  # one C-GET per series, no more
             for uid in series:
@@ -158,7 +159,7 @@ async def test_a_study_looked_up_by_uid_is_prefetched(gateway: GatewayFactory,
                 if "cache_fills_in_progress 0" in metrics:
                     break
                 await asyncio.sleep(0.05)
-            assert (f'cache_prefetches_total{{trigger="study_lookup"}} {len(series)}\n'
+            assert (f'cache_prefetches_total{{trigger="study_lookup"}} {float(len(series))}\n'
                     in metrics)
             gets = pacs.operation_counts["C-GET"]
             for uid in series:

@@ -129,3 +129,67 @@ async def test_a_failing_search_fails_every_follower_after_one_c_find(
         fresh_pacs.failing = False
         again = await client.get("/dicomweb/studies", params=SEARCH)
         assert again.status_code == 200  # a failure is not cached
+
+
+# -- refresh-ahead -------------------------------------------------------------------------------
+
+REFRESH_TTL = 4.0  # qido_cache_ttl of these tests; half of it is when a hit is refreshed
+
+
+async def _late_in_ttl(stored: float, fraction: float) -> None:
+    """Sleep until ``fraction`` of REFRESH_TTL after ``stored`` (loop time)."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, stored + fraction * REFRESH_TTL - loop.time()))
+
+
+@pytest.mark.parametrize("refresh_ahead", [0.5, 0.0])
+async def test_a_search_asked_late_in_its_ttl_is_refreshed_in_the_background(
+        gateway: GatewayFactory, fresh_pacs: GatedPacs, cache_settings: dict[str, Any],
+        refresh_ahead: float) -> None:
+    """A hit older than half the TTL is answered from the cache and searched again in the
+    background, so the search is still a hit after the first entry would have expired; with
+    ``qido_cache_refresh_ahead = 0`` it expires and the next search goes to the PACS."""
+    peer = peer_config(fresh_pacs.port, ae_title=fresh_pacs.ae_title)
+    settings = gateway_settings(peer, qido_cache_ttl=REFRESH_TTL,
+                                qido_cache_refresh_ahead=refresh_ahead, **cache_settings)
+    async with gateway(settings) as client:
+        first = await client.get("/dicomweb/studies", params=SEARCH)
+        stored = asyncio.get_running_loop().time()  # the entry was made just before
+        assert first.status_code == 200
+        one_search = finds(fresh_pacs)
+        await _late_in_ttl(stored, 0.6)
+        late = await client.get("/dicomweb/studies", params=SEARCH)
+        assert late.status_code == 200 and late.json() == first.json()
+        if refresh_ahead:
+            # (a second search costs a C-FIND less: the PACS's refusal of UID lists is known)
+            assert await eventually(lambda: finds(fresh_pacs) >= 2 * one_search - 1, 10)
+            again = await client.get("/dicomweb/studies", params=SEARCH)  # fresh: no refresh
+            assert again.json() == first.json()
+        await asyncio.sleep(0.5)
+        searched = finds(fresh_pacs)
+        assert searched == (2 * one_search - 1 if refresh_ahead else one_search)
+        await _late_in_ttl(stored, 1.1)  # the first entry has expired
+        after = await client.get("/dicomweb/studies", params=SEARCH)
+        assert after.json() == first.json()
+        if refresh_ahead:
+            assert finds(fresh_pacs) == searched  # the refreshed entry answered
+        else:
+            assert finds(fresh_pacs) > searched  # expired: searched again
+
+
+async def test_a_failed_refresh_is_not_repeated_and_the_entry_still_answers(
+        gateway: GatewayFactory, fresh_pacs: GatedPacs, cache_settings: dict[str, Any]) -> None:
+    peer = peer_config(fresh_pacs.port, ae_title=fresh_pacs.ae_title)
+    settings = gateway_settings(peer, qido_cache_ttl=REFRESH_TTL, **cache_settings)
+    async with gateway(settings) as client:
+        first = await client.get("/dicomweb/studies", params=SEARCH)
+        stored = asyncio.get_running_loop().time()
+        one_search = finds(fresh_pacs)
+        fresh_pacs.failing = True
+        await _late_in_ttl(stored, 0.6)
+        for _ in range(3):
+            late = await client.get("/dicomweb/studies", params=SEARCH)
+            assert late.status_code == 200 and late.json() == first.json()
+        assert await eventually(lambda: finds(fresh_pacs) == one_search + 1, 10)
+        await asyncio.sleep(0.5)
+        assert finds(fresh_pacs) == one_search + 1  # one failed refresh, not one per hit

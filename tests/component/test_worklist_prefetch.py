@@ -100,7 +100,7 @@ async def test_a_prefetched_query_costs_the_pacs_nothing_afterwards(
 
         metrics = (await client.get("/metrics")).text
         assert f"worklist_prefetch_series_done {total_series}" in metrics
-        assert f"worklist_prefetch_studies_total {len(ct)}" in metrics
+        assert f"worklist_prefetch_studies_planned {len(ct)}.0" in metrics
         assert "worklist_prefetch_running 0" in metrics
         assert 'worklist_prefetch_series_total{outcome="filled"}' in metrics
 

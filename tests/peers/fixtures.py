@@ -93,3 +93,35 @@ def pacs(request: pytest.FixtureRequest) -> PacsEndpoint:
         return PacsEndpoint(kind, orthanc.ae_title, orthanc.host, orthanc.dicom_port)
     dcmqrscp: DcmqrscpServer = request.getfixturevalue("dcmqrscp")
     return PacsEndpoint(kind, dcmqrscp.ae_title, dcmqrscp.host, dcmqrscp.port)
+
+
+# -- peers that tests store into (STOW-RS) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def writable_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """An empty Orthanc of the module's own, for tests that store into it (the shared one
+    must keep exactly the sample studies). ``DicomAlwaysAllowStore`` admits the gateway."""
+    require_binary("Orthanc")
+    if find_dicomweb_plugin() is None:
+        skip_or_fail("the Orthanc DICOMweb plugin is not installed (run scripts/install-deps)")
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc-stow"), ae_title="ORTHANC_STOW")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def writable_dcmqrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmqrscpServer]:
+    """An empty dcmqrscp of the module's own, for tests that store into it. Its AETable entry
+    is ``RW`` with peers ``ANY``, so it accepts C-STORE from the gateway's AE title; started
+    with its default options, it accepts uncompressed transfer syntaxes only."""
+    require_binary("dcmqrscp")
+    server = DcmqrscpServer(tmp_path_factory.mktemp("dcmqrscp-stow"), ae_titles=("DCMQR_STOW",))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

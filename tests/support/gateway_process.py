@@ -3,8 +3,10 @@ DWG_* environment variables, for tests that need several workers sharing one cac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -37,18 +39,22 @@ def settings_env(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 class GatewayProcess:
-    """``python -m uvicorn app.main:create_app --factory --workers N`` on a free loopback port,
-    in its own process group (stopping it stops every worker)."""
+    """``python -m uvicorn app.main:create_server_app --factory --workers N`` on a free
+    loopback port, in its own process group (stopping it stops every worker)."""
 
-    def __init__(self, workdir: Path, settings: Mapping[str, Any], *, workers: int = 2) -> None:
+    def __init__(self, workdir: Path, settings: Mapping[str, Any], *, workers: int = 2,
+                 env: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workers = workers
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DWG_")}
+        extra = dict(env or {})
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("DWG_") and k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(settings_env(settings))
+        env.update(extra)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        argv = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+        argv = [sys.executable, "-m", "uvicorn", "app.main:create_server_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", str(workers), "--log-level", "info"]
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +99,16 @@ class GatewayProcess:
             return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def kill(self) -> None:
+        """SIGKILL every process of the gateway at once (no shutdown, no cleanup: a crash)."""
+        pid = self._process.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            popen = self._process.popen
+            if popen is not None:
+                popen.wait(10)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL after ``timeout``; idempotent."""

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from app.api.http_protocol import GatewayHttpProtocol
+from app.cli import https_options
 from app.main import create_app
 from app.settings import PacsPeer, Settings, load_settings
 from tests.peers.ports import free_port
@@ -35,6 +37,8 @@ class GatewayServer:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=2,
+            http=GatewayHttpProtocol,
+            **https_options(settings),  # HTTPS as `dicomweb-gateway serve` would, when set
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -44,7 +48,8 @@ class GatewayServer:
     @property
     def url(self) -> str:
         """The server root."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.settings.https_enabled else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def dicomweb(self) -> str:
@@ -76,7 +81,8 @@ class GatewayServer:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client rooted at the DICOMweb prefix."""
-        return httpx.Client(base_url=self.dicomweb, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.dicomweb, **kwargs)
 
 
 def gateway_settings(*peers: PacsPeer, **overrides: Any) -> Settings:

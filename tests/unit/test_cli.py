@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from app import cli
+from app.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +128,54 @@ def test_prefetch_help_names_the_budgets(capsys: pytest.CaptureFixture[str]) -> 
                    "--every", "--url"):
         assert option in text
     assert "interactive users" in text
+
+
+def test_api_key_makes_a_key_and_its_hashed_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    from app.api.credentials import ApiKeys
+    from app.settings import load_settings
+
+    assert cli.main(["api-key", "ai-triage", "--actions", "search,retrieve", "--pacs", "main"]) == 0
+    out = capsys.readouterr().out
+    key = out.splitlines()[1]
+    config = tomllib.loads(out.split("\n\n", 1)[1])
+    assert key not in out.split("\n\n", 1)[1]  # the entry holds the hash only
+    settings = load_settings(pacs=[{"name": "main", "ae_title": "PACS"}], **config)
+    principal = ApiKeys(settings.api_keys).find(key)
+    assert principal is not None and principal.subject == "ai-triage"
+    assert principal.actions == {"search", "retrieve"} and principal.pacs == {"main"}
+    assert ApiKeys(settings.api_keys).find(key[:-1]) is None
+    assert cli.main(["api-key", "x", "--actions", "delete"]) == 2
+    assert "actions" in capsys.readouterr().err
+
+
+def test_several_workers_share_a_fresh_metrics_directory_removed_at_exit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import multiprocess_metrics
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with multiprocess_metrics() as directory:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+        assert directory.is_dir() and not any(directory.iterdir())
+    assert not directory.exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_a_configured_metrics_directory_is_emptied_of_an_old_run(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from app.cli import multiprocess_metrics
+
+    (tmp_path / "counter_123.db").write_bytes(b"old samples")
+    (tmp_path / "notes.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with multiprocess_metrics() as directory:
+        assert directory == tmp_path and not (tmp_path / "counter_123.db").exists()
+    assert (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "two"])
+def test_bad_worker_counts_are_usage_errors(capsys: pytest.CaptureFixture[str],
+                                            workers: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--workers", workers])
+    assert exc.value.code == 2 and "number of workers" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from pydicom.datadict import keyword_for_tag
 from app.api import qido
 from app.cli import build_parser
 from app.dicomweb.attributes import ALL_RETURN_KEYS, REQUIRED_RETURN_KEYS
-from app.services import capped
+from app.services import capped, federated_query
 from app.settings import PacsPeer, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def _documented_default(field: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float):
         return f"`{value:g}`"
-    if isinstance(value, list):
+    if isinstance(value, list | dict):
         return f"`{json.dumps(value)}`"
     return f"`{value}`"
 
@@ -139,7 +139,8 @@ def test_conformance_lists_the_attributes_the_code_requests() -> None:
 @pytest.mark.parametrize(
     "warning",
     [qido.FUZZY_WARNING, qido.MORE_WARNING, qido.EMPTY_VALUE_WARNING, qido.MULTIPLE_VALUE_WARNING,
-     capped.INCOMPLETE_WARNING, capped.EMPTY_DATES_WARNING],
+     capped.INCOMPLETE_WARNING, capped.EMPTY_DATES_WARNING, federated_query.FAILED_WARNING,
+     federated_query.TIMEOUT_WARNING.replace(":g}", "}"), federated_query.TRUNCATED_WARNING],
 )
 def test_conformance_quotes_the_warning_texts(warning: str) -> None:
     assert warning in CONFORMANCE.read_text(encoding="utf-8")

@@ -118,6 +118,24 @@ def test_environment_beats_file_and_arguments_beat_environment(
         ({"cache_admin_enabled": True}, "admin_token"),
         ({"cache_admin_enabled": True, "admin_token": "too-short"}, "admin_token"),
         ({"admin_token": "has a space in it somewhere"}, "admin_token"),
+        ({"auth_enabled": True}, "auth_enabled"),
+        ({"auth_issuer": "https://login.example.org/r"}, "auth_audience"),
+        ({"auth_issuer": "http://login.example.org/r", "auth_audience": ["gw"]}, "auth_issuer"),
+        ({"auth_issuer": "login.example.org", "auth_audience": ["gw"]}, "auth_issuer"),
+        ({"auth_jwks_url": "ftp://127.0.0.1/jwks"}, "auth_jwks_url"),
+        ({"auth_algorithms": ["HS256"]}, "auth_algorithms"),
+        ({"auth_algorithms": ["none"]}, "auth_algorithms"),
+        ({"auth_algorithms": []}, "auth_algorithms"),
+        ({"auth_action_scopes": {"delete": ["x"]}}, "auth_action_scopes"),
+        ({"auth_realm": 'quote"d'}, "auth_realm"),
+        ({"api_keys": [{"name": "a", "sha256": "00", "actions": ["search"]}]}, "sha256"),
+        ({"api_keys": [{"name": "a", "sha256": "0" * 64, "actions": []}]}, "actions"),
+        ({"api_keys": [{"name": "a", "sha256": "0" * 64, "actions": ["search"],
+                        "pacs": ["nowhere"]}]}, "nowhere"),
+        ({"api_keys": [{"name": "a", "sha256": "0" * 64, "actions": ["search"]}] * 2},
+         "unique"),
+        ({"audit_syslog": "no-port"}, "audit_syslog"),
+        ({"audit_syslog_transport": "tls"}, "audit_syslog_transport"),
     ],
 )
 def test_invalid_values_name_the_setting(overrides: dict[str, object], named: str) -> None:
@@ -223,3 +241,46 @@ def test_unparsable_config_file_names_it(tmp_path: Path, clean_env: pytest.Monke
     clean_env.setenv("DWG_CONFIG_FILE", str(path))
     with pytest.raises(ConfigurationError, match="DWG_CONFIG_FILE: .* cannot be parsed"):
         load_settings()
+
+
+def test_authorization_settings() -> None:
+    local = load_settings(auth_enabled=True, auth_issuer="http://127.0.0.1:8081/realms/x",
+                          auth_audience=["gw"], cache_admin_enabled=True)
+    assert local.admin_token is None  # with auth_enabled, an admin-scoped token opens /admin
+    keys_only = load_settings(auth_enabled=True, api_keys=[
+        {"name": "svc", "sha256": "AB" * 32, "actions": ["search", "retrieve"]}])
+    assert keys_only.api_keys[0].pacs is None and keys_only.auth_issuer is None
+    assert load_settings(auth_jwks_url="http://[::1]:9/jwks").auth_jwks_url
+    assert load_settings().auth_algorithms == ["RS256", "ES256"]
+
+
+# -- federation ---------------------------------------------------------------------------------
+
+SECOND = {**PEER, "name": "archive", "ae_title": "PACS2"}
+
+
+def test_federation_is_off_by_default() -> None:
+    assert load_settings(pacs=[PEER, SECOND]).federated_names == []
+
+
+def test_federate_true_means_every_pacs_in_configuration_order() -> None:
+    assert load_settings(pacs=[PEER, SECOND], federate=True).federated_names == ["main",
+                                                                                 "archive"]
+
+
+def test_federate_from_the_environment_as_a_list_in_its_own_order(
+        clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DWG_PACS", json.dumps([PEER, SECOND]))
+    clean_env.setenv("DWG_FEDERATE", '["archive", "main"]')
+    assert load_settings().federated_names == ["archive", "main"]
+    clean_env.setenv("DWG_FEDERATE", "true")
+    assert load_settings().federated_names == ["main", "archive"]
+
+
+@pytest.mark.parametrize("federate, message", [
+    (["main", "nowhere"], "federate: 'nowhere' not among the pacs names"),
+    (["main", "main"], "federate: a PACS is named twice"),
+])
+def test_federate_names_must_be_configured_once(federate: list[str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(pacs=[PEER, SECOND], federate=federate)

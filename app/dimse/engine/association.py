@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from app.dimse.engine.pdu import (
 )
 from app.dimse.engine.pdu_reader import CommandSet, Message, PduReader
 from app.dimse.engine.transport import apply_policy
+from app.dimse.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,10 @@ class AssociationRejected(AssociationError):
 
 class AssociationAborted(AssociationError):
     """The association ended abnormally: A-ABORT, connection loss or a protocol violation."""
+
+
+class ConnectionClosed(AssociationAborted):
+    """The peer closed the connection without an A-ABORT or A-RELEASE (AA-4)."""
 
 
 class AssociationReleased(AssociationError):
@@ -204,6 +210,7 @@ class Association:
         self.max_receive = max_receive
         self.state = State.STA1
         self.contexts: dict[int, AcceptedContext] = {}
+        self.refused: dict[str, int] = {}  # abstract syntax -> result of a refused context
         self.peer_max_pdu = 0
         self.peer_extended: dict[str, bytes] = {}
         self.calling_ae = ""
@@ -230,17 +237,32 @@ class Association:
     @classmethod
     async def request(cls, host: str, port: int, request: AssociationRequest, *,
                       connect_timeout: float, acse_timeout: float, use_quickack: bool,
-                      label: str) -> Association:
-        """Connect and negotiate; raises OSError/TimeoutError (unreachable), AssociationRejected
-        or AssociationAborted. Cancelled at any point, it leaves no connection behind (also
-        when the cancellation lands just after the TCP connection was made)."""
+                      label: str, tls: ClientTls | None = None) -> Association:
+        """Connect (over TLS with ``tls``: handshake and pinned-certificate check before the
+        first PDU) and negotiate; raises OSError/TimeoutError (unreachable; ``ssl.SSLError``
+        for a failed handshake), AssociationRejected or AssociationAborted. Cancelled at any
+        point, it leaves no connection behind (also when the cancellation lands just after
+        the TCP connection was made)."""
         assoc = cls(label, acse_timeout=acse_timeout, max_receive=request.max_receive,
                     use_quickack=use_quickack)
         assoc.calling_ae, assoc.called_ae = request.calling_ae, request.called_ae
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(lambda: assoc.reader, host, port)
+                if tls is None:
+                    await loop.create_connection(lambda: assoc.reader, host, port)
+                else:
+                    transport, _ = await loop.create_connection(
+                        lambda: assoc.reader, host, port, ssl=tls.context,
+                        server_hostname=tls.server_hostname)
+                    try:
+                        tls.check(transport.get_extra_info("ssl_object"))
+                    except ssl.SSLError:
+                        # No TLS close_notify exchange with a PACS we do not trust: a PACS
+                        # waiting for our A-ASSOCIATE-RQ (DCMTK's accepting thread) would
+                        # otherwise wait for its own timeout, unable to accept anyone else.
+                        transport.abort()
+                        raise
             await assoc._negotiate(request)
         except BaseException:
             assoc.abort()
@@ -296,6 +318,8 @@ class Association:
                 self.contexts[int(cx.context_id)] = AcceptedContext(
                     int(cx.context_id), str(cx.abstract_syntax), str(cx.transfer_syntax[0]),
                     bool(cx.as_scu), bool(cx.as_scp))
+            elif cx.abstract_syntax is not None:
+                self.refused[str(cx.abstract_syntax)] = int(cx.result or 0)
         self.state = State.STA6
 
     # -- PduOwner ------------------------------------------------------------------------------
@@ -321,9 +345,11 @@ class Association:
             if previous in (State.STA7, State.STA11):
                 self._failure = AssociationReleased(f"{self.label}: released")
             else:
-                self._failure = AssociationAborted(
+                self._failure = ConnectionClosed(
                     f"{self.label}: connection closed by the peer"
                     + (f" ({exc})" if exc else ""))
+                if isinstance(exc, ssl.SSLError):  # e.g. the PACS refused our certificate
+                    self._failure.__cause__ = exc
         self._settle(self._response, self._failure)
         if previous in (State.STA7, State.STA11) and not self._released.done():
             self._released.set_result(None)
@@ -480,7 +506,15 @@ class Association:
                 return cx
         return None
 
-    async def send(self, context_id: int, command: bytes, data: bytes | None = None) -> None:
+    def context_in(self, abstract_syntax: str, transfer_syntax: str) -> AcceptedContext | None:
+        """The accepted context of ``abstract_syntax`` in ``transfer_syntax``, if any."""
+        for cx in self.contexts.values():
+            if cx.abstract_syntax == abstract_syntax and cx.transfer_syntax == transfer_syntax:
+                return cx
+        return None
+
+    async def send(self, context_id: int, command: bytes,
+                   data: bytes | memoryview | None = None) -> None:
         """Send one DIMSE message (DT-1), within the peer's maximum PDU length."""
         if self.state is not State.STA6 or self._transport is None:
             raise self._failure or AssociationAborted(f"{self.label}: not established")

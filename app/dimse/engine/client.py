@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -21,6 +23,7 @@ from app.dicomweb.sop_classes import (
 )
 from app.dimse.association import next_message_id
 from app.dimse.bridge import Cancelled
+from app.dimse.budget import AssociationBudget, DimseMetrics
 from app.dimse.engine import operations
 from app.dimse.engine.association import (
     Association,
@@ -28,6 +31,7 @@ from app.dimse.engine.association import (
     AssociationError,
     AssociationRejected,
     AssociationRequest,
+    ConnectionClosed,
     ContextProposal,
     DimseTimeout,
 )
@@ -36,8 +40,12 @@ from app.dimse.engine.pool import AssociationPool
 from app.dimse.engine.stream import OperationStream, Sink
 from app.dimse.find import FindOutcome
 from app.dimse.move_admission import MoveRouter
+from app.dimse.observe import observed
+from app.dimse.outgoing import OutgoingInstance, StoreContexts, StoreStatus
 from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import no_contexts, refused, unavailable
+from app.dimse.tls import CLOSED_AFTER_HANDSHAKE, client_tls_cached
+from app.dimse.tls import describe as tls_failure
 from app.errors import GatewayError, UpstreamError, UpstreamTimeout
 from app.settings import PacsPeer
 
@@ -78,18 +86,24 @@ class AsyncPeerClient:
     """DIMSE operations against one PACS over pooled asyncio associations."""
 
     def __init__(self, local_ae_title: str, peer: PacsPeer, *, router: MoveRouter | None,
-                 max_receive: int, use_quickack: bool) -> None:
+                 max_receive: int, use_quickack: bool, budget: AssociationBudget | None = None,
+                 metrics: DimseMetrics | None = None) -> None:
         self.peer = peer
+        self._tls = client_tls_cached(peer)
+        self._metrics = metrics
         self._local_ae_title = local_ae_title
         self._router = router
         self._max_receive = max_receive
         self._use_quickack = use_quickack
         self.pool = AssociationPool(self._open, limit=peer.max_associations,
                                     idle_timeout=peer.association_idle_timeout,
-                                    max_idle=peer.max_idle_associations)
+                                    max_idle=peer.max_idle_associations, peer=peer.name,
+                                    wait_timeout=peer.association_wait_timeout, budget=budget,
+                                    metrics=metrics)
         self._relational: bool | None = None
         self._relational_until = 0.0  # monotonic time after which it is asked again
-        self._where = f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
+        self._where = (f"PACS {peer.name} ({peer.ae_title}@{peer.host}:{peer.port}"
+                       f"{', DICOM TLS' if self._tls else ''})")
 
     # -- associations --------------------------------------------------------------------------
     def _request(self, contexts: Sequence[ContextProposal], *, scp_roles: Sequence[str] = (),
@@ -102,7 +116,12 @@ class AsyncPeerClient:
             assoc = await Association.request(
                 self.peer.host, self.peer.port, request,
                 connect_timeout=self.peer.connect_timeout, acse_timeout=self.peer.acse_timeout,
-                use_quickack=self._use_quickack, label=f"PACS {self.peer.name}")
+                use_quickack=self._use_quickack, label=f"PACS {self.peer.name}",
+                tls=self._tls)
+        except ssl.SSLError as exc:
+            log.warning("%s: DICOM TLS: %s", self._where, tls_failure(exc))
+            raise unavailable(self.peer.name, f"{self._where}: DICOM TLS: {tls_failure(exc)}"
+                              ) from None
         except AssociationRejected as exc:
             detail = f"result {exc.result}, source {exc.source}, reason {exc.reason}"
             if exc.result == 0x01 and exc.source == 0x01:
@@ -110,9 +129,20 @@ class AsyncPeerClient:
                                               f"permanently ({detail})") from None
             raise unavailable(self.peer.name, f"{self._where} rejected the association "
                                               f"({detail})") from None
-        except (OSError, TimeoutError, AssociationError) as exc:
-            log.info("%s: association request failed: %s", self._where,
-                        exc or type(exc).__name__)
+        except AssociationError as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):
+                log.warning("%s: DICOM TLS: %s", self._where, tls_failure(exc.__cause__))
+                raise unavailable(self.peer.name, f"{self._where}: DICOM TLS: "
+                                                  f"{tls_failure(exc.__cause__)}") from None
+            log.info("%s: association request failed: %s", self._where, exc)
+            if self._tls is not None and isinstance(exc, ConnectionClosed):
+                log.warning("%s: %s", self._where, CLOSED_AFTER_HANDSHAKE)
+                raise unavailable(self.peer.name, f"{self._where}: {CLOSED_AFTER_HANDSHAKE}"
+                                  ) from None
+            raise unavailable(self.peer.name, f"{self._where} is unreachable or did not answer "
+                                              "the association request") from None
+        except (OSError, TimeoutError) as exc:
+            log.info("%s: association request failed: %r", self._where, exc)
             raise unavailable(self.peer.name, f"{self._where} is unreachable or did not answer "
                                               "the association request") from None
         if not assoc.contexts:
@@ -129,8 +159,13 @@ class AsyncPeerClient:
             if stream is not None:
                 stream.on_abort(lambda: assoc.abort("the request was abandoned"))
 
+        async def timed(assoc: Association, progress: Progress) -> R:
+            with observed(self._metrics, self.peer.name, operation) as seen:
+                seen.result = await body(assoc, progress)
+                return seen.result
+
         try:
-            return await self.pool.run(request, body, watch)
+            return await self.pool.run(request, timed, watch)
         except DimseTimeout as exc:
             raise UpstreamTimeout(f"PACS {self.peer.name} stopped answering the {operation} "
                                   f"({str(exc).rsplit(': ', 1)[-1]})") from None
@@ -262,6 +297,58 @@ class AsyncPeerClient:
             what=f"C-MOVE on PACS {self.peer.name}", on_early_exit="abort")
         return stream
 
+    def store_session(self) -> AsyncStoreSession:
+        """C-STOREs for one STOW-RS request, on pooled associations."""
+        return AsyncStoreSession(self)
+
+    def store_request(self, pairs: Sequence[tuple[str, str]]) -> AssociationRequest:
+        """The association a store proposes: Verification, then each (SOP class, transfer
+        syntax) pair as a context of its own."""
+        return self._request([ContextProposal(VERIFICATION, QUERY_SYNTAXES)]
+                             + [ContextProposal(sop, (ts,)) for sop, ts in pairs])
+
+    async def c_store(self, request: AssociationRequest, instance: OutgoingInstance
+                      ) -> StoreStatus:
+        """One C-STORE on a pooled association negotiated for ``request``."""
+        async def body(assoc: Association, progress: Progress) -> StoreStatus:
+            return await operations.c_store(assoc, progress, instance,
+                                            message_id=next_message_id(),
+                                            timeout=self.peer.dimse_timeout)
+        try:
+            async with asyncio.timeout(self.peer.overall_timeout):
+                return await self._run(request, "C-STORE", body)
+        except TimeoutError:
+            raise UpstreamTimeout(f"PACS {self.peer.name} did not answer the C-STORE in time"
+                                  ) from None
+    @property
+    def associations(self) -> tuple[int, int, int]:
+        """Associations open, in use, and operations waiting for one."""
+        return self.pool.open_count, self.pool.leased_count, self.pool.waiting
+
     async def close(self) -> None:
         """Release the pooled associations."""
         await self.pool.close()
+
+
+class AsyncStoreSession:
+    """The C-STOREs of one STOW-RS request on the asyncio engine. Each store leases a pooled
+    association negotiated for every (SOP class, transfer syntax) the request has needed so
+    far, so the instances that follow reuse it; between instances it waits in the pool, so no
+    association slot is held while the client is still sending the next instance."""
+
+    def __init__(self, client: AsyncPeerClient) -> None:
+        self._client = client
+        self._contexts = StoreContexts()
+
+    async def store(self, instance: OutgoingInstance) -> StoreStatus:
+        """C-STORE one instance; GatewayError when the PACS could not be asked."""
+        self._contexts.need(instance)
+        return await self._client.c_store(self._client.store_request(self._contexts.proposed()),
+                                          instance)
+
+    async def __aenter__(self) -> AsyncStoreSession:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """Nothing to close: the association waits in the pool for the next request."""

@@ -196,6 +196,27 @@ def c_store_rsp(message_id: int, sop_class: str, sop_instance: str, status: int)
     return _ELEMENT.pack(0, 0x0000, 4) + _UL.pack(len(body)) + body
 
 
+PRIORITY = 0x0700
+DATA_SET_PRESENT = 0x0001
+
+
+def c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
+    """C-STORE-RQ (PS3.7 9.3.1.1), medium priority, a data set following. Written element by
+    element, like c_store_rsp: sent once per stored instance."""
+    body = b"".join(
+        _ELEMENT.pack(0, element, len(value)) + value
+        for element, value in (
+            (AFFECTED_SOP_CLASS, _ui(sop_class)),
+            (COMMAND_FIELD, _US.pack(Command.C_STORE_RQ)),
+            (MESSAGE_ID, _US.pack(message_id)),
+            (PRIORITY, _US.pack(MEDIUM_PRIORITY)),
+            (DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
+            (AFFECTED_SOP_INSTANCE, _ui(sop_instance)),
+        )
+    )
+    return _ELEMENT.pack(0, 0x0000, 4) + _UL.pack(len(body)) + body
+
+
 def c_echo_rsp(message_id: int, sop_class: str, status: int = 0x0000) -> bytes:
     """C-ECHO-RSP (PS3.7 9.3.5.2), for the storage SCP's Verification service."""
     primitive = dimse_primitives.C_ECHO()

@@ -1,6 +1,7 @@
-"""The DIMSE-C operations the gateway uses (PS3.4 A.4, C.4.1-C.4.3), each on one established
-association: C-ECHO, C-FIND (with C-CANCEL), C-GET (C-STORE sub-operations answered on the same
-association) and C-MOVE. Association errors propagate; the caller maps them."""
+"""The DIMSE-C operations the gateway uses (PS3.4 A.4, B.2, C.4.1-C.4.3), each on one
+established association: C-ECHO, C-STORE, C-FIND (with C-CANCEL), C-GET (C-STORE
+sub-operations answered on the same association) and C-MOVE. Association errors propagate; the
+caller maps them."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from app.dimse.engine.part10 import part10
 from app.dimse.engine.pdu_reader import Message
 from app.dimse.engine.stream import Sink
 from app.dimse.find import FindOutcome
+from app.dimse.outgoing import OutgoingInstance, StoreStatus, refused_context_status
 from app.dimse.received import ReceivedInstance, RetrieveOutcome, failed_uid_list
-from app.dimse.retrieve import FinalResponse
+from app.dimse.retrieve_responses import FinalResponse
 from app.dimse.status import Category, category, find_failure
 from app.errors import UpstreamError, UpstreamNotSupported
 
@@ -235,3 +237,26 @@ async def c_move(assoc: Association, progress: Progress, identifier: Dataset, de
             continue
         progress.finished = True
         return counters.final(command, message, cx)
+
+
+async def c_store(assoc: Association, progress: Progress, instance: OutgoingInstance, *,
+                  message_id: int, timeout: float) -> StoreStatus:
+    """One C-STORE of ``instance``: its data set goes out as the client sent it (no decoding,
+    no re-encoding), in P-DATA-TF PDUs within the PACS's maximum length, on the context
+    accepted for its SOP class in its own transfer syntax. Without one, nothing is sent and
+    the status says why (0x0122 SOP class, 0xC122 transfer syntax not supported)."""
+    cx = assoc.context_in(instance.sop_class, instance.transfer_syntax)
+    if cx is None:
+        progress.finished = True  # nothing was sent: the association stays clean
+        accepted = assoc.context_for(instance.sop_class) is not None
+        return StoreStatus(refused_context_status(accepted, assoc.refused.get(instance.sop_class)),
+                           f"{assoc.label} accepted no context for SOP class "
+                           f"{instance.sop_class} in {instance.transfer_syntax}")
+    await assoc.send(cx.context_id,
+                     commands.c_store_rq(message_id, instance.sop_class, instance.sop_instance),
+                     instance.dataset)
+    message = await assoc.receive(timeout)
+    progress.responded = True
+    command = _response_to(message, message_id, Command.C_STORE_RSP, assoc, "C-STORE")
+    progress.finished = True
+    return StoreStatus(int(command.status or 0), command.text(commands.ERROR_COMMENT) or None)

@@ -1,9 +1,10 @@
 """Length-checked PDU framing and PDV reassembly on an asyncio BufferedProtocol.
 
 Bytes are received straight into one growing buffer; each P-DATA-TF's PDVs are cut out (one copy
-per fragment) and joined once per command set or data set. No length is trusted: a PDU larger
-than the limit for its type, an unknown PDU type or a malformed PDV list is a ProtocolViolation,
-which the owner answers with an A-ABORT.
+per fragment) and joined once per command set or data set. Buffers a data set's fragments still
+view are replaced, not overwritten, and reused once that data set is joined. No length is
+trusted: a PDU larger than the limit for its type, an unknown PDU type or a malformed PDV list is
+a ProtocolViolation, which the owner answers with an A-ABORT.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _INITIAL_BUFFER = 256 * 1024
 _FIXED_LENGTH = frozenset((PduType.RELEASE_RQ, PduType.RELEASE_RP, PduType.ABORT))
 _FIXED_LENGTH_BODY = 4
 _MIN_FREE = 64 * 1024
+_MAX_SPARE = 4 * 1024 * 1024  # replaced buffers kept for reuse, per association
 
 
 @dataclass(slots=True)
@@ -100,6 +102,8 @@ class PduReader(asyncio.BufferedProtocol):
         self._data_size = 0
         self._prefix_size = 0
         self._views = False  # data set fragments are views into the buffer: do not reuse it
+        self._pinned: list[bytearray] = []  # replaced buffers the data set in progress views
+        self._spare: list[bytearray] = []  # buffers free again, for the next replacement
 
     # asyncio protocol interface -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,12 +133,38 @@ class PduReader(asyncio.BufferedProtocol):
         wanted = max(_MIN_FREE, min(self._need - pending, max(pending, _INITIAL_BUFFER)))
         if free < wanted:
             size = len(self._buf)
+            if not self._views and size - pending >= wanted:
+                # Nothing views the buffer: move the partial PDU to its start, in place.
+                self._buf[:pending] = self._buf[self._start:self._end]
+                self._start, self._end = 0, pending
+                return memoryview(self._buf)[pending:]
             while size - pending < wanted:
                 size *= 2
-            fresh = bytearray(size)  # a new buffer: the old one may still be exported
+            if self._views:
+                self._pinned.append(self._buf)
+            fresh = self._spare_buffer(size)
             fresh[:pending] = self._buf[self._start:self._end]
             self._buf, self._start, self._end = fresh, 0, pending
         return memoryview(self._buf)[self._end:]
+
+    def _spare_buffer(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes: a spare one if any, else a new (zeroed) one."""
+        for i, spare in enumerate(self._spare):
+            if len(spare) >= size:
+                return self._spare.pop(i)
+        return bytearray(size)
+
+    def _recycle(self) -> None:
+        """The data set that pinned the replaced buffers is joined: keep them (up to
+        _MAX_SPARE bytes) for the next one, so a retrieval of many data sets larger than the
+        buffer stops allocating and zeroing a buffer per data set."""
+        kept, total = [], 0
+        for buffer in reversed(self._spare + self._pinned):
+            if total + len(buffer) > _MAX_SPARE:
+                break
+            kept.append(buffer)
+            total += len(buffer)
+        self._spare, self._pinned = kept, []
 
     def buffer_updated(self, nbytes: int) -> None:
         """Parse every complete PDU now in the buffer."""
@@ -277,6 +307,8 @@ class PduReader(asyncio.BufferedProtocol):
             offset, self._prefix_size = self._prefix_size, 0
             self._data_parts = []
             self._views = False
+            if self._pinned:
+                self._recycle()
             self._data_size = 0
             self._deliver(command, data, offset)
 

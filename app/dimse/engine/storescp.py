@@ -5,13 +5,15 @@ anything but a configured C-MOVE PACS at one of its addresses gets A-ASSOCIATE-R
 permanent, service user, calling AE title not recognised: PS3.8 9.3.4); each C-STORE is routed
 to the C-MOVE of that PACS it belongs to, or refused with its status logged. Handing an instance
 to its retrieval may block (the consumer is slow), so that one step runs in a worker thread while
-the association's reads are paused.
+the association's reads are paused; an instance for another worker's C-MOVE is relayed on the
+event loop itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from pynetdicom import StoragePresentationContexts
@@ -35,8 +37,10 @@ from app.dimse.move_admission import (
     MoveAdmission,
     MoveRouter,
     Unrouted,
+    admit_store,
+    deliver_admitted,
     log_refusal,
-    store_admitted,
+    unrouted_status,
 )
 from app.dimse.received import ReceivedInstance
 
@@ -74,8 +78,9 @@ class AsyncStorageSCP:
                  admission: MoveAdmission, reuse_port: bool = True,
                  on_unrouted: Unrouted | None = None, acse_timeout: float = 10.0,
                  idle_timeout: float = 60.0, max_receive: int = 4 * 1024 * 1024,
-                 use_quickack: bool = True) -> None:
+                 use_quickack: bool = True, ssl_context: ssl.SSLContext | None = None) -> None:
         self.router = router
+        self._ssl_context = ssl_context
         self.admission = admission
         self.on_unrouted = on_unrouted
         self._ae_title = ae_title
@@ -106,9 +111,12 @@ class AsyncStorageSCP:
         """Listen on the event loop."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, self._host, self._port, reuse_port=self._reuse_port or None)
-        log.info("storage SCP %s listening on %s:%d (asyncio engine); accepting %s",
+            self._accept, self._host, self._port, reuse_port=self._reuse_port or None,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._acse_timeout if self._ssl_context else None)
+        log.info("storage SCP %s listening on %s:%d (asyncio engine%s); accepting %s",
                  self._ae_title, self._host, self.port,
+                 ", DICOM TLS" if self._ssl_context else "",
                  ", ".join(f"{s.ae_title} from {'/'.join(s.hosts)}"
                            for s in self.admission.sources) or "no PACS (none uses C-MOVE)")
 
@@ -200,8 +208,17 @@ class AsyncStorageSCP:
             return 0xC000
         originator = command.text(commands.MOVE_ORIGINATOR_AE) or None
         move_id = command.us(commands.MOVE_ORIGINATOR_ID)
-        return await asyncio.to_thread(
-            store_admitted, self.router, self.on_unrouted, admission, calling, address, uid,
-            originator, move_id,
-            lambda: ReceivedInstance(as_part10(message, sop_class, uid, cx.transfer_syntax,
-                                               calling), sop_class, uid, cx.transfer_syntax))
+        decision = admit_store(self.router, admission, calling, address, uid, originator,
+                               move_id)
+        if decision.status is not None:
+            return decision.status
+        instance = ReceivedInstance(as_part10(message, sop_class, uid, cx.transfer_syntax,
+                                              calling), sop_class, uid, cx.transfer_syntax)
+        if decision.sink is not None:  # may block while the retrieval's consumer is behind
+            return await asyncio.to_thread(deliver_admitted, decision.sink, calling, address,
+                                           instance)
+        outcome = None
+        if self.on_unrouted is not None:  # relayed on the loop: no thread is held
+            outcome = await self.on_unrouted(instance, originator, move_id, admission.peers,
+                                             calling, address)
+        return unrouted_status(outcome, decision, calling, address, uid)

@@ -153,11 +153,12 @@ async def test_dead_holder_is_taken_over_after_its_lock_expires(backend: CacheBa
 
 
 async def test_live_holder_renews_its_lock_past_the_ttl(backend: CacheBackend) -> None:
-    flights = SingleFlight(backend, lock_ttl=0.3)
-    work = Work(count=6, delay=0.2)  # 1.2 s: four lock TTLs
-    async with asyncio.timeout(10):
+    # Renewed every 0.4 s, so a loaded machine may stall the holder 0.8 s and it still holds.
+    flights = SingleFlight(backend, lock_ttl=1.2)
+    work = Work(count=6, delay=0.5)  # 3 s: two and a half lock TTLs
+    async with asyncio.timeout(15):
         first = asyncio.create_task(collect(flights, work))
-        await asyncio.sleep(0.8)  # well past the first expiry: renewals must have kept it
+        await asyncio.sleep(2.0)  # well past the first expiry: renewals must have kept it
         late = await collect(flights, work)
         await first
     assert work.runs == 1
@@ -189,3 +190,126 @@ async def test_close_cancels_running_fills(backend: CacheBackend) -> None:
     await flights.close()
     assert flights.running == 0
     follower.cancel()
+
+
+async def test_a_caller_that_arrived_before_a_local_fill_ended_shares_it(
+        backend: CacheBackend) -> None:
+    """``since``: a caller that arrived while the fill ran shares it even when it reaches
+    ``follow`` after the end; one that arrived after the end looks again (and, the work not
+    being complete, runs its own). The done event carries the fill's result in-process."""
+    flights = SingleFlight(backend, lock_ttl=5)
+    runs: list[int] = []
+    finished = asyncio.Event()
+
+    async def fill(ctx: FillContext) -> None:
+        runs.append(len(runs))
+        await ctx.publish(FillEvent("done", result={"run": len(runs)}))
+        finished.set()
+        await asyncio.sleep(0.3)  # ended, its lock not yet released
+
+    async def never() -> bool:
+        return False
+
+    async def follow(since: int | None = None) -> list[FillEvent]:
+        return [e async for e in flights.follow(LOCK, events_key, fill, never, since=since)]
+
+    async with asyncio.timeout(10):
+        arrived = SingleFlight.ticket()  # before the fill below ends
+        first = asyncio.create_task(follow())
+        await finished.wait()
+        finished.clear()
+        shared = await follow(since=arrived)
+        assert runs == [0] and shared[-1].result == {"run": 1}
+        late = await follow()  # arrived after the end: a new fill once the lock is free
+        assert runs == [0, 1] and late[-1].result == {"run": 2}
+        assert (await first)[-1].result == {"run": 1}
+    assert FillEvent.decode(FillEvent("done", result={"x": 1}).encode()).result is None
+
+
+async def test_refresh_starts_one_background_fill_only_when_idle_and_still_due(
+        backend: CacheBackend) -> None:
+    """``refresh``: nothing while a fill holds the lock; the lock released again when the work
+    is no longer due once it is held; otherwise one fill that the caller does not wait for, and
+    that a follower arriving meanwhile shares."""
+    flights = SingleFlight(backend, lock_ttl=5)
+    work = Work(count=2, delay=0.1)
+    due = True
+
+    async def is_due() -> bool:
+        return due
+
+    async with asyncio.timeout(10):
+        started = time.monotonic()
+        assert await flights.refresh(LOCK, events_key, work, is_due)
+        assert time.monotonic() - started < 0.1  # not waited for
+        assert flights.running == 1
+        assert not await flights.refresh(LOCK, events_key, work, is_due)  # one at a time
+        shared = await collect(flights, work)  # follows the refresh instead of filling
+        assert work.runs == 1 and shared[-1] == FillEvent("done")
+        await released_soon(backend)
+        due = False
+        assert not await flights.refresh(LOCK, events_key, work, is_due)
+        assert await backend.lock_holder(LOCK) is None  # taken, then given back
+        assert work.runs == 1
+    await flights.close()
+
+
+async def test_a_caller_that_arrived_before_the_end_shares_it_after_the_lock_is_gone(
+        backend: CacheBackend) -> None:
+    """The final event of a local fill is kept a few seconds: a caller that arrived before
+    the end gets it (result included) even once the lock is released, failures too; a caller
+    that arrived later starts its own fill."""
+    flights = SingleFlight(backend, lock_ttl=5)
+    runs: list[int] = []
+    failing = False
+
+    async def fill(ctx: FillContext) -> None:
+        runs.append(len(runs))
+        if failing:
+            await ctx.publish(FillEvent("failed", http_status=502, message="PACS said no"))
+            return
+        await ctx.publish(FillEvent("done", result={"run": len(runs)}))
+
+    async def never() -> bool:
+        return False
+
+    async def follow(since: int | None = None) -> list[FillEvent]:
+        return [e async for e in flights.follow(LOCK, events_key, fill, never, since=since)]
+
+    async with asyncio.timeout(10):
+        arrived = SingleFlight.ticket()
+        assert (await follow())[-1].result == {"run": 1}
+        await released_soon(backend)
+        assert (await follow(since=arrived))[-1].result == {"run": 1}  # shared, no new run
+        assert runs == [0]
+        assert (await follow())[-1].result == {"run": 2}  # arrived after the end
+        await released_soon(backend)
+        failing, arrived = True, SingleFlight.ticket()
+        assert (await follow())[-1].kind == "failed"
+        await released_soon(backend)
+        shared = await follow(since=arrived)
+        assert shared[-1].kind == "failed" and shared[-1].message == "PACS said no"
+        assert runs == [0, 1, 2]
+    await flights.close()
+
+
+async def test_the_kept_outcome_is_the_first_final_event(backend: CacheBackend) -> None:
+    """A fill that raises after publishing done still ended with done for its followers; a
+    caller that reaches it after the lock is gone gets that done, not the later failure."""
+    flights = SingleFlight(backend, lock_ttl=5)
+
+    async def fill(ctx: FillContext) -> None:
+        await ctx.publish(FillEvent("done", result={"ok": True}))
+        raise RuntimeError("after the end")
+
+    async def never() -> bool:
+        return False
+
+    async with asyncio.timeout(10):
+        arrived = SingleFlight.ticket()
+        first = [e async for e in flights.follow(LOCK, events_key, fill, never)]
+        assert first[-1].kind == "done"
+        await released_soon(backend)
+        late = [e async for e in flights.follow(LOCK, events_key, fill, never, since=arrived)]
+        assert late == [FillEvent("done", result={"ok": True})]
+    await flights.close()

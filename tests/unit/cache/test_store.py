@@ -153,7 +153,7 @@ async def test_metadata_is_stored_under_a_token_and_served_with_each_base_url(
                       "00100010": {"vr": "PN", "Value": [{"Alphabetic": "urn:dwg:base-url"}]},
                       "7FE00010": {"vr": "OB", "BulkDataURI": f"{token}/bulkdata/7FE00010"}},
                      separators=(",", ":")).encode()
-    await cache.put_metadata(SERIES, "1.1", raw, token)
+    await cache.put_metadata_many([(SERIES, "1.1", raw)], token)
     other = "https://public.example:8443/prefix"
     (got, missing) = await cache.get_metadata(SERIES, ["1.1", "1.2"], other)
     assert missing is None
@@ -200,7 +200,7 @@ async def test_evict_study_and_series(backend: CacheBackend) -> None:
     cache = _cache(backend)
     await _fill(cache, SERIES, ["1.2.3.4.1", "1.2.3.4.2"])
     await _fill(cache, OTHER_SERIES, ["1.2.3.5.1"])
-    await cache.put_metadata(SERIES, "1.2.3.4.1", b"{}", new_base_token())
+    await cache.put_metadata_many([(SERIES, "1.2.3.4.1", b"{}")], new_base_token())
     other_study = SeriesIndex("7.7", "7.7.1", True, (("7.7.1.1", CT_IMAGE, EXPLICIT_LE),))
     await cache.put_instance("7.7.1", _instance("7.7.1.1"))
     await cache.put_series_index(other_study)

@@ -71,25 +71,45 @@ async def test_local_followers_first_shared_log_once_readable(backend: CacheBack
         assert cached is not None and cached.data == item.data
 
 
-async def test_each_add_waits_until_its_instance_is_written() -> None:
-    """The fill waits for each write (see write_behind's note): no add returns before the
-    previous instances are written."""
-    written: list[str] = []
+class SlowWrites(MemoryBackend):
+    """A backend whose batches take 50 ms, recording the keys written."""
 
-    class Slow(MemoryBackend):
-        async def write_batch(self, values, events):  # type: ignore[no-untyped-def]
-            await asyncio.sleep(0.05)
-            written.extend(key for key, _, _ in values)
-            return await super().write_batch(values, events)
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.written: list[str] = []
 
-    backend = Slow(10_000_000)
+    async def write_batch(self, values, events):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.05)
+        self.written.extend(key for key, _, _ in values)
+        return await super().write_batch(values, events)
+
+
+async def test_budget_holds_the_fill_back_until_written() -> None:
+    """With a budget smaller than two instances, each add waits for the previous write."""
+    backend = SlowWrites(10_000_000)
+    written = backend.written
     cache = GatewayCache(backend, "t", ttl=60, query_ttl=0)
-    writer = WriteBehind(cache, SERIES, context(backend))
+    item_size = len(instance("9.0", 400).data)
+    writer = WriteBehind(cache, SERIES, context(backend), max_pending=item_size + 10)
     for n in range(3):
         await writer.add(instance(f"9.{n}", 400))
         assert len(written) >= n  # the previous ones are written before the next add returns
     await writer.finish()
     assert len(written) == 3
+
+
+async def test_within_the_budget_the_fill_runs_ahead_of_its_writes() -> None:
+    """The fill does not wait for each write: every add returns before the first batch is
+    written, queued instances are readable from ``pending``, and finish waits for them all."""
+    backend = SlowWrites(10_000_000)
+    written = backend.written
+    cache = GatewayCache(backend, "t", ttl=60, query_ttl=0)
+    writer = WriteBehind(cache, SERIES, context(backend))
+    for n in range(5):
+        await writer.add(instance(f"9.{n}", 400))
+    assert written == [] and writer.pending("9.4") is not None
+    await writer.finish()
+    assert len(written) == 5 and writer.pending("9.4") is None
 
 
 async def test_refused_instances_are_handed_over() -> None:

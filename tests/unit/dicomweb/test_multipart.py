@@ -11,11 +11,16 @@ from dicomweb_client.web import DICOMwebClient
 
 from app.dicomweb.multipart import (
     MultipartError,
+    MultipartParser,
     Part,
+    PartData,
+    PartEnd,
     PartHeaders,
+    PartStart,
     closing_delimiter,
     encode_multipart,
     encode_part,
+    multipart_boundary,
     multipart_content_type,
     new_boundary,
     parse_content_type,
@@ -220,3 +225,111 @@ def test_we_decode_dicomweb_client_encoding() -> None:
     parts = parse_multipart(body, ct)
     assert [p.body for p in parts] == bodies
     assert all(p.content_type == "application/dicom" for p in parts)
+
+
+# -- incremental parsing -----------------------------------------------------------------------
+
+
+def _feed_in_pieces(body: bytes, content_type: str, piece: int) -> list[Part]:
+    """Parts from feeding ``body`` ``piece`` bytes at a time."""
+    parser = MultipartParser(content_type)
+    parts: list[Part] = []
+    headers = PartHeaders()
+    chunks: list[bytes] = []
+    for start in range(0, len(body), piece):
+        for event in parser.feed(body[start:start + piece]):
+            if isinstance(event, PartStart):
+                headers, chunks = event.headers, []
+            elif isinstance(event, PartData):
+                chunks.append(event.data)
+            else:
+                assert isinstance(event, PartEnd)
+                parts.append(Part(headers=headers, body=b"".join(chunks)))
+    parser.close()
+    assert parser.finished
+    return parts
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 13, 64, 4096])
+def test_feeding_in_pieces_gives_the_same_parts(piece: int) -> None:
+    bodies = [
+        (b"DICM\x00\r\n--" + BOUNDARY.encode() + b"x\r\n", "application/dicom", "http://gw/a"),
+        (b"", "application/dicom", None),
+        (bytes(range(256)) * 10, "application/octet-stream", "http://gw/b"),
+    ]
+    with_length = _stream(bodies)
+    assert _feed_in_pieces(with_length, CT, piece) == parse_multipart(with_length, CT)
+    # without Content-Length the delimiter search must span the pieces
+    without_length = DICOMwebClient._encode_multipart_message(
+        [b"first\r\n-", b"", b"\r\n--" + BOUNDARY.encode()[:-1] + b"\r\n"], CT)
+    assert [p.body for p in _feed_in_pieces(without_length, CT, piece)] == [
+        b"first\r\n-", b"", b"\r\n--" + BOUNDARY.encode()[:-1] + b"\r\n"]
+    preamble = b"preamble\r\n--" + BOUNDARY.encode() + b"\r\n\r\nbody\r\n--" + BOUNDARY.encode()
+    assert [p.body for p in _feed_in_pieces(preamble + b"--\r\nepilogue", CT, piece)] == [b"body"]
+
+
+def test_body_bytes_are_handed_on_without_waiting_for_the_part_to_end() -> None:
+    """What keeps a STOW-RS request's memory bounded: a part without Content-Length is handed
+    on as it arrives, the parser keeping back less than a delimiter."""
+    parser = MultipartParser(CT)
+    events = parser.feed(b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n")
+    assert [type(e) for e in events] == [PartStart]
+    delimiter = len(b"\r\n--" + BOUNDARY.encode())
+    handed = 0
+    for _ in range(100):
+        handed += sum(len(e.data) for e in parser.feed(b"x" * 10_000) if isinstance(e, PartData))
+        assert 10_000 * (_ + 1) - handed < delimiter
+    events = parser.feed(b"\r\n--" + BOUNDARY.encode() + b"--\r\n")
+    assert sum(len(e.data) for e in events if isinstance(e, PartData)) == 1_000_000 - handed
+    assert isinstance(events[-1], PartEnd) and parser.finished
+
+
+def test_a_content_length_part_is_handed_on_piece_by_piece() -> None:
+    parser = MultipartParser(CT)
+    parser.feed(part_header("application/dicom", content_length=6, boundary=BOUNDARY))
+    assert parser.feed(b"abc") == [PartData(b"abc")]
+    assert parser.feed(b"def\r\n--" + BOUNDARY.encode()) == [PartData(b"def"), PartEnd()]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "message"),
+    [
+        ([b"--b\r\nContent-Type: a/b\r\n\r\nxyz"], "truncated"),
+        ([b"--b\r\nContent-Type: a/b\r\n"], "not terminated"),
+        ([b"--b\r\n\r\nxyz\r\n--b"], "truncated after a delimiter"),
+        ([b"no boundary at all"], "without a boundary"),
+        ([b"--b\r\nContent-Length: 2\r\n\r\nxyz\r\n--b--"], "Content-Length"),
+        ([b"--bb\r\n"], "not followed by CRLF"),
+    ],
+)
+def test_malformed_streams_raise_when_found(pieces: list[bytes], message: str) -> None:
+    parser = MultipartParser("multipart/related; boundary=b")
+    with pytest.raises(MultipartError, match=message):
+        for piece in pieces:
+            parser.feed(piece)
+        parser.close()
+    with pytest.raises(MultipartError):  # a failed parser stays failed
+        parser.feed(b"--b--")
+
+
+def test_endless_part_headers_are_refused() -> None:
+    parser = MultipartParser("multipart/related; boundary=b", max_header_bytes=100)
+    parser.feed(b"--b\r\nX-Long: ")
+    with pytest.raises(MultipartError, match="longer than 100"):
+        parser.feed(b"y" * 200)
+
+
+def test_a_delimiter_split_across_pieces_is_found() -> None:
+    parser = MultipartParser("multipart/related; boundary=b")
+    events = parser.feed(b"--b\r\n\r\nabc\r") + parser.feed(b"\n-") + parser.feed(b"-b--")
+    assert b"".join(e.data for e in events if isinstance(e, PartData)) == b"abc"
+    assert isinstance(events[-1], PartEnd) and parser.finished
+
+
+def test_multipart_boundary() -> None:
+    value = 'multipart/related; type="application/dicom"; boundary="a b"'
+    assert multipart_boundary(value) == "a b"
+    for bad in ("multipart/related", "application/dicom; boundary=b",
+                "multipart/related; boundary=" + "x" * 71):
+        with pytest.raises(MultipartError):
+            multipart_boundary(bad)

@@ -4,11 +4,13 @@ running C-MOVE of that PACS (routing, expected instances, duplicates)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
 import pytest
 
+from app.dimse.bridge import run_on_loop
 from app.dimse.move_admission import (
     DUPLICATE,
     NOT_EXPECTED,
@@ -16,9 +18,12 @@ from app.dimse.move_admission import (
     MoveAdmission,
     MoveRouter,
     MoveSource,
+    Relayed,
+    StoreDecision,
     is_loopback,
     move_sources,
     normalise_address,
+    unrouted_status,
 )
 from app.settings import PacsPeer
 
@@ -198,3 +203,42 @@ def test_unregistered_c_move_admits_nothing() -> None:
     router.unregister(sink)
     assert router.admit_store(frozenset({"a"}), "GW", 7, "1.1").sink is None
     assert len(router) == 0
+
+
+# -- an instance no local C-MOVE wants ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("outcome", "status"), [
+    (Relayed.RELAYED, 0x0000),
+    (Relayed.UNWANTED, 0xC000),  # Error: Cannot Understand, as for no such C-MOVE here
+    (Relayed.UNAVAILABLE, 0xA700),  # Refused: Out of Resources, a transient refusal
+    (None, 0xC000),  # no relay at all
+])
+def test_what_the_relay_did_decides_the_c_store_status(
+        outcome: Relayed | None, status: int, caplog: pytest.LogCaptureFixture) -> None:
+    decision = StoreDecision(reason="matches no C-MOVE of this PACS in progress here")
+    with caplog.at_level("WARNING", "app.dimse.move_admission"):
+        assert unrouted_status(outcome, decision, "PACS", "10.0.0.7", "1.2.3") == status
+    assert ("1.2.3" in caplog.text) == (outcome is not Relayed.RELAYED)
+    if outcome is not None and outcome is not Relayed.RELAYED:
+        assert outcome.value in caplog.text
+
+
+async def test_a_storage_scp_thread_waits_for_the_loop_within_a_limit() -> None:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+
+    async def answer() -> str:
+        return "relayed"
+
+    async def never() -> str:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.set()
+        return "late"
+
+    assert await asyncio.to_thread(run_on_loop, loop, answer(), 5) == "relayed"
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(run_on_loop, loop, never(), 0.1)
+    await asyncio.wait_for(stopped.wait(), 5)  # the abandoned coroutine was cancelled

@@ -174,3 +174,31 @@ def test_stop_ends_parsing_of_the_current_read() -> None:
     target.stop()
     feed(target, find_response(1, 0x0000, None) + fp.release_rq())
     assert not owner.messages and not owner.pdus and not owner.violations
+
+
+def test_buffers_pinned_by_a_data_set_are_reused_for_the_next() -> None:
+    """A data set larger than the buffer pins the buffers its fragments view; once it is
+    joined they serve the next data sets, so a long retrieval stops allocating buffers, and
+    every data set still arrives exactly."""
+    command = fp.response(fp.C_FIND_RSP, 1, 0xFF00, sop_class=FIND_MODEL, has_data=True)
+    payloads = [bytes([n]) * 600_000 for n in range(24)]
+    stream = b"".join(
+        fp.p_data(fp.pdv(1, command, command=True, last=True))
+        + b"".join(fp.p_data(fp.pdv(1, p[i:i + 131_000], command=False,
+                                    last=i + 131_000 >= len(p)))
+                   for i in range(0, len(p), 131_000))
+        for p in payloads)
+    target, owner = reader(max_pdata=0)
+    seen: set[int] = set()
+    view = memoryview(stream)
+    while view:
+        buffer = target.get_buffer(-1)
+        seen.add(id(buffer.obj))
+        count = min(len(buffer), len(view), 200_000)
+        buffer[:count] = view[:count]
+        del buffer
+        target.buffer_updated(count)
+        view = view[count:]
+    assert not owner.violations
+    assert [m.data for m in owner.messages] == payloads
+    assert len(seen) <= 6, f"{len(seen)} buffers for {len(payloads)} data sets"

@@ -183,3 +183,89 @@ async def test_a_closed_pool_parks_nothing_and_opens_nothing() -> None:
         pass
     else:
         raise AssertionError("a closed pool opened an association")
+
+
+class CountingBudget:
+    """An in-process AssociationBudget: ``limit`` leases, counted; None once exhausted."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.granted = 0
+        self.busy = False
+        self.callbacks: list[Any] = []
+
+    async def acquire(self, peer: str, limit: int, timeout: float) -> Any:
+        if self.held >= limit:
+            await asyncio.sleep(timeout)
+            return None
+        self.held += 1
+        self.granted += 1
+        budget = self
+
+        class Lease:
+            done = False
+
+            def release(self) -> None:
+                if not self.done:
+                    self.done = True
+                    budget.held -= 1
+        return Lease()
+
+    def contended(self, peer: str) -> bool:
+        return self.busy
+
+    def on_contended(self, peer: str, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+
+async def test_with_a_budget_each_open_association_holds_one_lease_until_it_closes() -> None:
+    budget = CountingBudget()
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, max_idle=2, peer="p",
+                           wait_timeout=0.2, budget=budget)
+    find, _ = await pool.acquire(FIND)
+    assert budget.held == 1
+    pool.give_back(find, FIND, reusable=True)  # idle: still holds its lease
+    assert budget.held == 1 and pool.idle_count == 1
+    get, reused = await pool.acquire(GET)  # takes over the idle one's lease
+    assert not reused and budget.granted == 1 and budget.held == 1
+    await asyncio.sleep(0)
+    assert find.released
+    pool.give_back(get, GET, reusable=False)  # closed: its lease goes back
+    assert budget.held == 0
+    await pool.close()
+
+
+async def test_with_a_budget_idle_associations_close_when_others_wait() -> None:
+    budget = CountingBudget()
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, max_idle=2, peer="p",
+                           wait_timeout=0.2, budget=budget)
+    first, _ = await pool.acquire(FIND)
+    pool.give_back(first, FIND, reusable=True)
+    assert pool.idle_count == 1
+    for callback in budget.callbacks:  # another process waits for a lease
+        callback()
+    await asyncio.sleep(0.01)  # the release, then its done callback
+    assert pool.idle_count == 0 and first.released and budget.held == 0
+    budget.busy = True  # while contended, a returned association is not kept idle
+    second, _ = await pool.acquire(FIND)
+    pool.give_back(second, FIND, reusable=True)
+    await asyncio.sleep(0.01)
+    assert pool.idle_count == 0 and budget.held == 0
+    await pool.close()
+
+
+async def test_no_lease_within_the_wait_timeout_is_associations_busy() -> None:
+    from app.dimse.budget import AssociationsBusy
+
+    budget = CountingBudget()
+    budget.held = 5  # every lease is held elsewhere
+    pool = AssociationPool(opener, limit=2, idle_timeout=30, peer="p", wait_timeout=0.1,
+                           budget=budget)
+    try:
+        await pool.acquire(FIND)
+    except AssociationsBusy as exc:
+        assert exc.http_status == 503 and exc.headers["Retry-After"] == "5"
+    else:
+        raise AssertionError("a lease was granted beyond the budget")
+    assert pool.leased_count == 0 and pool.waiting == 0
+    await pool.close()

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from app.dimse.bridge import Cancelled
-from app.dimse.retrieve import read_to_final
+from app.dimse.retrieve_responses import read_to_final
 from app.errors import UpstreamError, UpstreamTimeout
 from app.settings import PacsPeer
 
@@ -65,7 +65,7 @@ def test_an_empty_status_soon_is_an_abort() -> None:
 def test_an_empty_status_after_dimse_timeout_is_a_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 100.0 + 30 * 0.9])
-    monkeypatch.setattr("app.dimse.retrieve.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("app.dimse.retrieve_responses.time.monotonic", lambda: next(clock))
     with pytest.raises(UpstreamTimeout, match="sent no C-GET response within 30 s"):
         read_to_final(responses((Dataset(), None)), Emitter(), PEER,
                       "C-GET")  # type: ignore[arg-type]

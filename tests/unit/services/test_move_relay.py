@@ -19,10 +19,10 @@ import pytest
 
 from app.cache.memory import MemoryBackend
 from app.cache.resilient import ResilientBackend
-from app.dimse.move_admission import MoveRouter
+from app.dimse.move_admission import MoveRouter, Relayed
 from app.dimse.received import ReceivedInstance
 from app.services import move_relay
-from app.services.move_relay import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, MoveRelay
+from app.services.move_relay import MoveRelay
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -72,15 +72,14 @@ async def shared() -> AsyncIterator[ResilientBackend]:
 def worker(backend: object) -> tuple[MoveRelay, MoveRouter]:
     relay = MoveRelay(backend, ttl=30)  # type: ignore[arg-type]
     router = MoveRouter()
-    relay.attach(router, asyncio.get_running_loop())
+    relay.attach(router)
     return relay, router
 
 
 async def forward(relay: MoveRelay, item: ReceivedInstance, message_id: int | None,
-                  peers: frozenset[str] = PACS, originator: str | None = GW) -> int:
-    """What a storage SCP thread does with an instance no local C-MOVE wants."""
-    return await asyncio.to_thread(relay.forward, item, originator, message_id, peers,
-                                   "PACS", "10.0.0.7")
+                  peers: frozenset[str] = PACS, originator: str | None = GW) -> Relayed:
+    """What a storage SCP does with an instance no local C-MOVE wants."""
+    return await relay.forward(item, originator, message_id, peers, "PACS", "10.0.0.7")
 
 
 async def until(predicate: object, within: float = 5.0) -> None:
@@ -110,8 +109,8 @@ async def test_an_instance_reaching_another_worker_is_relayed_to_its_c_move(
     emitter = RecordingEmitter()
     sink = router.register(GW, message_id, emitter, frozenset({"1.1", "1.2"}), peer="pacs")  # type: ignore[arg-type]
     async with requester.running(GW, message_id):
-        assert await forward(receiver, instance("1.1"), message_id) == 0x0000
-        assert await forward(receiver, instance("1.2"), message_id) == 0x0000
+        assert await forward(receiver, instance("1.1"), message_id) is Relayed.RELAYED
+        assert await forward(receiver, instance("1.2"), message_id) is Relayed.RELAYED
         await until(lambda: len(emitter.items) == 2)
     assert emitter.items == [instance("1.1"), instance("1.2")]  # bytes intact, in order
     assert sink.received == 2
@@ -163,31 +162,30 @@ async def test_running_without_a_message_id_relays_nothing(shared: ResilientBack
         assert asyncio.all_tasks() == before
 
 
-@pytest.mark.parametrize(("peers", "originator", "message_id", "attached"), [
-    (frozenset(), GW, 7, True),  # the association was not admitted as any PACS
-    (PACS, None, 7, True),  # no Move Originator: nothing to route by
-    (PACS, GW, None, True),
-    (PACS, GW, 7, False),  # the relay is not bound to an event loop
+@pytest.mark.parametrize(("peers", "originator", "message_id"), [
+    (frozenset(), GW, 7),  # the association was not admitted as any PACS
+    (PACS, None, 7),  # no Move Originator: nothing to route by
+    (PACS, GW, None),
 ])
 async def test_forward_refuses_what_no_worker_can_want(
         shared: ResilientBackend, peers: frozenset[str], originator: str | None,
-        message_id: int | None, attached: bool) -> None:
-    relay = worker(shared)[0] if attached else MoveRelay(shared)
-    status = await forward(relay, instance("1.1"), message_id, peers, originator)
-    assert status == CANNOT_UNDERSTAND
+        message_id: int | None) -> None:
+    relay = worker(shared)[0]
+    outcome = await forward(relay, instance("1.1"), message_id, peers, originator)
+    assert outcome is Relayed.UNWANTED
     assert await shared.keys("dwg:mv:*") == []
 
 
 async def test_forward_with_a_process_local_cache_refuses() -> None:
     relay, _ = worker(MemoryBackend(1 << 20))
-    assert await forward(relay, instance("1.1"), 7) == CANNOT_UNDERSTAND
+    assert await forward(relay, instance("1.1"), 7) is Relayed.UNWANTED
 
 
 async def test_forward_while_the_shared_cache_is_down_is_a_transient_refusal() -> None:
     backend = ResilientBackend(Unreachable(1000), MemoryBackend(1 << 20), retry_interval=3600)
     relay, _ = worker(backend)
     await backend.check()
-    assert await forward(relay, instance("1.1"), 7) == OUT_OF_RESOURCES
+    assert await forward(relay, instance("1.1"), 7) is Relayed.UNAVAILABLE
     assert await backend.fallback.keys("dwg:mv:*") == []  # not kept where nobody can see it
     await backend.close()
 
@@ -197,7 +195,7 @@ async def test_forward_that_cannot_publish_refuses_and_logs(
     backend = ResilientBackend(RefusesWrites(1000), MemoryBackend(1000), retry_interval=3600)
     relay, _ = worker(backend)
     with caplog.at_level(logging.ERROR, "app.services.move_relay"):
-        assert await forward(relay, instance("1.1"), 7) == OUT_OF_RESOURCES
+        assert await forward(relay, instance("1.1"), 7) is Relayed.UNAVAILABLE
     assert "could not relay 1.1" in caplog.text
     await backend.close()
 

@@ -1,4 +1,4 @@
-"""WADO-RS retrieval orchestration: an inventory C-FIND, then one C-GET or C-MOVE at the level
+"""Retrieval from a PACS for WADO-RS: an inventory C-FIND, then one C-GET or C-MOVE at the level
 asked for, streaming each instance on as its sub-operation completes.
 
 The inventory tells a missing resource (404) from a failing PACS before any byte is sent, gives
@@ -56,7 +56,6 @@ MAX_RETRIES = 200
 Ref = StudyRef | SeriesRef | InstanceRef
 
 
-
 @dataclass(frozen=True, slots=True)
 class InventoryItem:
     """An instance the PACS says exists under the requested resource."""
@@ -92,6 +91,39 @@ class Summary:
 
     count: int | None
     classes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How a retrieval ended: instances expected, received, and expected but not received."""
+
+    expected: int
+    received: int
+    failed: int
+
+    @property
+    def complete(self) -> bool:
+        """Everything expected arrived."""
+        return self.received == self.expected and not self.failed
+
+
+class Retrieval:
+    """One retrieval: its instances (``async for``) and what it learned on the way, typed:
+    the series of each instance the inventory listed, and its ``Tally`` once it ended."""
+
+    def __init__(self) -> None:
+        self.series_of: dict[str, str] = {}
+        self.tally: Tally | None = None
+        self._instances: AsyncIterator[ReceivedInstance] | None = None
+
+    def __aiter__(self) -> AsyncIterator[ReceivedInstance]:
+        assert self._instances is not None, "a Retrieval is iterated once"
+        instances, self._instances = self._instances, None
+        return instances
+
+    def listed(self, items: list[InventoryItem]) -> None:
+        """Remember the series of each instance an inventory listed."""
+        self.series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
 
 
 def _values(ds: Dataset, tag: int) -> list[object]:
@@ -147,7 +179,7 @@ def describe(ref: Ref) -> str:
     return f"{level} {uid}"
 
 
-class RetrieveService:
+class PacsRetrieval:
     """Retrieves studies, series and instances from one PACS."""
 
     def __init__(self, client: Client, metrics: Metrics,
@@ -287,14 +319,11 @@ class RetrieveService:
                  if ds.get(MODALITY) is not None and ds.get(MODALITY).value]
         return list(dict.fromkeys(found))
 
-    async def received(
-        self, ref: Ref, series_of: dict[str, str] | None = None,
-        report: dict[str, int] | None = None, known: Summary | None = None,
-    ) -> AsyncIterator[ReceivedInstance]:
-        """Instances under ``ref`` as the PACS sends them; raises NotFound before the first one
-        if the PACS has nothing, and an upstream error if it fails before sending anything.
-        ``series_of``, when given, is filled with the series UID of each instance the
-        inventory knows; ``report`` with the counts expected, received and failed at the end.
+    def received(self, ref: Ref, known: Summary | None = None) -> Retrieval:
+        """A retrieval of ``ref``: instances as the PACS sends them; raises NotFound before the
+        first one if the PACS has nothing, and an upstream error if it fails before sending
+        anything. The Retrieval knows the series of each instance the inventory listed, and
+        its ``tally`` (expected, received, failed) at the end.
 
         C-GET of a series or study starts after one C-FIND at that level (count and classes)
         when the PACS answers it, so the first instance is not delayed by listing every
@@ -305,15 +334,21 @@ class RetrieveService:
         ``retrieve_method = "auto"``: C-GET unless the PACS is known to refuse it; a C-GET
         refused before any instance arrived (see ``GetRefused``) is followed by a C-MOVE of
         the same resource, and the refusal remembered for ``capability_ttl``."""
+        run = Retrieval()
+        run._instances = self._run(ref, known, run)
+        return run
+
+    async def _run(self, ref: Ref, known: Summary | None, run: Retrieval
+                   ) -> AsyncIterator[ReceivedInstance]:
         if self._uses_move():
-            async for instance in self._received(ref, True, series_of, report, known):
+            async for instance in self._received(ref, True, run, known):
                 yield instance
             return
         try:
-            async for instance in self._received(ref, False, series_of, report, known):
+            async for instance in self._received(ref, False, run, known):
                 yield instance
         except GetRefused as refusal:
-            async for instance in self._after_refusal(refusal, ref, series_of, report):
+            async for instance in self._after_refusal(refusal, ref, run):
                 yield instance
 
     def _uses_move(self) -> bool:
@@ -321,8 +356,7 @@ class RetrieveService:
         method = self._peer.retrieve_method
         return method == "move" or (method == "auto" and self._capabilities.get_refused)
 
-    async def _after_refusal(self, refusal: GetRefused, ref: Ref,
-                             series_of: dict[str, str] | None, report: dict[str, int] | None,
+    async def _after_refusal(self, refusal: GetRefused, ref: Ref, run: Retrieval
                              ) -> AsyncIterator[ReceivedInstance]:
         """C-MOVE after a refused C-GET. A refusal the association made (no GET context) is
         learned at once; one told by a status (which a PACS may also give for one instance it
@@ -336,7 +370,7 @@ class RetrieveService:
                  describe(ref), refusal.reason)
         delivered = False
         try:
-            async for instance in self._received(ref, True, series_of, report, None):
+            async for instance in self._received(ref, True, run, None):
                 if not delivered and not refusal.certain:
                     self._capabilities.learn_get_refused(refusal.reason)
                 delivered = True
@@ -368,10 +402,8 @@ class RetrieveService:
             detail=error.detail if error is not None else None,
             dimse_status=error.dimse_status if error is not None else None)
 
-    async def _received(
-        self, ref: Ref, move: bool, series_of: dict[str, str] | None,
-        report: dict[str, int] | None, known: Summary | None,
-    ) -> AsyncIterator[ReceivedInstance]:
+    async def _received(self, ref: Ref, move: bool, run: Retrieval, known: Summary | None
+                        ) -> AsyncIterator[ReceivedInstance]:
         """One retrieval of ``ref`` by C-MOVE or C-GET (see ``received``); a C-GET of an
         "auto" PACS refused before any instance raises GetRefused instead of its error."""
         if move and not self._storage_scp:
@@ -387,8 +419,7 @@ class RetrieveService:
             items = await self.inventory(ref)
             if not items:
                 raise nothing_found(describe(ref))
-            if series_of is not None:
-                series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
+            run.listed(items)
         expected: int | None = summary.count if summary is not None else len(items or [])
         identifier = build_identifier(_level(ref), unique_keys=_uids(ref))
         relayed: AbstractAsyncContextManager[None] = contextlib.nullcontext()
@@ -430,8 +461,7 @@ class RetrieveService:
             if items is None:
                 items = await self.inventory(ref)
                 expected = len(items)
-                if series_of is not None:
-                    series_of.update((i.sop_instance_uid, i.series_uid) for i in items)
+                run.listed(items)
             missing = [i for i in items if i.sop_instance_uid not in arrived]
             for item in missing[:MAX_RETRIES]:
                 async for instance in self._retry(item):
@@ -448,9 +478,7 @@ class RetrieveService:
                     yield instance
             if missing and len(arrived) >= expected:
                 outcome = RetrieveOutcome(0x0000, count, 0, outcome.warning, count)
-        if report is not None:
-            report.update(expected=expected, received=count,
-                          failed=max(0, expected - len(arrived)))
+        run.tally = Tally(expected, count, max(0, expected - len(arrived)))
         unknown = [i.sop_instance_uid for i in items or []
                    if not i.sop_class_uid and i.sop_instance_uid not in arrived]
         self._check(outcome, count, expected, ref, operation,

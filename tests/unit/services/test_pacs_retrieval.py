@@ -1,4 +1,4 @@
-"""RetrieveService's outcome checks against a scripted fake client: what a C-GET or C-MOVE
+"""PacsRetrieval's outcome checks against a scripted fake client: what a C-GET or C-MOVE
 delivered is compared with what the PACS said it holds and with the final status. Lost
 sub-operations are an error, partial failures are counted and logged, the one-instance C-GET
 retry and the C-MOVE fallback fill the gaps, and an "auto" PACS that refuses C-GET is
@@ -21,9 +21,11 @@ from app.dimse.received import ReceivedInstance, RetrieveOutcome
 from app.dimse.status import ContextsRejected
 from app.errors import GatewayError, NotFound, UpstreamError, UpstreamUnavailable
 from app.metrics import Metrics
-from app.services.retrieve import (
-    RetrieveService,
+from app.services.pacs_retrieval import (
+    PacsRetrieval,
+    Retrieval,
     Summary,
+    Tally,
     refuses_get,
 )
 from app.settings import PacsPeer
@@ -53,12 +55,19 @@ def peer(**extra: Any) -> PacsPeer:
     return PacsPeer(name=PEER, ae_title="PACS", **extra)
 
 
-def service(client: FakeClient, metrics: Metrics, **extra: Any) -> RetrieveService:
-    return RetrieveService(client, metrics, local_ae_title="GW", **extra)  # type: ignore[arg-type]
+def service(client: FakeClient, metrics: Metrics, **extra: Any) -> PacsRetrieval:
+    return PacsRetrieval(client, metrics, local_ae_title="GW", **extra)  # type: ignore[arg-type]
 
 
-async def collect(svc: RetrieveService, ref: Any, **extra: Any) -> list[ReceivedInstance]:
-    return [i async for i in svc.received(ref, **extra)]
+async def collect(svc: PacsRetrieval, ref: Any, **extra: Any) -> list[ReceivedInstance]:
+    return (await retrieve(svc, ref, **extra))[0]
+
+
+async def retrieve(svc: PacsRetrieval, ref: Any, **extra: Any
+                   ) -> tuple[list[ReceivedInstance], Retrieval]:
+    """The instances of one retrieval, and the retrieval (its tally, the series it listed)."""
+    run = svc.received(ref, **extra)
+    return [i async for i in run], run
 
 
 def uids(instances: list[ReceivedInstance]) -> list[str]:
@@ -85,14 +94,13 @@ ALL = [f"{SERIES}.{n}" for n in (1, 2, 3)]
 async def test_series_c_get_starts_after_one_series_level_find(
         archive: Archive, metrics: Metrics) -> None:
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=archive.deliver)
-    report: dict[str, int] = {}
-    got = await collect(service(client, metrics), SERIES_REF, report=report)
+    got, run = await retrieve(service(client, metrics), SERIES_REF)
     assert uids(got) == ALL
     assert [c.level for c in client.sent("C-FIND")] == ["SERIES"]  # no IMAGE-level listing
     [get] = client.sent("C-GET")
     assert get.level == "SERIES" and get.uids(0x0020000E) == [SERIES]
     assert {cls for cls, _ in get.contexts or []} == set(sop_classes_for_modality("CT"))
-    assert report == {"expected": 3, "received": 3, "failed": 0}
+    assert run.tally == Tally(3, 3, 0)
     assert metrics.value("dimse_retrievals_total", peer=PEER, operation="C-GET") == 1
     assert metrics.value("dimse_retrieve_partial_total") == 0
     assert metrics.value("dimse_retrieve_lost_total") == 0
@@ -107,12 +115,11 @@ async def test_a_known_summary_skips_the_find(archive: Archive, metrics: Metrics
 async def test_an_instance_is_listed_first_and_routed_by_series(metrics: Metrics) -> None:
     archive = Archive(series_of(STUDY, SERIES, 2) + series_of(STUDY, OTHER_SERIES, 1))
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=archive.deliver)
-    series_map: dict[str, str] = {}
     ref = InstanceRef(STUDY, OTHER_SERIES, f"{OTHER_SERIES}.1")
-    got = await collect(service(client, metrics), ref, series_of=series_map)
+    got, run = await retrieve(service(client, metrics), ref)
     assert uids(got) == [f"{OTHER_SERIES}.1"]
     assert [c.level for c in client.sent("C-FIND")] == ["IMAGE"]
-    assert series_map == {f"{OTHER_SERIES}.1": OTHER_SERIES}
+    assert run.series_of == {f"{OTHER_SERIES}.1": OTHER_SERIES}
 
 
 # -- nothing arrived ---------------------------------------------------------------------------
@@ -169,9 +176,8 @@ async def test_failed_sub_operations_are_retried_one_instance_at_a_time(
         return archive.deliver(call)
 
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=on_get)
-    report: dict[str, int] = {}
-    with caplog.at_level(logging.WARNING, "app.services.retrieve"):
-        got = await collect(service(client, metrics), SERIES_REF, report=report)
+    with caplog.at_level(logging.WARNING, "app.services.pacs_retrieval"):
+        got, run = await retrieve(service(client, metrics), SERIES_REF)
     assert sorted(uids(got)) == ALL
     retry = calls[1]
     assert retry.level == "IMAGE" and retry.uids(SOP_UID) == [ALL[2]]
@@ -179,7 +185,7 @@ async def test_failed_sub_operations_are_retried_one_instance_at_a_time(
     # first accepted context of its class).
     assert retry.contexts and not set(retry.contexts[0][1]) <= set(UNCOMPRESSED)
     assert [c.level for c in client.sent("C-FIND")] == ["SERIES", "IMAGE"]
-    assert report == {"expected": 3, "received": 3, "failed": 0}
+    assert run.tally == Tally(3, 3, 0)
     assert metrics.value("dimse_retrieve_partial_total") == 0
     assert metrics.value("dimse_retrievals_total", peer=PEER, operation="C-GET") == 2
     assert "partial" not in caplog.text
@@ -193,11 +199,10 @@ async def test_a_partial_result_is_counted_and_logged_not_raised(
         return retrieved(status=0xA702, completed=0, failed=1)  # the retry fails too
 
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=on_get)
-    report: dict[str, int] = {}
-    with caplog.at_level(logging.WARNING, "app.services.retrieve"):
-        got = await collect(service(client, metrics), SERIES_REF, report=report)
+    with caplog.at_level(logging.WARNING, "app.services.pacs_retrieval"):
+        got, run = await retrieve(service(client, metrics), SERIES_REF)
     assert uids(got) == [ALL[0], ALL[2]]
-    assert report == {"expected": 3, "received": 2, "failed": 1}
+    assert run.tally == Tally(3, 2, 1)
     assert metrics.value("dimse_retrieve_partial_total", peer=PEER) == 1
     assert "was partial: status 0xB000, 2 received of 3 expected, 1 failed" in caplog.text
 
@@ -210,7 +215,7 @@ async def test_a_retry_that_raises_is_logged_and_the_partial_result_stands(
         return failing(UpstreamError("association aborted", detail="aborted by the PACS"))
 
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=on_get)
-    with caplog.at_level(logging.WARNING, "app.services.retrieve"):
+    with caplog.at_level(logging.WARNING, "app.services.pacs_retrieval"):
         got = await collect(service(client, metrics), SERIES_REF)
     assert uids(got) == ALL[1:]
     assert "second C-GET of instance" in caplog.text and "aborted by the PACS" in caplog.text
@@ -221,10 +226,9 @@ async def test_fewer_instances_than_counted_is_partial_without_a_failed_counter(
         archive: Archive, metrics: Metrics) -> None:
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find,
                         on_get=in_turn(retrieved(*[s.received() for s in archive.instances[:2]])))
-    report: dict[str, int] = {}
-    got = await collect(service(client, metrics), SERIES_REF, report=report)
+    got, run = await retrieve(service(client, metrics), SERIES_REF)
     assert len(got) == 2 and client.sent("C-GET", "IMAGE") == []  # no failed counter: no retry
-    assert report == {"expected": 3, "received": 2, "failed": 1}
+    assert run.tally == Tally(3, 2, 1)
     assert metrics.value("dimse_retrieve_partial_total") == 1
 
 
@@ -248,9 +252,9 @@ async def test_without_a_count_the_sub_operation_counters_set_what_is_expected(
     sent = [s.received() for s in archive.instances]
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find,
                         on_get=in_turn(retrieved(*sent, status=0x0000, completed=2, warning=1)))
-    report: dict[str, int] = {}
-    await collect(service(client, metrics), SERIES_REF, report=report)
-    assert report["expected"] == 3  # 2 completed + 1 warning, though only 2 arrived
+    _, run = await retrieve(service(client, metrics), SERIES_REF)
+    assert run.tally is not None
+    assert run.tally.expected == 3  # 2 completed + 1 warning, though only 2 arrived
     assert metrics.value("dimse_retrieve_partial_total") == 1
 
 
@@ -269,9 +273,7 @@ async def test_move_fallback_fetches_what_the_c_get_and_its_retry_did_not(
 
     client = FakeClient(peer(retrieve_method="get", max_uids_per_query=2),
                         on_find=archive.find, on_get=on_get, on_move=archive.deliver)
-    report: dict[str, int] = {}
-    got = await collect(service(client, metrics, move_fallback=True), SERIES_REF,
-                        report=report)
+    got, run = await retrieve(service(client, metrics, move_fallback=True), SERIES_REF)
     assert sorted(uids(got)) == sorted(f"{SERIES}.{n}" for n in range(1, 5))
     moves = client.sent("C-MOVE")
     assert [m.uids(SOP_UID) for m in moves] == [missing[:2], missing[2:]]  # max_uids_per_query
@@ -279,7 +281,7 @@ async def test_move_fallback_fetches_what_the_c_get_and_its_retry_did_not(
     assert [m.expected_uids for m in moves] == [frozenset(missing[:2]), frozenset(missing[2:])]
     assert metrics.value("dimse_move_fallbacks_total", peer=PEER) == 2
     assert metrics.value("dimse_retrievals_total", peer=PEER, operation="C-MOVE") == 2
-    assert report == {"expected": 4, "received": 4, "failed": 0}
+    assert run.tally == Tally(4, 4, 0)
     assert metrics.value("dimse_retrieve_partial_total") == 0
 
 
@@ -294,7 +296,7 @@ async def test_move_fallback_skips_duplicates_and_survives_its_own_failure(
     client = FakeClient(peer(retrieve_method="get"), on_find=archive.find, on_get=on_get,
                         on_move=in_turn(failing(UpstreamError("move destination unknown"),
                                                 again)))
-    with caplog.at_level(logging.WARNING, "app.services.retrieve"):
+    with caplog.at_level(logging.WARNING, "app.services.pacs_retrieval"):
         got = await collect(service(client, metrics, move_fallback=True), SERIES_REF)
     assert uids(got) == ALL[:2]  # the duplicate is not handed on twice
     assert "C-MOVE fallback for series" in caplog.text
@@ -353,10 +355,10 @@ async def test_c_move_failure_is_not_retried_by_c_get(archive: Archive, metrics:
     sent = [s.received() for s in archive.instances[:2]]
     client = FakeClient(peer(retrieve_method="move"), on_find=archive.find,
                         on_move=in_turn(retrieved(*sent, status=0xB000, failed=1)))
-    report: dict[str, int] = {}
-    got = await collect(service(client, metrics), SERIES_REF, report=report)
+    got, run = await retrieve(service(client, metrics), SERIES_REF)
     assert len(got) == 2 and client.sent("C-GET") == []
-    assert report["failed"] == 1 and metrics.value("dimse_retrieve_partial_total") == 1
+    assert run.tally is not None and run.tally.failed == 1
+    assert metrics.value("dimse_retrieve_partial_total") == 1
 
 
 async def test_auto_refused_by_status_moves_and_learns_only_when_it_delivers(
