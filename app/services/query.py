@@ -351,25 +351,25 @@ class QueryService:
             async for ds in self._children_ahead(plan, depth, own_uids, inherited, parents):
                 yield ds
             return
+        async with aclosing(self._children(plan, depth, own_uids, inherited, parents)) as kids:
+            async for child in kids:
+                async for ds in self._staged_results(plan, depth + 1, *child):
+                    yield ds
+
+    async def _children(self, plan: _Plan, depth: int, own_uids: dict[int, str],
+                        inherited: Dataset | None, parents: list[Dataset]
+                        ) -> AsyncGenerator[tuple[dict[int, str], Dataset | None], None]:
+        """For each accepted parent with a UID, its children's unique keys and carried
+        attributes (the inherited attributes merged into the parent), in the parents' order."""
+        level = LEVELS[depth]
         for parent in parents:
             if not await self._acceptable(parent, plan, plan.keys[level], level):
                 continue
-            child = self._child(plan, depth, own_uids, inherited, parent)
-            if child is None:
+            uid_element = parent.get(UNIQUE_KEY[level])
+            if uid_element is None or not uid_element.value:
                 continue
-            async for ds in self._staged_results(plan, depth + 1, *child):
-                yield ds
-
-    def _child(self, plan: _Plan, depth: int, own_uids: dict[int, str],
-               inherited: Dataset | None, parent: Dataset
-               ) -> tuple[dict[int, str], Dataset | None] | None:
-        """The unique keys and carried attributes of one accepted parent's children (merging
-        the inherited attributes into the parent); None for a parent without its UID."""
-        uid_element = parent.get(UNIQUE_KEY[LEVELS[depth]])
-        if uid_element is None or not uid_element.value:
-            return None
-        carried = _merge(inherited, parent) if plan.carry_upper else None
-        return {**own_uids, UNIQUE_KEY[LEVELS[depth]]: str(uid_element.value)}, carried
+            carried = _merge(inherited, parent) if plan.carry_upper else None
+            yield {**own_uids, UNIQUE_KEY[level]: str(uid_element.value)}, carried
 
     async def _children_ahead(self, plan: _Plan, depth: int, own_uids: dict[int, str],
                               inherited: Dataset | None, parents: list[Dataset]
@@ -378,7 +378,6 @@ class QueryService:
         ``staged_find_concurrency`` parents' C-FINDs running at once: a PACS without
         relational queries answers ``/series`` with one C-FIND per study, and one after the
         other they add up. Leaving early cancels the C-FINDs still running."""
-        level = LEVELS[depth]
 
         async def children(uids: dict[int, str], carried: Dataset | None) -> list[Dataset]:
             async with aclosing(self._staged_results(plan, depth + 1, uids, carried)) as found:
@@ -386,16 +385,13 @@ class QueryService:
 
         running: deque[asyncio.Task[list[Dataset]]] = deque()
         try:
-            for parent in parents:
-                if not await self._acceptable(parent, plan, plan.keys[level], level):
-                    continue
-                child = self._child(plan, depth, own_uids, inherited, parent)
-                if child is None:
-                    continue
-                running.append(asyncio.ensure_future(children(*child)))
-                if len(running) >= self._peer.staged_find_concurrency:
-                    for ds in await running.popleft():
-                        yield ds
+            async with aclosing(self._children(plan, depth, own_uids, inherited,
+                                               parents)) as kids:
+                async for child in kids:
+                    running.append(asyncio.ensure_future(children(*child)))
+                    if len(running) >= self._peer.staged_find_concurrency:
+                        for ds in await running.popleft():
+                            yield ds
             while running:
                 for ds in await running.popleft():
                     yield ds
