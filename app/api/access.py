@@ -7,6 +7,7 @@ added later (STOW-RS's ``POST .../studies``) is covered by the rule for its meth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from starlette.datastructures import QueryParams
 
@@ -20,6 +21,9 @@ _READ_METHODS = frozenset({"GET", "HEAD"})
 _URI_UIDS = ("studyUID", "seriesUID", "objectUID")
 
 
+AccessKind = Literal["open", "metrics", "admin", "dicomweb", "other"]
+
+
 @dataclass(frozen=True)
 class Access:
     """One request, classified.
@@ -28,7 +32,7 @@ class Access:
     ``open``, ``metrics``, ``admin``, ``dicomweb`` (search, retrieve, store) or ``other`` (a path
     no rule names, which needs a valid credential but no particular action)."""
 
-    kind: str
+    kind: AccessKind
     action: str | None = None
     pacs: str | None = None  # the /pacs/{name} of the path; None for the default PACS
     studies: tuple[str, ...] = ()

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 
@@ -26,7 +26,7 @@ class Principal:
     actions it is granted and the PACS it may reach (None: every PACS)."""
 
     subject: str
-    kind: str  # "token", "api-key" or "admin-token"
+    kind: Literal["token", "api-key", "admin-token"]
     actions: frozenset[str]
     pacs: frozenset[str] | None = None
 

@@ -25,18 +25,22 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from app.cache.backend import CacheBackend
 
 log = logging.getLogger(__name__)
 
 
+FillKind = Literal["instance", "done", "failed"]
+"""What a fill reports: an instance landed, the fill is done, or it failed."""
+
+
 @dataclass(frozen=True, slots=True)
 class FillEvent:
     """Progress of a fill: an instance landed, the fill is done, or it failed."""
 
-    kind: str  # "instance" | "done" | "failed"
+    kind: FillKind
     sop: str = ""
     http_status: int = 0
     dimse_status: int | None = None
