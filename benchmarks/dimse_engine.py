@@ -791,6 +791,18 @@ class Target:
     ok: bool | None
 
 
+def targets_table(items: Sequence[Target]) -> list[str]:
+    """The Markdown table of ``items`` (target, what was measured, verdict)."""
+    return (["#### Targets", "", "| Target | Measured | Verdict |", "|---|---|---|"]
+            + [f"| {t.target} | {t.measured} | {_verdict(t.ok)} |" for t in items])
+
+
+def log_targets(items: Sequence[Target]) -> None:
+    """One log line per target: its verdict first."""
+    for t in items:
+        log(f"{_verdict(t.ok):<14} {t.target}: {t.measured}")
+
+
 def targets(results: Results) -> list[Target]:
     """Issue #8's targets, each with what this run measured and a verdict."""
     out: list[Target] = []
@@ -959,12 +971,8 @@ def render(results: Results) -> str:
         "In each round every method runs once per PACS, order rotated, so that ratios compare "
         "figures of the same moment.",
         "",
-        "#### Targets",
-        "",
-        "| Target | Measured | Verdict |",
-        "|---|---|---|",
     ]
-    lines += [f"| {t.target} | {t.measured} | {_verdict(t.ok)} |" for t in targets(results)]
+    lines += targets_table(targets(results))
     lines += [""] + render_retrievals(results)
     lines += ["", "Throughput is the study's dataset bytes over the time; CPU is the gateway "
               "process's user + system time (`/proc/<pid>/stat`, all threads) over the bytes of "
@@ -1060,8 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"results written to {args.output}")
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str))
-    for t in targets(results):
-        log(f"{_verdict(t.ok):<14} {t.target}: {t.measured}")
+    log_targets(targets(results))
     return 1 if results.errors else 0
 
 

@@ -44,10 +44,12 @@ from benchmarks.dimse_engine import (
     STUDY_LIST,
     STUDY_SEED,
     EngineGateway,
-    _verdict,
+    Target,
     cpu_seconds,
     environment,
+    log_targets,
     multipart_retrieve,
+    targets_table,
 )
 from benchmarks.wado_retrieve import (
     DOC_PATH,
@@ -480,13 +482,6 @@ def round_ratios(results: Results, target: str) -> list[float]:
             if t == target and (ORTHANC, n) in by_round]
 
 
-@dataclass
-class Target:
-    target: str
-    measured: str
-    ok: bool | None
-
-
 def targets(results: Results) -> list[Target]:
     """Each issue #9 target with what this run measured."""
     out: list[Target] = []
@@ -658,12 +653,8 @@ def render(results: Results) -> str:
         f"multipart), with {LIST_STUDIES} one-instance studies for the searches. "
         f"`Accept: {ACCEPT_STUDY}`; rounds rotate the order of the three targets.",
         "",
-        "#### Targets",
-        "",
-        "| Target | Measured | Verdict |",
-        "|---|---|---|",
     ]
-    lines += [f"| {t.target} | {t.measured} | {_verdict(t.ok)} |" for t in targets(results)]
+    lines += targets_table(targets(results))
     lines += [""] + render_warm(results)
     lines += ["", "First part: until the first part had fully arrived. CPU: the gateway "
               "process's user + system time (`/proc/<pid>/stat`). DIMSE retrievals: the "
@@ -751,8 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"results written to {args.output}")
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str))
-    for t in targets(results):
-        log(f"{_verdict(t.ok):<14} {t.target}: {t.measured}")
+    log_targets(targets(results))
     return 1 if results.errors else 0
 
 
