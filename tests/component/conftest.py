@@ -24,7 +24,6 @@ from pynetdicom import AE, evt
 from app.demo.pacs import DemoPacs
 from app.demo.samples import generate_sample_studies
 from app.settings import Settings, load_settings
-from tests.peers import RedisServer, require_binary
 from tests.support.redis_cache import redis_cache_settings
 from tests.support.threads import worker_pool
 
@@ -296,14 +295,6 @@ def study_result(uid: str, name: str = "Test^Patient") -> Dataset:
 
 
 # -- cache backends ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server for the module."""
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-component")) as server:
-        yield server.url
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -24,7 +24,7 @@ from pydicom import Dataset
 from pynetdicom.events import Event
 
 from app.demo.pacs import DemoPacs
-from tests.peers import OrthancServer, RedisServer, require_binary
+from tests.peers import OrthancServer
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_cache import redis_cache_settings, sop_uids
@@ -70,13 +70,6 @@ def _settings(demo_pacs: dict[str, DemoPacs], orthanc: OrthancServer, redis_url:
         "storage_scp_port": storage_port, "storage_scp_reuse_port": True,
         "log_level": "WARNING",
     }
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-workers")) as redis_server:
-        yield redis_server.url
 
 
 @pytest.fixture

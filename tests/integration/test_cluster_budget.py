@@ -29,7 +29,6 @@ import redis
 from pydicom import Dataset
 
 from app.demo.pacs import DemoPacs
-from tests.peers import RedisServer, require_binary
 from tests.peers.fixtures import GATEWAY_AE
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_cache import redis_cache_settings
@@ -54,13 +53,6 @@ def slow_pacs(sample_datasets: list[Dataset]) -> Iterator[DemoPacs]:
     server.start("127.0.0.1", 0)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_binary("redis-server")
-    with RedisServer(tmp_path_factory.mktemp("redis-budget")) as server:
-        yield server.url
 
 
 @pytest.fixture

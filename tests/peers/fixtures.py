@@ -17,6 +17,7 @@ from tests.peers import (
     DcmqrscpServer,
     OrthancServer,
     PacsEndpoint,
+    RedisServer,
     find_dicomweb_plugin,
     free_port,
     require_binary,
@@ -25,6 +26,14 @@ from tests.peers import (
 
 GATEWAY_AE = "DWGW_TEST"
 """AE title of the gateway under test; both peers accept it as a C-MOVE destination."""
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free loopback port for the module (tests empty it)."""
+    require_binary("redis-server")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
