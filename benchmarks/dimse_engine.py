@@ -92,6 +92,7 @@ PACS_LABELS = {
 GETSCU, RAW, ORTHANC_WADO = "DCMTK getscu", "raw pynetdicom C-GET", "Orthanc WADO-RS"
 MEMORY_COLD = "gateway asyncio, memory cache (cold)"
 REDIS_COLD = "gateway asyncio, Redis cache (cold)"
+REDIS_UNIX_COLD = "gateway asyncio, Redis cache over a Unix socket (cold)"
 NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # (engine, pooled association, event loop, pause between echoes in ms) of the in-process
@@ -199,10 +200,11 @@ class EngineGateway(GatewayProcess):
     in a work directory of its own."""
 
     def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *, source: Path,
-                 engine: str, cache: str = "none", redis_url: str | None = None) -> None:
+                 engine: str, cache: str = "none", redis_url: str | None = None,
+                 variant: str = "") -> None:
         self.engine = engine
         self.redis_url = redis_url
-        self.label = f"{engine}-{cache}"
+        self.label = f"{engine}-{cache}{variant}"
         own = workdir / f"gateway-{self.label}"
         own.mkdir(parents=True, exist_ok=True)
         super().__init__(own, peers, source=source, cache=cache)
@@ -303,7 +305,7 @@ def start_lab(stack: ExitStack, workdir: Path, source: Path, slices: int) -> Lab
             os.environ["TCP_NODELAY"] = saved
     stack.callback(nagle.stop)
     qr = NagleDcmqrscp(workdir / "dcmqrscp", ae_titles=("DCMQRSCP",))
-    redis = RedisServer(workdir / "redis")
+    redis = RedisServer(workdir / "redis", unix_socket=True)
     redis.start()
     stack.callback(redis.stop)
     for orthanc in (fast, nagle):
@@ -320,14 +322,15 @@ def start_gateways(stack: ExitStack, lab: Lab) -> None:
     """Cache-off gateways of both engines in front of the three PACS; asyncio gateways with
     the memory cache and with Redis in front of the TCP_NODELAY Orthanc."""
     every = [lab.peer(name) for name in (NODELAY, NAGLE, DCMQRSCP)]
-    specs: list[tuple[str, list[PeerAddress], str, str | None]] = [
-        ("asyncio", every, "none", None), ("pynetdicom", every, "none", None),
-        ("asyncio", [lab.peer(NODELAY)], "memory", None),
-        ("asyncio", [lab.peer(NODELAY)], "redis", lab.redis.url),
+    specs: list[tuple[str, list[PeerAddress], str, str | None, str]] = [
+        ("asyncio", every, "none", None, ""), ("pynetdicom", every, "none", None, ""),
+        ("asyncio", [lab.peer(NODELAY)], "memory", None, ""),
+        ("asyncio", [lab.peer(NODELAY)], "redis", lab.redis.url, ""),
+        ("asyncio", [lab.peer(NODELAY)], "redis", lab.redis.socket_url, "-unix"),
     ]
-    for engine, peers, cache, redis_url in specs:
+    for engine, peers, cache, redis_url, variant in specs:
         gw = EngineGateway(lab.workdir, peers, source=lab.source, engine=engine, cache=cache,
-                           redis_url=redis_url)
+                           redis_url=redis_url, variant=variant)
         stack.enter_context(gw)
         lab.gateways[gw.label] = gw
 
@@ -378,7 +381,8 @@ def round_methods(lab: Lab, client: httpx.Client, round_no: int) -> list[tuple[s
         if pacs == NODELAY:
             group.append(partial(orthanc_retrieval, client, lab.orthanc_fast, uid, round_no))
             group += [partial(cold_cached, client, lab, cache, method, round_no)
-                      for cache, method in (("memory", MEMORY_COLD), ("redis", REDIS_COLD))]
+                      for cache, method in (("memory", MEMORY_COLD), ("redis", REDIS_COLD),
+                                            ("redis-unix", REDIS_UNIX_COLD))]
         shift = round_no % len(group)
         out += [(pacs, fn) for fn in group[shift:] + group[:shift]]
     return out
@@ -386,7 +390,8 @@ def round_methods(lab: Lab, client: httpx.Client, round_no: int) -> list[tuple[s
 
 def cold_cached(client: httpx.Client, lab: Lab, cache: str, method: str,
                 round_no: int) -> Retrieval:
-    """A cold retrieval through an asyncio gateway with a cache: emptied first (not timed)."""
+    """A cold retrieval through an asyncio gateway with a cache (``memory``, ``redis``,
+    ``redis-unix``): emptied first (not timed)."""
     gw = lab.gateways[f"asyncio-{cache}"]
     gw.clear_cache()
     return gateway_retrieval(client, gw, NODELAY, lab.study_uid, method, round_no)
@@ -847,6 +852,10 @@ def targets(results: Results) -> list[Target]:
                           f"{times(r)} ({ms(med(results, NODELAY, method))} vs {ms(off)}; "
                           f"per-round ratios {times(pair)})",
                           None if r is None else r >= 0.9))
+    r = ratio(off, med(results, NODELAY, REDIS_UNIX_COLD))
+    out.append(Target("(Reported, no target) Redis over a Unix socket, cold vs cache off",
+                      f"{times(r)} ({ms(med(results, NODELAY, REDIS_UNIX_COLD))} vs {ms(off)})",
+                      None))
     for kind in ("C-ECHO, pooled association", "C-ECHO, fresh association",
                  "C-ECHO, pooled association, 5 ms pause before each"):
         e = timed_median(results.echo, kind, NAGLE, "asyncio")
@@ -892,7 +901,7 @@ def render_retrievals(results: Results) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     wado = med(results, NODELAY, ORTHANC_WADO)
     methods = (GETSCU, RAW, ORTHANC_WADO, gateway_method("asyncio"), gateway_method("pynetdicom"),
-               MEMORY_COLD, REDIS_COLD)
+               MEMORY_COLD, REDIS_COLD, REDIS_UNIX_COLD)
     for pacs in (NODELAY, NAGLE, DCMQRSCP):
         scu = med(results, pacs, GETSCU)
         for method in methods:

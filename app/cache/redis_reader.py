@@ -5,8 +5,8 @@ object, is appended to the reader's buffer, cut out, then cut again to drop the 
 a health check, a timeout and a write per command (about 35 % of a warm study retrieval).
 Here every reply lands in one receive buffer and leaves as bytes with one copy, GETs issued in
 the same event-loop turn go out in one write, and replies are matched to their callers in
-order on one shared connection. Only plain TCP, non-Cluster URLs use it (see ``supports``);
-everything else keeps redis-py.
+order on one shared connection. Only plain TCP and Unix-socket, non-Cluster URLs use it (see
+``supports``); everything else keeps redis-py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import collections
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from app.cache.backend import CacheUnavailable
 
@@ -29,8 +29,9 @@ class RespError(Exception):
 
 
 def supports(url: str) -> bool:
-    """Whether ``url`` is a plain TCP Redis URL this reader can connect to by itself."""
-    return urlsplit(url).scheme == "redis"
+    """Whether ``url`` is a Redis URL this reader can connect to by itself: plain TCP
+    (``redis://``) or a Unix socket (``unix://``); TLS is left to redis-py."""
+    return urlsplit(url).scheme in ("redis", "unix")
 
 
 def _resp(*parts: bytes) -> bytes:
@@ -136,12 +137,15 @@ class RedisBulkReader:
 
     def __init__(self, url: str, *, timeout: float, max_value: int) -> None:
         parts = urlsplit(url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 6379
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
-        path = parts.path.lstrip("/")
-        self._db = int(path) if path else 0
+        # unix:///run/redis.sock?db=1 (redis-py's form) or redis://host:port/1
+        self._socket_path = unquote(parts.path) if parts.scheme == "unix" else None
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        db = (parse_qs(parts.query).get("db", ["0"])[0] if self._socket_path is not None
+              else parts.path.lstrip("/"))
+        self._db = int(db) if db else 0
         self._timeout = timeout
         self._max_value = max_value
         self._protocol: _ReplyProtocol | None = None
@@ -160,7 +164,10 @@ class RedisBulkReader:
             fresh = _ReplyProtocol(self._max_value)
             try:
                 async with asyncio.timeout(self._timeout):
-                    await loop.create_connection(lambda: fresh, self._host, self._port)
+                    if self._socket_path is not None:
+                        await loop.create_unix_connection(lambda: fresh, self._socket_path)
+                    else:
+                        await loop.create_connection(lambda: fresh, self._host, self._port)
                     hello: list[bytes] = []
                     if self._password is not None:
                         hello.append(_resp(b"AUTH", *((self._username.encode(),)

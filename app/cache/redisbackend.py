@@ -6,7 +6,9 @@ lists with a PUBLISH on a single channel to wake waiters (polling remains as a f
 the only mechanism on a Cluster, where pub/sub is not used).
 
 Values are read over a raw pipelined connection of their own (``redis_reader``) on plain TCP
-URLs, with one copy per value; other commands, TLS and Cluster URLs use redis-py.
+and Unix-socket URLs, with one copy per value; other commands, TLS and Cluster URLs use
+redis-py. A Unix socket (``unix:///run/redis/redis.sock``), where Redis runs on the gateway's
+host, costs the kernel less per byte than loopback TCP (see docs/benchmarks.md).
 
 Batches of a cache fill (instances, then their events) are written by one thread of their own
 over a synchronous connection, pipelined: the socket writes of hundreds of megabytes then run

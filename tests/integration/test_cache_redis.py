@@ -87,6 +87,32 @@ def test_second_retrieval_costs_no_dimse_even_on_another_gateway(
         assert _retrievals(second) == 0  # the first gateway's retrieval serves this one
 
 
+def test_redis_over_a_unix_socket(orthanc: OrthancServer, series: list[Dataset],
+                                  tmp_path: Path) -> None:
+    """``redis_url = unix://...``: a fill writes Redis through the socket, and a second
+    gateway's retrieval, metadata and frame are read back through it with no DIMSE."""
+    require_binary("redis-server")
+    expected = sorted(str(d.SOPInstanceUID) for d in series)
+    with RedisServer(tmp_path / "redis", unix_socket=True) as server:
+        settings = _settings(orthanc, server.socket_url)
+        with GatewayServer(settings) as first, first.client() as http:
+            assert sop_uids(http.get(_path(series[0]),
+                                     headers={"Accept": MULTIPART_DICOM})) == expected
+            assert _retrievals(first) == 1
+        with redis.Redis(unix_socket_path=str(server.socket_path)) as client:
+            assert client.dbsize() > len(expected)
+        with GatewayServer(settings) as second, second.client() as http:
+            assert sop_uids(http.get(_path(series[0]),
+                                     headers={"Accept": MULTIPART_DICOM})) == expected
+            assert http.get(f"{_path(series[0])}/metadata").status_code == 200
+            frame = http.get(f"{_path(series[0])}/instances/{expected[0]}/frames/1",
+                             headers={"Accept": FRAMES})
+            pixels = next(d for d in series if d.SOPInstanceUID == expected[0]).PixelData
+            assert frame.status_code == 200 and pixels in frame.content
+            assert _retrievals(second) == 0
+            assert _series_hits(second) >= 1
+
+
 def _wait_for(predicate: Any, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:

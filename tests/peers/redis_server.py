@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.peers.binaries import find_binary
@@ -15,16 +16,31 @@ class RedisServer(OneProcessServer):
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, *, extra_args: tuple[str, ...] = (),
+                 unix_socket: bool = False) -> None:
+        """``unix_socket``: listen on a Unix socket too (``socket_url``), in the work directory
+        or, when that path would be too long for a socket (107 bytes), a temporary one."""
         self.workdir = Path(workdir)
         self.extra_args = extra_args
         self.port = free_port()
+        self.socket_path: Path | None = None
+        if unix_socket:
+            self.socket_path = self.workdir.absolute() / "redis.sock"
+            if len(str(self.socket_path).encode()) > 100:
+                self.socket_path = Path(tempfile.mkdtemp(prefix="dwg-redis-")) / "redis.sock"
         self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         """``redis://`` URL of the server."""
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """``unix://`` URL of the server's Unix socket (only with ``unix_socket``)."""
+        if self.socket_path is None:
+            raise RuntimeError("this redis-server has no Unix socket")
+        return f"unix://{self.socket_path}"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start redis-server in the foreground as our child and wait for its port."""
@@ -39,6 +55,8 @@ class RedisServer(OneProcessServer):
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.workdir),
+            *(("--unixsocket", str(self.socket_path), "--unixsocketperm", "700")
+              if self.socket_path is not None else ()),
             *self.extra_args,
         ]  # fmt: skip
         self._process = ManagedProcess(argv, self.workdir / "redis.log", cwd=self.workdir)

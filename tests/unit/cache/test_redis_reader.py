@@ -38,10 +38,10 @@ def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         server.stop()
 
 
-def test_supports_only_plain_tcp_urls() -> None:
+def test_supports_plain_tcp_and_unix_socket_urls() -> None:
     assert supports("redis://127.0.0.1:6379/0")
+    assert supports("unix:///run/redis.sock")
     assert not supports("rediss://127.0.0.1:6380/0")
-    assert not supports("unix:///run/redis.sock")
 
 
 async def test_values_misses_and_order_under_concurrency(empty_redis: RedisServer) -> None:
@@ -144,3 +144,39 @@ async def test_a_silent_server_times_out() -> None:
     finally:
         reader.close()
         listener.close()
+
+
+@pytest.fixture(scope="module")
+def socket_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server with a password, listening on a Unix socket as well as on TCP."""
+    require_binary("redis-server")
+    server = RedisServer(tmp_path_factory.mktemp("redis-unix"), unix_socket=True,
+                         extra_args=("--requirepass", "pw"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_values_over_a_unix_socket_with_password_and_database(
+        socket_redis: RedisServer) -> None:
+    values = _values()
+    with redis.Redis(host="127.0.0.1", port=socket_redis.port, password="pw", db=2) as client:
+        client.flushall()
+        client.mset(values)
+    path = socket_redis.socket_url.removeprefix("unix://")
+    url = f"unix://:pw@{path}?db=2"
+    assert supports(url)
+    reader = RedisBulkReader(url, timeout=5, max_value=4_000_000)
+    try:
+        keys = list(values) + ["missing"]
+        assert await reader.get_many(keys) == [*values.values(), None]
+    finally:
+        reader.close()
+    # The database of the URL is the one read: database 0 holds none of these keys.
+    default_db = RedisBulkReader(f"unix://:pw@{path}", timeout=5, max_value=4_000_000)
+    try:
+        assert await default_db.get("k3") is None
+    finally:
+        default_db.close()
