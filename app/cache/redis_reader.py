@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from app.cache.backend import CacheUnavailable
+from app.cache.resp import encode_command
 
 _INITIAL_BUFFER = 256 * 1024
 _MIN_FREE = 64 * 1024
@@ -32,14 +33,6 @@ def supports(url: str) -> bool:
     """Whether ``url`` is a Redis URL this reader can connect to by itself: plain TCP
     (``redis://``) or a Unix socket (``unix://``); TLS is left to redis-py."""
     return urlsplit(url).scheme in ("redis", "unix")
-
-
-def _resp(*parts: bytes) -> bytes:
-    """One command in RESP (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
 
 
 class _ReplyProtocol(asyncio.BufferedProtocol):
@@ -170,11 +163,11 @@ class RedisBulkReader:
                         await loop.create_connection(lambda: fresh, self._host, self._port)
                     hello: list[bytes] = []
                     if self._password is not None:
-                        hello.append(_resp(b"AUTH", *((self._username.encode(),)
+                        hello.append(encode_command(b"AUTH", *((self._username.encode(),)
                                                        if self._username else ()),
                                            self._password.encode()))
                     if self._db:
-                        hello.append(_resp(b"SELECT", str(self._db).encode()))
+                        hello.append(encode_command(b"SELECT", str(self._db).encode()))
                     replies = [self._queue(fresh, command) for command in hello]
                     await asyncio.gather(*replies)
             except (OSError, TimeoutError, RespError) as exc:
@@ -205,7 +198,7 @@ class RedisBulkReader:
         """The values of ``keys`` (None where missing), pipelined; CacheUnavailable when Redis
         cannot answer in time (the connection is then dropped: replies would be out of step)."""
         protocol = await self._connection()
-        futures = [self._queue(protocol, _resp(b"GET", key.encode())) for key in keys]
+        futures = [self._queue(protocol, encode_command(b"GET", key.encode())) for key in keys]
         try:
             async with asyncio.timeout(self._timeout):
                 values = await asyncio.gather(*futures)

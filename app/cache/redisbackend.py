@@ -35,6 +35,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 
 from app.cache.backend import CacheBackend, CacheUnavailable
 from app.cache.redis_reader import RedisBulkReader, supports
+from app.cache.resp import pack
 
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "dwg:events"
@@ -157,24 +158,52 @@ class RedisBackend(CacheBackend):
 
     def _write_pipelined(self, values: list[tuple[str, bytes, float | None]],
                          events: list[tuple[str, str, float]]) -> None:
-        """One pipeline (no transaction): SETs, then RPUSH/PEXPIRE of the events and one
-        PUBLISH per event log (runs in the writer thread)."""
+        """SETs, then per event log one RPUSH of its events (in order), one PEXPIRE (the
+        longest ttl) and one PUBLISH, pipelined (runs in the writer thread). On one server
+        the commands are encoded here and written without copying the values (redis-py's
+        packer would copy each into one bytes object); a Cluster takes redis-py's pipeline,
+        which routes each command to its node."""
         if self._sync is None:
             self._sync = (SyncRedisCluster.from_url(self._url, **self._common) if self._cluster
                           else SyncRedis.from_url(self._url, **self._common))
-        pipe = self._sync.pipeline(transaction=False)
+        commands: list[list[bytes]] = []
         for key, value, ttl in values:
             ttl = ttl or self._default_ttl
-            pipe.set(key, value, px=int(ttl * 1000) if ttl else None)
-        logs: dict[str, None] = {}
+            commands.append([b"SET", key.encode(), value,
+                             *((b"PX", b"%d" % int(ttl * 1000)) if ttl else ())])
+        logs: dict[str, tuple[list[bytes], float]] = {}
         for key, event, ttl in events:
-            pipe.rpush(key, event)
-            pipe.pexpire(key, int(ttl * 1000))
-            logs[key] = None
-        if not self._cluster:
-            for key in logs:
-                pipe.publish(EVENTS_CHANNEL, key)
-        pipe.execute()
+            texts, longest = logs.setdefault(key, ([], ttl))
+            texts.append(event.encode())
+            logs[key] = (texts, max(longest, ttl))
+        for key, (texts, ttl) in logs.items():
+            commands += [[b"RPUSH", key.encode(), *texts],
+                         [b"PEXPIRE", key.encode(), b"%d" % int(ttl * 1000)]]
+            if not self._cluster:
+                commands.append([b"PUBLISH", EVENTS_CHANNEL.encode(), key.encode()])
+        if isinstance(self._sync, SyncRedisCluster):
+            pipe = self._sync.pipeline(transaction=False)
+            for name, *args in commands:  # redis-py routes by the command's name, a str
+                pipe.execute_command(name.decode(), *args)
+            pipe.execute()
+            return
+        pool = self._sync.connection_pool
+        conn = pool.get_connection()
+        failed: redis_errors.ResponseError | None = None
+        try:
+            conn.send_packed_command(pack(commands))
+            for _ in commands:  # every reply is read, so the connection stays in step
+                try:
+                    conn.read_response()
+                except redis_errors.ResponseError as exc:
+                    failed = failed or exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if failed is not None:
+            raise failed
 
     async def delete(self, *keys: str) -> int:
         if not keys:

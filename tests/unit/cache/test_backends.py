@@ -232,3 +232,26 @@ async def test_sizes_without_reading_the_values(backend: CacheBackend) -> None:
     await backend.set("dwg:t:a", b"x" * 10)
     await backend.set("dwg:t:b", b"")
     assert await backend.sizes(["dwg:t:a", "dwg:t:absent", "dwg:t:b"]) == [10, 0, 0]
+
+
+async def test_redis_batch_error_reply_is_raised_and_the_connection_stays_in_step(
+        empty_redis: RedisServer) -> None:
+    """An error reply in a written batch (RPUSH to a key holding a string) fails the batch;
+    the values before it are stored, and the next batch's replies are its own."""
+    import redis as redis_py
+
+    backend = RedisBackend(empty_redis.url)
+    try:
+        await backend.set("dwg:t:notalist", b"x")
+        big = b"v" * 100_000
+        with pytest.raises(redis_py.exceptions.ResponseError, match="WRONGTYPE"):
+            await backend.write_batch([("dwg:t:a", big, 60.0)],
+                                      [("dwg:t:notalist", "i:a", 60.0)])
+        assert await backend.get("dwg:t:a") == big
+        assert await backend.write_batch([("dwg:t:b", big, None), ("dwg:t:c", b"c", 60.0)],
+                                         [("dwg:t:log", "i:b", 60.0),
+                                          ("dwg:t:log", "i:c", 30.0)]) == [True, True]
+        assert await backend.read_events("dwg:t:log", 0) == ["i:b", "i:c"]
+        assert await backend.get("dwg:t:b") == big and await backend.get("dwg:t:c") == b"c"
+    finally:
+        await backend.close()
