@@ -78,6 +78,7 @@ ENGINES = ("asyncio", "pynetdicom")
 GATEWAY = "gateway"
 GATEWAY_CORS = "gateway-cors"
 GATEWAY_IDENTITY = "gateway-identity"
+GATEWAY_NO_PREFETCH = "gateway-no-prefetch"
 ORTHANC = "orthanc"
 ORTHANC_IDENTITY = "orthanc-identity"
 TARGET_LABELS = {
@@ -86,6 +87,7 @@ TARGET_LABELS = {
     ORTHANC: "Orthanc DICOMweb plugin",
     ORTHANC_IDENTITY: "Orthanc, HttpCompressionEnabled false",
     GATEWAY_CORS: "gateway, CORS, normal web security",
+    GATEWAY_NO_PREFETCH: "gateway, no prefetch on OHIF's series/study queries",
 }
 
 
@@ -335,20 +337,24 @@ class ViewerGateway(GatewayProcess):
     """The gateway as its own process with the default in-process cache, the chosen DIMSE
     engine (``DWG_DIMSE_ENGINE``), optionally CORS allowing the viewer's origin (the
     realistic two-origin deployment), and compressed JSON on (the default) or off
-    (``DWG_COMPRESS_RESPONSES``)."""
+    (``DWG_COMPRESS_RESPONSES``), and the prefetch on OHIF's queries on (the default) or off
+    (``DWG_PREFETCH_ON_SERIES_QUERY``, ``DWG_PREFETCH_ON_STUDY_LOOKUP``)."""
 
     def __init__(self, workdir: Path, peers: Sequence[PeerAddress], *, source: Path,
                  cors_origin: str | None, engine: str = "asyncio",
-                 compress: bool = True) -> None:
+                 compress: bool = True, prefetch: bool = True) -> None:
         self.cors_origin = cors_origin
         self.engine = engine
         self.compress = compress
+        self.prefetch = prefetch
         super().__init__(workdir, peers, source=source, cache="memory")
 
     def env(self) -> dict[str, str]:
         env = super().env()
         env["DWG_DIMSE_ENGINE"] = self.engine
         env["DWG_COMPRESS_RESPONSES"] = "true" if self.compress else "false"
+        if not self.prefetch:
+            env["DWG_PREFETCH_ON_SERIES_QUERY"] = env["DWG_PREFETCH_ON_STUDY_LOOKUP"] = "false"
         if self.cors_origin:
             env["DWG_CORS_ALLOW_ORIGINS"] = json.dumps([self.cors_origin])
         return env
@@ -406,16 +412,17 @@ class Bench:
         self.results.loads.append(load)
         return load
 
-    def gateway_round(self, round_no: int, *, cors: bool, compress: bool = True) -> None:
-        """A fresh gateway (empty cache): one cold load, then ``warm`` loads on a filled
-        cache, each in a fresh browser."""
-        target = GATEWAY_CORS if cors else (GATEWAY if compress else GATEWAY_IDENTITY)
+    def gateway_round(self, round_no: int, target: str) -> None:
+        """A fresh gateway (empty cache) of ``target``'s kind: one cold load, then ``warm``
+        loads on a filled cache, each in a fresh browser."""
+        cors = target == GATEWAY_CORS
         restart_orthanc(self.orthanc, nodelay=False)
         peer = PeerAddress("orthanc", self.orthanc.ae_title, self.orthanc.host,
                            self.orthanc.dicom_port)
         with ViewerGateway(self.workdir, [peer], source=self.app_source,
                            cors_origin=self.viewer.url if cors else None,
-                           engine=self.args.engine, compress=compress) as gw:
+                           engine=self.args.engine, compress=target != GATEWAY_IDENTITY,
+                           prefetch=target != GATEWAY_NO_PREFETCH) as gw:
             self._load(target, "cold", round_no, gw.dicomweb(), disable_web_security=not cors)
             for _ in range(self.args.warm):
                 self._load(target, "warm", round_no, gw.dicomweb(),
@@ -505,12 +512,13 @@ class Bench:
                 steps.reverse()
             if self.args.cors:
                 steps.append(GATEWAY_CORS)
+            if self.args.no_prefetch:
+                steps.append(GATEWAY_NO_PREFETCH)
             for target in steps:
                 if target in (ORTHANC, ORTHANC_IDENTITY):
                     self.orthanc_round(round_no, compress=target == ORTHANC)
                 else:
-                    self.gateway_round(round_no, cors=target == GATEWAY_CORS,
-                                       compress=target != GATEWAY_IDENTITY)
+                    self.gateway_round(round_no, target)
         if self.network is not None:
             return  # the servers' capacity without a browser is the loopback run's business
         log("server-only frame rate (no browser)")
@@ -624,7 +632,7 @@ def render(results: Results) -> str:
         f"the start of the run (digest {results.app_digest}).",
         f"- Command: `python -m benchmarks.ohif_load --slices {a['slices']} --repeat "
         f"{a['repeat']} --warm {a['warm']} --engine {a.get('engine', 'asyncio')}"
-        f"{' --cors' if a.get('cors') else ''}`",
+        f"{' --cors' if a.get('cors') else ''}{' --no-prefetch' if a.get('no_prefetch') else ''}`",
         f"- Study: one CT series of {a['slices']} slices 512x512x16-bit (Explicit VR Little "
         "Endian). Medians over the rounds; every load in a fresh Chromium with a fresh profile "
         "and the HTTP cache disabled; Chromium runs with `--disable-web-security` for the "
@@ -648,6 +656,16 @@ def render(results: Results) -> str:
         boot_ratio, _ = verdict(gb, ob, limit)
         lines.append(f"| {title} | {_ms(gm[key])} | {_ms(om[key])} | {ratio} | {ok} | "
                      f"{_ms(gb)}, {_ms(ob)}, {boot_ratio} |")
+    if a.get("no_prefetch"):  # issue #9: what the prefetch on OHIF's queries gains cold
+        for title, key in (("first image", "first_image_ms"), ("whole series", "all_loaded_ms")):
+            on, off = medians(results, GATEWAY, "cold"), medians(results, GATEWAY_NO_PREFETCH,
+                                                                  "cold")
+            gain = _ratio(on[key], off[key])
+            lines.append(f"| (Reported) Cold {title}, gateway with the prefetch on OHIF's "
+                         f"queries vs without (second column: without) | {_ms(on[key])} | "
+                         f"{_ms(off[key])} | {gain} | - | {_ms(on[f'{key}_after_boot'])}, "
+                         f"{_ms(off[f'{key}_after_boot'])}, "
+                         f"{_ratio(on[f'{key}_after_boot'], off[f'{key}_after_boot'])} |")
     lines += [
         "",
         "The verdicts use the times from the navigation, as the targets are defined. OHIF's "
@@ -668,7 +686,8 @@ def render(results: Results) -> str:
     ]
     targets = ([GATEWAY] + ([GATEWAY_IDENTITY] if a.get("uncompressed") else []) + [ORTHANC]
                + ([ORTHANC_IDENTITY] if a.get("uncompressed") else [])
-               + ([GATEWAY_CORS] if a.get("cors") else []))
+               + ([GATEWAY_CORS] if a.get("cors") else [])
+               + ([GATEWAY_NO_PREFETCH] if a.get("no_prefetch") else []))
     for target in targets:
         for phase in ("cold", "warm"):
             s = medians(results, target, phase)
@@ -862,6 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm", type=int, default=1, help="warm loads per round")
     parser.add_argument("--engine", choices=ENGINES, default="asyncio",
                         help="the gateway's DIMSE engine (DWG_DIMSE_ENGINE)")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="also a gateway without the prefetch on OHIF's series and study "
+                             "queries, to measure what it gains the cold load")
     parser.add_argument("--cors", action="store_true",
                         help="also the gateway with real CORS (no --disable-web-security)")
     parser.add_argument("--uncompressed", action="store_true",
