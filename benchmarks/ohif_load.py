@@ -657,9 +657,8 @@ def render(results: Results) -> str:
         lines.append(f"| {title} | {_ms(gm[key])} | {_ms(om[key])} | {ratio} | {ok} | "
                      f"{_ms(gb)}, {_ms(ob)}, {boot_ratio} |")
     if a.get("no_prefetch"):  # issue #9: what the prefetch on OHIF's queries gains cold
+        on, off = medians(results, GATEWAY, "cold"), medians(results, GATEWAY_NO_PREFETCH, "cold")
         for title, key in (("first image", "first_image_ms"), ("whole series", "all_loaded_ms")):
-            on, off = medians(results, GATEWAY, "cold"), medians(results, GATEWAY_NO_PREFETCH,
-                                                                  "cold")
             gain = _ratio(on[key], off[key])
             lines.append(f"| (Reported) Cold {title}, gateway with the prefetch on OHIF's "
                          f"queries vs without (second column: without) | {_ms(on[key])} | "

@@ -171,16 +171,17 @@ class RedisBackend(CacheBackend):
             ttl = ttl or self._default_ttl
             commands.append([b"SET", key.encode(), value,
                              *((b"PX", b"%d" % int(ttl * 1000)) if ttl else ())])
-        logs: dict[str, tuple[list[bytes], float]] = {}
+        logs: dict[str, list[bytes]] = {}  # each log's events, in order
+        longest: dict[str, float] = {}
         for key, event, ttl in events:
-            texts, longest = logs.setdefault(key, ([], ttl))
-            texts.append(event.encode())
-            logs[key] = (texts, max(longest, ttl))
-        for key, (texts, ttl) in logs.items():
-            commands += [[b"RPUSH", key.encode(), *texts],
-                         [b"PEXPIRE", key.encode(), b"%d" % int(ttl * 1000)]]
+            logs.setdefault(key, []).append(event.encode())
+            longest[key] = max(longest.get(key, ttl), ttl)
+        for key, texts in logs.items():
+            name = key.encode()
+            commands += [[b"RPUSH", name, *texts],
+                         [b"PEXPIRE", name, b"%d" % int(longest[key] * 1000)]]
             if not self._cluster:
-                commands.append([b"PUBLISH", EVENTS_CHANNEL.encode(), key.encode()])
+                commands.append([b"PUBLISH", EVENTS_CHANNEL.encode(), name])
         if isinstance(self._sync, SyncRedisCluster):
             pipe = self._sync.pipeline(transaction=False)
             for name, *args in commands:  # redis-py routes by the command's name, a str

@@ -30,5 +30,5 @@ def pack(commands: Iterable[Sequence[bytes]], large: int = LARGE) -> list[bytes]
 
 
 def encode_command(*parts: bytes) -> bytes:
-    """One command of small arguments as one bytes object."""
-    return b"".join(pack([parts], large=1 << 62))
+    """One command as one bytes object."""
+    return b"".join(pack([parts]))
